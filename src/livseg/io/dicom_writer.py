@@ -17,10 +17,12 @@ Study, series, frame-of-reference and instance UIDs are random, or derived deter
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +39,13 @@ _INT16 = np.iinfo(np.int16)
 
 
 def _uid(uid_seed: str | None, *parts: object) -> str:
-    from pydicom.uid import generate_uid
-
+    """A UUID-derived ``2.25.`` UID: random, or a hash of ``uid_seed`` and ``parts``."""
     if uid_seed is None:
-        return str(generate_uid())
-    return str(generate_uid(prefix=None, entropy_srcs=[uid_seed, *map(str, parts)]))
+        value = uuid.uuid4()
+    else:
+        text = "\x1f".join([uid_seed, *map(str, parts)])
+        value = uuid.UUID(bytes=hashlib.sha256(text.encode("utf-8")).digest()[:16])
+    return f"2.25.{value.int}"
 
 
 def _ds(value: float) -> str:
