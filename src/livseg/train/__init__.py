@@ -1,0 +1,50 @@
+"""Training: configurations, plain training functions, checkpoints, DDP set-up, cross-validation.
+
+Public API:
+
+* :func:`load_config` / :class:`Config` (:mod:`livseg.train.config`): frozen-dataclass
+  configurations from JSON files or bundled names, with ``section.key=value`` overrides;
+* :func:`train` (:mod:`livseg.train.trainer`): train a configuration on a dataset (all stages);
+* :func:`cross_validate` (:mod:`livseg.train.cv`): k-fold cross-validation by patient;
+* :func:`load_model` (:mod:`livseg.train.checkpoint`): rebuild a model from a checkpoint folder;
+* :func:`resolve_device` (:mod:`livseg.train.device`): the device policy.
+
+Importing this package imports torch lazily (on first use of these names).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Config",
+    "load_config",
+    "apply_overrides",
+    "bundled_configs",
+    "train",
+    "TrainProgress",
+    "TrainResult",
+    "cross_validate",
+    "CVResult",
+    "load_model",
+    "save_checkpoint",
+    "resolve_device",
+]
+
+_WHERE = {
+    "Config": "config", "load_config": "config", "apply_overrides": "config",
+    "bundled_configs": "config",
+    "train": "trainer", "TrainProgress": "trainer", "TrainResult": "trainer",
+    "cross_validate": "cv", "CVResult": "cv",
+    "load_model": "checkpoint", "save_checkpoint": "checkpoint",
+    "resolve_device": "device",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        module = importlib.import_module(f"livseg.train.{_WHERE[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

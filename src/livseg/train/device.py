@@ -1,0 +1,78 @@
+"""Device policy, in one place: ``auto | cpu | cuda | cuda:N``.
+
+``auto`` picks CUDA when available (under torchrun: the GPU of this process's ``LOCAL_RANK``),
+else the CPU. Mixed precision (autocast + GradScaler) is used only on CUDA devices
+(:func:`amp_enabled`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from livseg.errors import LivsegError
+
+logger = logging.getLogger("livseg.train.device")
+
+__all__ = ["DeviceError", "parse_device", "resolve_device", "amp_enabled"]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+class DeviceError(LivsegError):
+    """A device option is malformed or names a device that is not available."""
+
+
+def parse_device(spec: str, option: str = "--device") -> tuple[str, int | None]:
+    """Check the syntax of a device option.
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        option: Name of the option for error messages.
+
+    Returns:
+        ``(kind, index)``, e.g. ``("cuda", 1)`` or ``("auto", None)``.
+
+    Raises:
+        DeviceError: Anything else.
+    """
+    m = _DEVICE.match(str(spec).strip().lower())
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise DeviceError(f"{option}: {spec!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return m.group(1), (int(m.group(2)) if m.group(2) is not None else None)
+
+
+def resolve_device(spec: str = "auto", local_rank: int | None = None):
+    """The torch device to run on.
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        local_rank: Rank of this process on its node under torchrun; with ``auto`` or ``cuda``
+            (no index) it selects the GPU ``cuda:local_rank``.
+
+    Returns:
+        A ``torch.device``.
+
+    Raises:
+        DeviceError: Malformed spec, CUDA requested but not available, or a GPU index beyond the
+            visible GPUs.
+    """
+    import torch
+
+    kind, index = parse_device(spec)
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {spec}: CUDA is not available on this machine "
+                          "(use --device cpu or auto)")
+    if index is None:
+        index = local_rank or 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"--device {spec}: GPU {index} requested but only {count} visible")
+    return torch.device("cuda", index)
+
+
+def amp_enabled(device, requested: bool = True) -> bool:
+    """Whether autocast + GradScaler are used: only on CUDA, and only when requested."""
+    return bool(requested) and getattr(device, "type", str(device)) == "cuda"
