@@ -1,0 +1,107 @@
+"""The models shipped with livseg: list them, locate them, and say clearly when one is missing.
+
+Shipped weights live in ``src/livseg/weights/<name>/`` as ``model.safetensors`` +
+``config.json`` (the checkpoint format of :mod:`livseg.train`), documented in
+``src/livseg/weights/MODEL_CARD.md``. Names:
+
+* ``crunet_liver``: CR-U-Net liver model (``--model crunet``);
+* ``densefcn_liver``: liver DenseFCN (``--model densefcn``);
+* ``densefcn_tumour``: 3-window tumour DenseFCN (used by both cascades).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from livseg.errors import LivsegError
+
+log = logging.getLogger("livseg.infer.pretrained")
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+"""Folder holding the shipped checkpoints, one sub-folder per model name."""
+
+SHIPPED_MODELS: dict[str, str] = {
+    "crunet_liver": "CR-U-Net liver model (two residual U-Nets with morphology between them)",
+    "densefcn_liver": "DenseFCN liver model (half resolution, [-100, 300] HU)",
+    "densefcn_tumour": "DenseFCN tumour model (3 HU windows, liver crop)",
+}
+"""Name -> one-line description of every model livseg is meant to ship."""
+
+LIVER_MODEL_FOR = {"crunet": "crunet_liver", "densefcn": "densefcn_liver"}
+"""``--model`` choice -> shipped liver model name."""
+
+TUMOUR_MODEL = "densefcn_tumour"
+"""Shipped tumour model name (shared by both cascades)."""
+
+CHECKPOINT_FILES = ("model.safetensors", "config.json")
+
+
+class MissingWeightsError(LivsegError):
+    """A requested shipped model (or a checkpoint directory) is absent or incomplete."""
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in CHECKPOINT_FILES)
+
+
+def available_models(weights_dir: Path | None = None) -> list[str]:
+    """Names of the shipped models whose checkpoint files are all present.
+
+    Args:
+        weights_dir: folder to look in (default :data:`WEIGHTS_DIR`).
+
+    Returns:
+        Sorted model names (sub-folders holding ``model.safetensors`` and ``config.json``).
+    """
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_complete(p))
+
+
+def check_checkpoint_dir(path: str | Path) -> Path:
+    """Check that ``path`` is a checkpoint directory (``model.safetensors`` + ``config.json``).
+
+    Raises:
+        MissingWeightsError: the folder or one of its files is absent.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise MissingWeightsError(f"{path}: model checkpoint folder not found")
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if missing:
+        raise MissingWeightsError(
+            f"{path}: not a livseg checkpoint (missing {', '.join(missing)})")
+    return path
+
+
+def locate(name: str, weights_dir: Path | None = None) -> Path:
+    """The checkpoint folder of shipped model ``name``.
+
+    Args:
+        name: one of :data:`SHIPPED_MODELS`.
+        weights_dir: folder to look in (default :data:`WEIGHTS_DIR`).
+
+    Raises:
+        MissingWeightsError: unknown name (the message lists the valid ones) or the weights are
+            not installed (the message names the missing folder and how to supply a model).
+    """
+    if name not in SHIPPED_MODELS:
+        raise MissingWeightsError(
+            f"unknown shipped model {name!r}; valid names: {', '.join(SHIPPED_MODELS)}")
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    folder = root / name
+    if not _is_complete(folder):
+        missing = [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+        raise MissingWeightsError(
+            f"{folder}: shipped model {name!r} is not installed (missing "
+            f"{', '.join(missing)}); train one with `livseg train` and pass its folder "
+            f"with --liver-model/--tumour-model, or place the checkpoint there")
+    return folder
+
+
+def missing_models(names: list[str], weights_dir: Path | None = None) -> list[str]:
+    """The subset of ``names`` that is not installed (in the given order)."""
+    have = set(available_models(weights_dir))
+    return [n for n in names if n not in have]

@@ -1,0 +1,253 @@
+"""The inference cascade: post-processing, batched prediction, orientation, bad input, weights.
+
+Deterministic stand-in networks (an intensity threshold on one pre-processed channel) make the
+cascade's behaviour predictable; tiny randomly initialised real networks saved through
+``livseg.train.checkpoint`` exercise loading (their outputs are meaningless, geometry is not).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from livseg.data.cache import PreprocessSettings
+from livseg.errors import InputError, LivsegError
+from livseg.infer import Cascade, postprocess_liver
+from livseg.infer.postprocess import largest_component, merge_labels, structuring_element
+from livseg.infer.predictor import SlicePredictor, canonical_view, volume_stats
+from livseg.infer.pretrained import MissingWeightsError, available_models, locate
+from livseg.volume import Volume
+
+# --- helpers shared with test_cli_segment.py -------------------------------------------------
+
+TINY_MODELS = {
+    "crunet": ({"name": "crunet", "options": {"base_width": 4, "level1_depth": 2,
+                                              "level2_depth": 2, "dropout": 0.0}},
+               {"pipeline": "crunet", "size": 32}, {"name": "mdice", "options": {}}),
+    "densefcn_liver": ({"name": "densefcn", "options": {"levels": 2, "growth": 4,
+                                                       "layers_per_block": 2,
+                                                       "first_filters": 8, "sbu": True}},
+                       {"pipeline": "densefcn_liver", "size": 32},
+                       {"name": "wce", "options": {}}),
+    "tumour": ({"name": "densefcn", "options": {"in_channels": 3, "levels": 2, "growth": 4,
+                                                "layers_per_block": 2, "first_filters": 8}},
+               {"pipeline": "tumour", "size": 32, "crop_to_liver": True, "crop_margin": 4},
+               {"name": "wce", "options": {}}),
+}
+
+
+def make_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
+    """A tiny randomly initialised checkpoint (``kind`` a key of TINY_MODELS) in ``folder``."""
+    from livseg.models import build_model
+    from livseg.train.checkpoint import save_checkpoint
+    from livseg.train.config import config_from_dict
+
+    model_cfg, data_cfg, loss_cfg = TINY_MODELS[kind]
+    cfg = config_from_dict({"name": f"tiny_{kind}", "model": model_cfg, "loss": loss_cfg,
+                            "data": data_cfg})
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.name, **cfg.model.options)
+    return save_checkpoint(folder, model, cfg)
+
+
+class ThresholdNet(nn.Module):
+    """Logits ``gain * sign * (x[:, channel] - threshold)``: a deterministic 'network'."""
+
+    def __init__(self, channel: int, threshold: float, above: bool = True) -> None:
+        super().__init__()
+        self.channel, self.threshold = channel, threshold
+        self.sign = 1.0 if above else -1.0
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return 50.0 * self.sign * (x[:, self.channel:self.channel + 1] - self.threshold)
+
+
+def threshold_cascade(size: int = 32, batch_size: int = 3, tta: bool = False) -> Cascade:
+    """Liver = (HU + 100) / 400 > 0.2 (i.e. > -20 HU); tumour = HU < 30 in the [0, 100] window."""
+    liver = SlicePredictor(ThresholdNet(0, 0.2), PreprocessSettings("densefcn_liver", size=size),
+                           batch_size=batch_size, tta=tta, name="threshold-liver")
+    tumour = SlicePredictor(ThresholdNet(0, 0.3, above=False),
+                            PreprocessSettings("tumour", size=size, crop_to_liver=True,
+                                               crop_margin=2),
+                            batch_size=batch_size, tta=tta, name="threshold-tumour")
+    return Cascade(liver, tumour, liver_radius_mm=1.0)
+
+
+def synthetic_ct(shape=(12, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """(HU, truth labels): air, a fat body, an off-centre liver block with a 0 HU tumour."""
+    z, y, x = shape
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[:, 2:y - 2, 2:x - 2] = -100.0
+    truth = np.zeros(shape, np.uint8)
+    truth[2:z - 3, 6:20, 4:22] = 1
+    truth[4:7, 9:14, 8:13] = 2
+    hu[truth == 1] = 60.0
+    hu[truth == 2] = 0.0
+    hu[1, 25, 25] = 60.0  # a lone liver-like voxel: removed by the largest component
+    return hu, truth
+
+
+# --- post-processing ---------------------------------------------------------------------------
+
+def test_structuring_element_shapes():
+    se = structuring_element((5.0, 1.0, 1.0), 3.0)
+    assert se.shape == (1, 7, 7) and se[0, 3].all() and not se[0, 0, 0]
+    assert structuring_element((1.0, 1.0, 1.0), 2.0).shape == (5, 5, 5)
+
+
+def test_postprocess_keeps_largest_and_restores_border():
+    m = np.zeros((8, 30, 30), np.uint8)
+    m[1:7, 5:20, 5:20] = 1
+    m[3, 25:28, 25:28] = 1  # separate blob
+    m[3, 12, 20:26] = 1  # thin bridge towards it: cut by the erosion
+    out = postprocess_liver(m, (1.0, 1.0, 1.0), radius_mm=1.0)
+    assert out.dtype == np.uint8
+    assert out[3, 26, 26] == 0 and out[3, 12, 24] == 0
+    core = np.zeros_like(m)
+    core[2:6, 6:19, 6:19] = 1
+    assert out[core == 1].all()
+    assert postprocess_liver(np.zeros((3, 4, 4)), (1, 1, 1)).sum() == 0
+
+
+def test_largest_component_and_merge():
+    m = np.zeros((3, 5, 5), bool)
+    m[0, 0, 0] = True
+    m[2, 1:4, 1:4] = True
+    assert largest_component(m).sum() == 9
+    liver = np.zeros((1, 2, 2), bool)
+    liver[0, 0] = True
+    tum = np.ones((1, 2, 2), bool)
+    assert merge_labels(liver, tum).tolist() == [[[2, 2], [0, 0]]]
+
+
+# --- the cascade -------------------------------------------------------------------------------
+
+def test_cascade_segments_synthetic_ct():
+    hu, truth = synthetic_ct()
+    vol = Volume.image(hu, (2.0, 1.0, 1.0), (5.0, -3.0, 7.0))
+    seen = []
+    res = threshold_cascade().segment(vol, progress=lambda s, d, n: seen.append((s, d, n)))
+    assert res.liver_found
+    assert res.labels.same_geometry(vol) and res.labels.array.dtype == np.uint8
+    lab = res.labels.array
+    assert lab[1, 25, 25] == 0  # false positive removed
+    liver_dice = 2 * ((lab >= 1) & (truth >= 1)).sum() / ((lab >= 1).sum() + (truth >= 1).sum())
+    assert liver_dice > 0.95
+    tum = lab == 2
+    assert tum[5, 11, 10] and tum.sum() > 0.5 * (truth == 2).sum()
+    assert not (tum & (truth == 0)).any()  # tumour only inside the liver
+    assert seen[-1][0] == "tumour" and ("liver", 12, 12) in seen
+    assert set(res.timings) == {"reorient", "liver", "postprocess", "tumour"}
+    assert 0.5 < res.liver_probability["mean_in_mask"] <= 1.0
+
+
+@pytest.mark.parametrize("direction", [np.diag([1.0, -1.0, -1.0]),  # RAS-like NIfTI
+                                       np.diag([-1.0, 1.0, 1.0]),  # inferior-first slices
+                                       np.array([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])])
+def test_cascade_output_in_input_layout(direction):
+    """Any stored orientation gives the same anatomy back, in the input's own layout."""
+    hu, _ = synthetic_ct((12, 32, 32))
+    ref_vol = Volume.image(hu, (2.0, 1.0, 1.0))
+    ref = threshold_cascade().segment(ref_vol).labels.array
+    # store the same patient with another direction: the array permuted/flipped accordingly
+    perm = canonical_view(Volume.image(np.zeros((1, 1, 1)), (1, 1, 1), direction=direction))[1].perm
+    shape, spacing = [0, 0, 0], [0.0, 0.0, 0.0]
+    for d, p in enumerate(perm):
+        shape[p], spacing[p] = hu.shape[d], ref_vol.spacing[d]
+    other = Volume.image(np.zeros(shape, np.float32), spacing, direction=direction)
+    _, reo = canonical_view(other)
+    vol = other.with_array(reo.undo(hu))
+    res = threshold_cascade().segment(vol).labels
+    assert res.same_geometry(vol)
+    np.testing.assert_array_equal(reo.apply(res.array), ref)
+
+
+def test_cascade_tta_and_batch_size_agree():
+    hu, _ = synthetic_ct()
+    vol = Volume.image(hu, (2.0, 1.0, 1.0))
+    a = threshold_cascade(batch_size=1).segment(vol).labels.array
+    b = threshold_cascade(batch_size=7, tta=True).segment(vol).labels.array
+    np.testing.assert_array_equal(a, b)  # a mirror-symmetric rule: TTA changes nothing
+
+
+def test_no_liver_gives_background_and_flag():
+    hu = np.full((4, 32, 32), -1000.0, np.float32)
+    hu[:, 4:28, 4:28] = -100.0
+    res = threshold_cascade().segment(Volume.image(hu, (1, 1, 1)))
+    assert not res.liver_found and res.labels.array.max() == 0
+    assert any("no liver" in w for w in res.warnings)
+
+
+def test_nan_replaced_with_warning():
+    hu, _ = synthetic_ct()
+    hu[0, 0, 0] = np.nan
+    res = threshold_cascade().segment(Volume.image(hu, (2.0, 1.0, 1.0)))
+    assert res.liver_found and any("non-finite" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("lo,hi", [(0.0, 255.0), (-400.0, 250.0), (-800.0, 1500.0)])
+def test_non_ct_intensities_refused(lo, hi):
+    arr = np.linspace(lo, hi, 4 * 32 * 32, dtype=np.float32).reshape(4, 32, 32)
+    with pytest.raises(InputError, match="Hounsfield"):
+        threshold_cascade().segment(Volume.image(arr, (1, 1, 1)), source="mr.nii.gz")
+
+
+def test_volume_stats_chunks_and_nan():
+    arr = np.arange(5 * 3 * 3, dtype=np.float32).reshape(5, 3, 3)
+    arr[2, 1, 1] = np.inf
+    s = volume_stats(arr, chunk=2)
+    assert (s.hu_min, s.hu_max, s.n_nan) == (0.0, 44.0, 1)
+
+
+# --- real (tiny, random) checkpoints -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {k: make_checkpoint(root / k, k) for k in TINY_MODELS}
+
+
+@pytest.mark.parametrize("liver", ["crunet", "densefcn_liver"])
+def test_load_tiny_checkpoints_and_segment(tiny_checkpoints, liver):
+    casc = Cascade.load(liver_model=tiny_checkpoints[liver],
+                        tumour_model=tiny_checkpoints["tumour"], device="cpu", batch_size=4)
+    assert casc.liver.settings.pipeline == ("crunet" if liver == "crunet" else "densefcn_liver")
+    hu, _ = synthetic_ct((5, 40, 36))
+    vol = Volume.image(hu, (3.0, 0.8, 0.8), direction=np.diag([1.0, -1.0, -1.0]))
+    res = casc.segment(vol)
+    assert res.labels.same_geometry(vol)
+    assert set(np.unique(res.labels.array)) <= {0, 1, 2}
+
+
+def test_load_refuses_swapped_models(tiny_checkpoints):
+    with pytest.raises(LivsegError, match="not a liver model"):
+        Cascade.load(liver_model=tiny_checkpoints["tumour"],
+                     tumour_model=tiny_checkpoints["tumour"])
+    with pytest.raises(LivsegError, match="not a tumour model"):
+        Cascade.load(liver_model=tiny_checkpoints["crunet"],
+                     tumour_model=tiny_checkpoints["crunet"])
+
+
+def test_missing_weights_are_named(tmp_path):
+    with pytest.raises(MissingWeightsError, match="crunet_liver.*not installed"):
+        locate("crunet_liver", weights_dir=tmp_path)
+    with pytest.raises(MissingWeightsError, match="valid names"):
+        locate("nope")
+    with pytest.raises(MissingWeightsError, match="missing model.safetensors"):
+        Cascade.load(liver_model=tmp_path, tumour=False)
+    (tmp_path / "densefcn_tumour").mkdir()
+    (tmp_path / "densefcn_tumour" / "config.json").write_text("{}")
+    assert available_models(tmp_path) == []
+
+
+def test_shipped_weights_missing_message(monkeypatch, tmp_path):
+    import livseg.infer.pretrained as pre
+
+    monkeypatch.setattr(pre, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(MissingWeightsError, match="crunet_liver, densefcn_tumour"):
+        Cascade.load("crunet")
