@@ -476,18 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A log handler that always writes to the *current* ``sys.stderr`` (redirections, pytest)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
     root = logging.getLogger("livseg")
     root.setLevel(level)
-    if not any(getattr(h, "_livseg", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        handler._livseg = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for h in root.handlers:
-        if getattr(h, "_livseg", False):
-            h.stream = sys.stderr  # follow redirection (pytest capsys)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

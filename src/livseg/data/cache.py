@@ -212,10 +212,20 @@ def _source_stamp(path: Path) -> dict[str, Any]:
 
 
 # --- building one case -----------------------------------------------------------------------
-def _preprocess_chunk(
+def preprocess_slices(
     hu: np.ndarray, s: PreprocessSettings, volume_range: tuple[float, float]
 ) -> np.ndarray:
-    """(n, H, W) HU -> (n, base_channels, H, W) float32 at the input resolution."""
+    """Apply the pipeline of ``s`` to a chunk of axial slices (shared by training and inference).
+
+    Args:
+        hu: (n, H, W) slices in HU.
+        s: the pre-processing settings (pipeline, HU windows, histogram equalisation).
+        volume_range: the whole volume's (min, max) after clipping, for the pipelines that
+            min-max normalise over the volume, so that chunks give identical results.
+
+    Returns:
+        (n, C, H, W) float32 at the input resolution (resizing is the caller's step).
+    """
     if s.pipeline == "crunet":
         return crunet_input(hu, window=s.windows[0], bins=s.hist_bins, equalize=s.equalize)[:, None]
     if s.pipeline == "densefcn_liver":
@@ -295,7 +305,7 @@ def _build_case(
     pre = np.empty((need.size, s.base_channels, size, size), dtype=np.float32)
     for start in range(0, need.size, _CHUNK):
         idx = need[start : start + _CHUNK]
-        chunk = _preprocess_chunk(hu[idx], s, vrange)[..., y0:y1, x0:x1]
+        chunk = preprocess_slices(hu[idx], s, vrange)[..., y0:y1, x0:x1]
         pre[start : start + _CHUNK] = np.clip(resize_slices(chunk, size, "image"), 0.0, 1.0)
     row_of = np.searchsorted(need, src)  # (N, 2k+1) rows of `pre`
     lab_sel = resize_slices(label[sel][:, y0:y1, x0:x1], size, "label")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from livseg.data.cache import preprocess_slices
 from livseg.errors import LivsegError
 from livseg.preprocess.orientation import Reorientation, canonical_reorientation
 from livseg.preprocess.resample import resize_slices
@@ -138,17 +139,6 @@ def size_multiple(model: Any) -> int:
     if hasattr(model, "depth"):
         return 2 ** int(model.depth)
     return 1
-
-
-def preprocess_slices(hu: np.ndarray, settings, value_range: tuple[float, float]) -> np.ndarray:
-    """(n, H, W) HU -> (n, C, H, W) float32 model channels at the input resolution.
-
-    The same dispatch the slice cache uses for training (one place:
-    :mod:`livseg.data.cache`).
-    """
-    from livseg.data.cache import _preprocess_chunk
-
-    return _preprocess_chunk(hu, settings, value_range)
 
 
 class SlicePredictor:

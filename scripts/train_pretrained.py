@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Train livseg's shipped models and cross-validate them by patient, end to end.
+
+This is the exact procedure behind ``src/livseg/weights/`` and its ``MODEL_CARD.md``:
+
+1. train the liver and tumour configurations on all cases (these weights are shipped);
+2. train the same configurations once per fold of a k-fold split by patient;
+3. segment every held-out case **at full resolution with the whole cascade** (the fold's liver
+   model -> post-processing -> the fold's tumour model), exactly as ``livseg segment`` does, and
+   score all held-out predictions together with the LiTS metric set (``livseg evaluate``).
+
+No model selection uses a held-out case: the configurations validate only after their last
+epoch, so the checkpoint used is the last one.
+
+Usage::
+
+    python scripts/train_pretrained.py --data ../shared/data/lits --out runs/pretrained \\
+        [--folds 5] [--device cpu] [--install]
+
+``--install`` copies the all-case checkpoints into ``src/livseg/weights/`` and writes
+``cv_summary.json`` there. Steps already finished in ``--out`` are skipped, so the script can be
+re-run after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LIVER_CONFIG = "pretrained_crunet_liver"
+TUMOUR_CONFIG = "pretrained_densefcn_tumour"
+SHIPPED = {"crunet_liver": ("liver", "level2/best"), "densefcn_tumour": ("tumour", "best")}
+
+log = logging.getLogger("train_pretrained")
+
+
+def _train(config: str, data: Path, out: Path, cache: Path, device: str,
+           fold: int | None, folds: int) -> None:
+    if (out / "done.json").exists():
+        log.info("skip %s (done)", out)
+        return
+    cmd = [sys.executable, "-m", "livseg.cli", "train", config, "--data", str(data),
+           "--out", str(out), "--cache", str(cache), "--device", device]
+    if fold is not None:
+        cmd += ["--fold", str(fold), "--folds", str(folds)]
+    if out.exists():
+        cmd.append("--resume")
+    log.info("$ %s", " ".join(cmd))
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    (out / "done.json").write_text(json.dumps({"seconds": time.time() - t0, "command": cmd}))
+
+
+def _checkpoint(run: Path, kind: str) -> Path:
+    return run / ("level2/best" if kind == "liver" else "best")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--install", action="store_true")
+    p.add_argument("--skip-cv", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out, cache = args.out, args.out / "cache"
+
+    # 1. all-case models (shipped)
+    _train(LIVER_CONFIG, args.data, out / "liver" / "all", cache, args.device, None, args.folds)
+    _train(TUMOUR_CONFIG, args.data, out / "tumour" / "all", cache, args.device, None, args.folds)
+    if args.install:
+        weights = REPO / "src" / "livseg" / "weights"
+        for name, (kind, _) in SHIPPED.items():
+            src = _checkpoint(out / kind / "all", kind)
+            dst = weights / name
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in ("model.safetensors", "config.json"):
+                shutil.copy2(src / f, dst / f)
+            log.info("installed %s -> %s", src, dst)
+    if args.skip_cv:
+        return 0
+
+    # 2. per-fold models
+    for k in range(args.folds):
+        _train(LIVER_CONFIG, args.data, out / "liver" / f"fold-{k}", cache, args.device, k,
+               args.folds)
+        _train(TUMOUR_CONFIG, args.data, out / "tumour" / f"fold-{k}", cache, args.device, k,
+               args.folds)
+
+    # 3. full-resolution cascade on each held-out case, scored together
+    from livseg.infer import Cascade
+    from livseg.io import read_volume, write_volume
+    from livseg.io.datasets import discover_cases
+    from livseg.metrics import evaluate_folders, write_results
+
+    cases = {c.case_id: c for c in discover_cases(args.data)}
+    pred_dir = out / "cv_predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    timing = {}
+    for k in range(args.folds):
+        splits = json.loads((out / "liver" / f"fold-{k}" / "splits.json").read_text())
+        held_out = splits["folds"][k]["val"] if "folds" in splits else splits["val"]
+        cascade = Cascade.load("crunet", liver_model=_checkpoint(out / "liver" / f"fold-{k}",
+                                                                 "liver"),
+                               tumour_model=_checkpoint(out / "tumour" / f"fold-{k}", "tumour"),
+                               device=args.device)
+        for cid in held_out:
+            case = cases[cid]
+            target = pred_dir / case.label.name
+            if target.exists():
+                continue
+            t0 = time.time()
+            result = cascade.segment(read_volume(case.image, kind="image"))
+            write_volume(result.labels, target, reference=case.image)
+            timing[cid] = time.time() - t0
+            log.info("fold %d: %s segmented in %.1f s", k, cid, timing[cid])
+    result = evaluate_folders(pred_dir, args.data)
+    write_results(result, out / "cv_scores", overwrite=True)
+    summary = {"folds": args.folds, "liver_config": LIVER_CONFIG, "tumour_config": TUMOUR_CONFIG,
+               "summary": result.summary, "cases": result.rows(),
+               "segment_seconds": timing}
+    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if args.install:
+        shutil.copy2(out / "cv_summary.json", REPO / "src" / "livseg" / "weights" /
+                     "cv_summary.json")
+    log.info("cross-validated summary: %s", json.dumps(result.summary, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
