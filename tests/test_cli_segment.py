@@ -156,3 +156,29 @@ def test_all_real_cases_geometry(tmp_path, shared_data, ckpts):
         assert main(["segment", str(inp), "-o", str(out), "--no-overlay", *_models(ckpts)]) == 0
         lab = read_volume(next(out.glob("*_seg.nii.gz")), kind="label")
         assert lab.geometry_mismatch(read_volume(inp)) is None, inp
+
+
+def test_segment_dicom_folder_with_two_series_needs_series(tmp_path, ckpts, capsys):
+    import pydicom
+
+    from livseg.io.dicom_writer import write_dicom_series
+
+    hu, _ = synthetic_ct((6, 40, 48))
+    vol = Volume.image(hu, (2.5, 0.7, 0.9), (12.0, -30.0, 40.0))
+    root = tmp_path / "study"
+    write_dicom_series(vol, root / "a", uid_seed="series-a", series_description="A")
+    write_dicom_series(vol, root / "b", uid_seed="series-b", series_description="B",
+                       series_number=2)
+    uid_b = pydicom.dcmread(next((root / "b").glob("*.dcm"))).SeriesInstanceUID
+    out = tmp_path / "out"
+    assert main(["segment", str(root), "-o", str(out), *_models(ckpts)]) == 2
+    err = capsys.readouterr().err
+    assert "--series" in err and uid_b in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["segment", str(root), "-o", str(out), "--series", uid_b, "--dicom-seg",
+                 *_models(ckpts)]) == 0
+    lab = read_volume(out / "study_seg.nii.gz", kind="label")
+    assert lab.geometry_mismatch(read_volume(root, series_uid=uid_b)) is None
+    seg = pydicom.dcmread(out / "study_seg.dcm")
+    refs = {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence}
+    assert refs == {uid_b}

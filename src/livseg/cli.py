@@ -394,6 +394,9 @@ def _register_segment(p: argparse.ArgumentParser):
     p.add_argument("--ref", action="append", metavar="LABELS", default=None,
                    help="reference labels drawn dashed in the overlay (once per input, in order)")
     p.add_argument("--no-overlay", action="store_true", help="skip the PNG montage")
+    p.add_argument("--series", metavar="UID", default=None,
+                   help="SeriesInstanceUID to read when a DICOM folder holds several series "
+                   "(without it such a folder is refused with the list of its series)")
 
     def handler(args: argparse.Namespace) -> int:
         from livseg.infer import segment_files
@@ -405,7 +408,7 @@ def _register_segment(p: argparse.ArgumentParser):
                 dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                 liver_model=args.liver_model, tumour_model=args.tumour_model, tta=args.tta,
                 batch_size=args.batch_size, overlay=not args.no_overlay, references=args.ref,
-                progress=bars)
+                progress=bars, series_uid=args.series)
         finally:
             bars.close()
         for c in cases:

@@ -107,7 +107,8 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
                  dicom_seg: bool = False, overwrite: bool = False, overlay: bool = True,
                  reference: str | Path | None = None, name: str | None = None,
                  progress: CaseProgress | None = None,
-                 extra: dict[str, Any] | None = None) -> CaseOutput:
+                 extra: dict[str, Any] | None = None,
+                 series_uid: str | None = None) -> CaseOutput:
     """Segment one input with a loaded cascade and write its outputs (see module docstring).
 
     Raises:
@@ -131,7 +132,7 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
     t = time.perf_counter()
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    image = read_volume(path, kind="image")
+    image = read_volume(path, kind="image", series_uid=series_uid)
     ref = _read_reference(Path(reference), image) if reference is not None else None
     timings["read"] = time.perf_counter() - t
     log.info("%s: %r", path, image)
@@ -155,7 +156,8 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
         if "dicom_seg" in outs:
             from livseg.report.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(labels, path, tmp["dicom_seg"], overwrite=True)
+            write_dicom_seg(labels, path, tmp["dicom_seg"], overwrite=True,
+                            series_uid=series_uid)
         timings["write"] = time.perf_counter() - t
         t = time.perf_counter()
         m = measure(labels)
@@ -199,7 +201,8 @@ def segment_files(inputs: Sequence[str | Path], outdir: str | Path, model: str =
                   batch_size: int = 8, overlay: bool = True,
                   references: Sequence[str | Path] | None = None,
                   progress: CaseProgress | None = None,
-                  cascade: Cascade | None = None) -> list[CaseOutput]:
+                  cascade: Cascade | None = None,
+                  series_uid: str | None = None) -> list[CaseOutput]:
     """Segment several inputs with one set of loaded models (``livseg segment``).
 
     Args:
@@ -217,6 +220,7 @@ def segment_files(inputs: Sequence[str | Path], outdir: str | Path, model: str =
         references: reference label files drawn in the overlays, one per input.
         progress: ``(case, stage, done, total)`` callback.
         cascade: an already loaded :class:`Cascade` (then the model options are ignored).
+        series_uid: SeriesInstanceUID to read from DICOM folders holding several series.
 
     Returns:
         One :class:`CaseOutput` per input, in order.
@@ -257,5 +261,5 @@ def segment_files(inputs: Sequence[str | Path], outdir: str | Path, model: str =
         ref = references[i] if references is not None else None
         results.append(segment_case(cascade, p, outdir, dicom_seg=dicom_seg,
                                     overwrite=overwrite, overlay=overlay, reference=ref,
-                                    name=n, progress=progress))
+                                    name=n, progress=progress, series_uid=series_uid))
     return results

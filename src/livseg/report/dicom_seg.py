@@ -82,7 +82,7 @@ def frame_indices(ds, labels: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def write_dicom_seg(labels: Volume, series_dir: str | Path, path: str | Path, *,
                     overwrite: bool = False, series_description: str = "livseg liver/tumour",
-                    series_number: int = 901) -> Path:
+                    series_number: int = 901, series_uid: str | None = None) -> Path:
     """Write a DICOM-SEG of ``labels`` referencing the CT series in ``series_dir``.
 
     Args:
@@ -92,6 +92,9 @@ def write_dicom_seg(labels: Volume, series_dir: str | Path, path: str | Path, *,
         overwrite: replace an existing file.
         series_description: SeriesDescription of the SEG.
         series_number: SeriesNumber of the SEG.
+        series_uid: SeriesInstanceUID of the source series when the folder holds several (the
+            one ``livseg segment --series`` read); default: the series with most images on the
+            label grid.
 
     Returns:
         The written path.
@@ -114,6 +117,10 @@ def write_dicom_seg(labels: Volume, series_dir: str | Path, path: str | Path, *,
     groups = _read_series(series_dir)
     best: list[tuple] = []
     skipped = 0
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise InputError(f"{series_dir}: no DICOM series with SeriesInstanceUID {series_uid}")
+        groups = {series_uid: groups[series_uid]}
     for _uid, datasets in groups.items():
         matched = []
         miss = 0
