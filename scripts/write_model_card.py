@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Write the cross-validation tables of ``src/livseg/weights/MODEL_CARD.md`` from the results.
+
+Reads ``cv_summary.json`` written by ``scripts/train_pretrained.py`` and prints Markdown tables
+(summary and per case) to paste or to include in the model card, so that every number in the
+card is traceable to a file produced by the documented procedure.
+
+Usage::
+
+    python scripts/write_model_card.py runs/pretrained/cv_summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+SUMMARY_ROWS = [
+    ("liver_dice_per_case", "Liver Dice per case"), ("liver_dice_global", "Liver Dice global"),
+    ("liver_voe", "Liver VOE"), ("liver_rvd", "Liver RVD"), ("liver_assd", "Liver ASSD (mm)"),
+    ("liver_rmsd", "Liver RMSD (mm)"), ("liver_msd", "Liver MSD (mm)"),
+    ("tumor_dice_per_case", "Tumour Dice per case"), ("tumor_dice_global", "Tumour Dice global"),
+    ("lesion_precision", "Lesion precision (IoU > 0.5)"),
+    ("lesion_recall", "Lesion recall (IoU > 0.5)"),
+    ("lesion_precision_greater_zero", "Lesion precision (any overlap)"),
+    ("lesion_recall_greater_zero", "Lesion recall (any overlap)"),
+    ("tumor_burden_rmse", "Tumour burden RMSE"),
+    ("tumor_burden_max_abs_error", "Tumour burden max abs error"),
+]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:.3f}"
+
+
+def main(path: str) -> int:
+    doc = json.load(open(path))
+    s = doc["summary"]
+    print("| metric | value |\n|---|---|")
+    for key, name in SUMMARY_ROWS:
+        print(f"| {name} | {_fmt(s.get(key))} |")
+    print()
+    rows = doc["cases"]
+    cols = ["case", "liver_dice", "liver_rvd", "liver_assd", "liver_msd", "tumor_dice",
+            "lesions_ref", "lesion_tp", "lesion_fp"]
+    have = [c for c in cols if c in rows[0]]
+    print("| " + " | ".join(have) + " |\n|" + "---|" * len(have))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) if c in ("case", "lesions_ref", "lesion_tp", "lesion_fp") else _fmt(r[c]) for c in have)
+              + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
