@@ -220,3 +220,23 @@ def test_cli_writes_csv_and_json(folders, tmp_path, capsys):
     assert main(argv + ["--overwrite", "--jobs", "2", "--penalty", "50"]) == 0
     assert json.loads((out / "summary.json").read_text())["penalty"] == 50.0
     assert main(argv + ["--overwrite", "--jobs", "0"]) == 2
+
+
+def test_pairing_skips_lits_ct_images_in_reference_folder(tmp_path):
+    """--ref may be a whole LiTS folder: its volume-N CT images are not references."""
+    import numpy as np
+
+    from livseg.io import write_volume
+    from livseg.metrics.evaluate import pair_files
+    from livseg.volume import Volume
+
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    lab = np.zeros((3, 4, 5), np.uint8)
+    lab[1, 1:3, 1:4] = 1
+    for n in (0, 1):
+        write_volume(Volume.label(lab, (1, 1, 1)), ref / f"segmentation-{n}.nii.gz")
+        write_volume(Volume.image(lab * 100.0 - 1000, (1, 1, 1)), ref / f"volume-{n}.nii.gz")
+        write_volume(Volume.label(lab, (1, 1, 1)), pred / f"segmentation-{n}.nii.gz")
+    pairs = pair_files(pred, ref)
+    assert [(p.case_id, p.ref.name) for p in pairs] == [
+        ("segmentation-0", "segmentation-0.nii.gz"), ("segmentation-1", "segmentation-1.nii.gz")]

@@ -2,7 +2,9 @@
 
 **Pairing rule.** Every volume file in the reference folder (``.nii``, ``.nii.gz``, ``.nrrd``,
 ``.nhdr``, ``.mha``, ``.mhd``; hidden files ignored; not recursive) is one case, named by its file
-name without extension. Its prediction is the file of the prediction folder whose name without
+name without extension -- except that when the folder holds LiTS ``segmentation-N`` files, its
+``volume-N`` files are the CT images and are skipped (``--ref`` may be a whole LiTS folder). Its
+prediction is the file of the prediction folder whose name without
 extension is
 
 1. identical to the reference's (``segmentation-3.nii`` <-> ``segmentation-3.nii.gz``), or
@@ -92,6 +94,11 @@ def _volume_files(folder: Path) -> dict[Path, str]:
     return out
 
 
+def _is_lits(stem: str, kind: str) -> bool:
+    m = _LITS.match(stem)
+    return bool(m) and m.group(1).lower() == kind
+
+
 def _natural(text: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
@@ -112,6 +119,9 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     refs = _volume_files(ref_dir)
+    if any(_is_lits(stem, "segmentation") for stem in refs.values()):
+        # A LiTS folder holds the CT images (volume-N) beside the references: skip the images.
+        refs = {p: s for p, s in refs.items() if not _is_lits(s, "volume")}
     if not refs:
         raise InputError(f"{ref_dir}: no reference label file ({', '.join(SUFFIXES)})")
     preds = _volume_files(pred_dir)
