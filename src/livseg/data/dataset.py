@@ -60,7 +60,13 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def read(self, i: int) -> tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The cached slice ``i`` before augmentation.
+
+        Returns:
+            ``(case_id, row, image (C, H, W) float32, label (H, W), weight (H, W) or None)``;
+            ``row`` indexes the case's cached slices.
+        """
         if not 0 <= i < len(self):
             raise IndexError(f"slice {i} out of range for {len(self)} slices")
         case_id, row = self.cache.locate(i)
@@ -68,18 +74,29 @@ class SliceDataset(Dataset):
         image = np.array(case.image[row], dtype=np.float32)
         label = np.array(case.label[row])
         weight = np.array(case.weight[row], dtype=np.float32) if self.with_weight else None
-        if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, int(i)))
-            image, label, weight = self.augment(image, label, weight, rng)
+        return case_id, row, image, label, weight
+
+    def item(self, case_id: str, row: int, image: np.ndarray, label: np.ndarray,
+             weight: np.ndarray | None, **extra: np.ndarray) -> dict[str, Any]:
+        """The sample dict (tensors) of one slice; ``extra`` arrays become float32 tensors."""
         out: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
+            **{k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+               for k, v in extra.items()},
             "case_id": case_id,
-            "slice": int(case.meta["slices"][row]),
+            "slice": int(self.cache[case_id].meta["slices"][row]),
         }
         if weight is not None:
             out["weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        case_id, row, image, label, weight = self.read(i)
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, int(i)))
+            image, label, weight = self.augment(image, label, weight, rng)
+        return self.item(case_id, row, image, label, weight)
 
     def foreground_flags(self, foreground: Literal["liver", "tumour"] = "liver") -> np.ndarray:
         """(len(self),) bool: which slices contain the foreground (after resizing)."""

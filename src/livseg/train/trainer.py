@@ -279,13 +279,7 @@ class _Level2Dataset(SliceDataset):
         self.masks = masks
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"slice {i} out of range for {len(self)} slices")
-        case_id, row = self.cache.locate(i)
-        case = self.cache[case_id]
-        image = np.array(case.image[row], dtype=np.float32)
-        label = np.array(case.label[row])
-        weight = np.array(case.weight[row], dtype=np.float32) if self.with_weight else None
+        case_id, row, image, label, weight = self.read(i)
         mask = np.array(self.masks[case_id][row], dtype=np.uint8)
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, int(i)))
@@ -293,16 +287,7 @@ class _Level2Dataset(SliceDataset):
             image, label, weight = self.augment.apply_grid(grid, image, label, weight)
             _, mask, _ = self.augment.apply_grid(grid, image[:0], mask, None)
             image = self.augment.jitter_intensity(image, rng)
-        out: dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-            "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)),
-            "case_id": case_id,
-            "slice": int(case.meta["slices"][row]),
-        }
-        if weight is not None:
-            out["weight"] = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
-        return out
+        return self.item(case_id, row, image, label, weight, mask=mask)
 
 
 @torch.no_grad()
