@@ -30,6 +30,7 @@ from typing import Any
 
 from livseg.errors import InputError, LivsegError
 from livseg.infer.cascade import Cascade, SegmentationResult
+from livseg.io import READABLE_SUFFIXES
 from livseg.io.atomic import atomic_path, check_writable
 from livseg.volume import Volume
 
@@ -42,7 +43,6 @@ OUTPUT_SUFFIXES = {
     "overlay": "_overlay.png",
     "dicom_seg": "_seg.dcm",
 }
-_INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 CaseProgress = Callable[[str, str, int, int], None]
 """Progress callback ``(case name, stage, done, total)``."""
@@ -77,7 +77,7 @@ def case_name(path: str | Path) -> str:
     if path.is_dir():
         return name or path.resolve().name
     low = name.lower()
-    for suf in _INPUT_SUFFIXES:
+    for suf in READABLE_SUFFIXES:
         if low.endswith(suf):
             return name[: -len(suf)]
     return path.stem

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from livseg.errors import InputError
+from livseg.io import READABLE_SUFFIXES
 
 log = logging.getLogger("livseg.io.datasets")
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 _LITS_IMAGE = re.compile(r"^volume-(\d+)\.nii(\.gz)?$", re.I)
 _LITS_LABEL = re.compile(r"^segmentation-(\d+)\.nii(\.gz)?$", re.I)
 _CHANNEL = re.compile(r"^(?P<stem>.+)_(?P<ch>\d{4})$")
@@ -61,7 +61,7 @@ def natural_key(text: str) -> list:
 
 def _strip_suffix(name: str) -> str:
     low = name.lower()
-    for suf in _VOLUME_SUFFIXES:
+    for suf in READABLE_SUFFIXES:
         if low.endswith(suf):
             return name[: -len(suf)]
     return name
@@ -69,7 +69,7 @@ def _strip_suffix(name: str) -> str:
 
 def _is_volume_file(path: Path) -> bool:
     return (path.is_file() and not path.name.startswith(".")
-            and path.name.lower().endswith(_VOLUME_SUFFIXES))
+            and path.name.lower().endswith(READABLE_SUFFIXES))
 
 
 def _finish(cases: list[Case], require_labels: bool, source: Path) -> list[Case]:

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from livseg.errors import InputError
+from livseg.io import READABLE_SUFFIXES
 from livseg.io.atomic import check_writable, write_text_atomic
 from livseg.metrics.lits import (
     CASE_COLUMNS,
@@ -58,7 +59,7 @@ from livseg.metrics.lits import (
 
 log = logging.getLogger("livseg.metrics.evaluate")
 
-SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+SUFFIXES = READABLE_SUFFIXES
 CSV_NAME = "per_case.csv"
 JSON_NAME = "summary.json"
 _LITS = re.compile(r"^(segmentation|volume)-(\d+)$", re.I)
