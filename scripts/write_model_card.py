@@ -2,7 +2,7 @@
 """Write the cross-validation tables of ``src/livseg/weights/MODEL_CARD.md`` from the results.
 
 Reads ``cv_summary.json`` written by ``scripts/train_pretrained.py`` and prints Markdown tables
-(summary and per case) to paste or to include in the model card, so that every number in the
+(one summary column per cascade, then per case for each) to paste or to include in the model card, so that every number in the
 card is traceable to a file produced by the documented procedure.
 
 Usage::
@@ -41,12 +41,21 @@ def _fmt(v) -> str:
 
 def main(path: str) -> int:
     doc = json.load(open(path))
-    s = doc["summary"]
-    print("| metric | value |\n|---|---|")
+    cascades = doc.get("cascades") or {"crunet": doc}
+    names = list(cascades)
+    print("| metric | " + " | ".join(f"`--model {n}`" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
     for key, name in SUMMARY_ROWS:
-        print(f"| {name} | {_fmt(s.get(key))} |")
-    print()
-    rows = doc["cases"]
+        print(f"| {name} | " + " | ".join(_fmt(cascades[n]["summary"].get(key)) for n in names)
+              + " |")
+    for n in names:
+        print(f"\nPer case, `--model {n}` ({cascades[n].get('liver_config', '')} + "
+              f"{cascades[n].get('tumour_config', '')}):\n")
+        _cases(cascades[n]["cases"])
+    return 0
+
+
+def _cases(rows: list[dict]) -> None:
     cols = ["case", "liver_dice", "liver_rvd", "liver_assd", "liver_msd", "tumor_dice",
             "lesions_ref", "lesion_tp", "lesion_fp"]
     have = [c for c in cols if c in rows[0]]
@@ -54,7 +63,6 @@ def main(path: str) -> int:
     for r in rows:
         print("| " + " | ".join(str(r[c]) if c in ("case", "lesions_ref", "lesion_tp", "lesion_fp") else _fmt(r[c]) for c in have)
               + " |")
-    return 0
 
 
 if __name__ == "__main__":
