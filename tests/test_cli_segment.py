@@ -42,7 +42,9 @@ def test_segment_nifti_outputs_and_geometry(tmp_path, ras_ct, ckpts, capsys):
     assert main(["segment", str(ras_ct), "-o", str(out), *_models(ckpts, "densefcn_liver")]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["case_7_lesions.csv", "case_7_measurements.json", "case_7_overlay.png",
-                     "case_7_seg.nii.gz"]
+                     "case_7_report.html", "case_7_seg.nii.gz"]
+    page = (out / "case_7_report.html").read_text()
+    assert "data:image/png;base64," in page and "Liver volume (ml)" in page
     img = read_volume(ras_ct)
     lab = read_volume(out / "case_7_seg.nii.gz", kind="label")
     assert lab.geometry_mismatch(img) is None

@@ -384,7 +384,7 @@ def _register_segment(p: argparse.ArgumentParser):
                    help="CT files (.nii/.nii.gz/.nrrd/.mha) or DICOM series folders")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR",
                    help="output folder: <name>_seg.nii.gz, <name>_measurements.json, "
-                   "<name>_lesions.csv, <name>_overlay.png")
+                   "<name>_lesions.csv, <name>_overlay.png, <name>_report.html")
     _add_model_args(p)
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
@@ -393,7 +393,8 @@ def _register_segment(p: argparse.ArgumentParser):
                    "(DICOM inputs only)")
     p.add_argument("--ref", action="append", metavar="LABELS", default=None,
                    help="reference labels drawn dashed in the overlay (once per input, in order)")
-    p.add_argument("--no-overlay", action="store_true", help="skip the PNG montage")
+    p.add_argument("--no-overlay", action="store_true",
+                   help="skip the PNG montage and the HTML report")
     p.add_argument("--series", metavar="UID", default=None,
                    help="SeriesInstanceUID to read when a DICOM folder holds several series "
                    "(without it such a folder is refused with the list of its series)")

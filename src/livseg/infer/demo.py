@@ -6,7 +6,7 @@ with the LiTS metric set (:func:`livseg.metrics.lits.evaluate_case`) and writes 
 
 * ``phantom_ct.nii.gz`` and ``phantom_truth.nii.gz``: the input and its truth;
 * the outputs of ``livseg segment`` for it (``phantom_ct_seg.nii.gz``, measurements JSON and
-  lesion CSV, overlay PNG with the truth drawn dashed);
+  lesion CSV, overlay PNG with the truth drawn dashed, HTML report);
 * ``phantom_metrics.json``: the LiTS scores of the case.
 
 The weights are checked before anything is generated or written; a missing shipped model is a

@@ -8,6 +8,8 @@ without its extension, or the folder name), ``segment_files`` writes into ``outd
   ``liver_found`` flags, liver probability summary, per-stage timings, warnings;
 * ``<name>_lesions.csv``: one row per lesion;
 * ``<name>_overlay.png``: axial montage through the liver (``overlay=True``);
+* ``<name>_report.html``: a self-contained page with the measurements, flags, lesion list and the
+  montage embedded (``overlay=True``);
 * ``<name>_seg.dcm``: DICOM-SEG referencing the input series (``dicom_seg=True``, DICOM only).
 
 A case's outputs are written to temporary files and renamed together at the end, so a failing
@@ -41,6 +43,7 @@ OUTPUT_SUFFIXES = {
     "measurements": "_measurements.json",
     "lesions": "_lesions.csv",
     "overlay": "_overlay.png",
+    "report": "_report.html",
     "dicom_seg": "_seg.dcm",
 }
 
@@ -87,7 +90,7 @@ def output_paths(name: str, outdir: Path, dicom_seg: bool, overlay: bool) -> dic
     """The output files of case ``name`` in ``outdir``."""
     kinds = ["labels", "measurements", "lesions"]
     if overlay:
-        kinds.append("overlay")
+        kinds += ["overlay", "report"]
     if dicom_seg:
         kinds.append("dicom_seg")
     return {k: outdir / f"{name}{OUTPUT_SUFFIXES[k]}" for k in kinds}
@@ -182,6 +185,11 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
         timings["report"] = time.perf_counter() - t
         meta["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_measurements(m, tmp["measurements"], tmp["lesions"], overwrite=True, extra=meta)
+        if "report" in outs:
+            from livseg.report.html import write_html_report
+
+            write_html_report(tmp["report"], name, m, meta, overlay_png=tmp["overlay"],
+                              overwrite=True)
         written = dict(outs)
     for k, v in timings.items():
         log.debug("%s: %s %.2f s", name, k, v)
@@ -216,7 +224,7 @@ def segment_files(inputs: Sequence[str | Path], outdir: str | Path, model: str =
         tumour_model: tumour checkpoint folder (instead of the shipped one).
         tta: left-right flip test-time augmentation.
         batch_size: slices per forward pass.
-        overlay: write the PNG montage.
+        overlay: write the PNG montage and the HTML report.
         references: reference label files drawn in the overlays, one per input.
         progress: ``(case, stage, done, total)`` callback.
         cascade: an already loaded :class:`Cascade` (then the model options are ignored).

@@ -4,6 +4,8 @@
   burden, lesion list with longest axial diameter and LPS centroid, coverage flag),
   :func:`write_measurements` (JSON + lesion CSV).
 * ``overlay.py``: :func:`write_overlay`, radiological-convention montage with contours.
+* ``html.py``: :func:`write_html_report`, a self-contained page per case (measurements, flags,
+  lesion list, embedded montage).
 * ``dicom_seg.py``: :func:`write_dicom_seg` (highdicom), referencing the input CT series.
 """
 
