@@ -117,8 +117,8 @@ def main() -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", choices=sorted(SHIPPED), default=sorted(SHIPPED),
-                   help="shipped models to train and cross-validate (a cascade is cross-validated when "
-                   "its liver model is listed; both need densefcn_tumour)")
+                   help="shipped models to train and cross-validate (a cascade is "
+                   "cross-validated when its liver model is listed; both need densefcn_tumour)")
     p.add_argument("--install", action="store_true")
     p.add_argument("--skip-cv", action="store_true")
     args = p.parse_args()

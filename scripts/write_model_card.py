@@ -2,8 +2,9 @@
 """Write the cross-validation tables of ``src/livseg/weights/MODEL_CARD.md`` from the results.
 
 Reads ``cv_summary.json`` written by ``scripts/train_pretrained.py`` and prints Markdown tables
-(one summary column per cascade, then per case for each) to paste or to include in the model card, so that every number in the
-card is traceable to a file produced by the documented procedure.
+(one summary column per cascade, then per case for each) to paste or to include in the model
+card, so that every number in the card is traceable to a file produced by the documented
+procedure.
 
 Usage::
 
@@ -41,7 +42,7 @@ def _fmt(v) -> str:
 
 def main(path: str) -> int:
     doc = json.load(open(path))
-    cascades = doc.get("cascades") or {"crunet": doc}
+    cascades = doc["cascades"]
     names = list(cascades)
     print("| metric | " + " | ".join(f"`--model {n}`" for n in names) + " |")
     print("|---|" + "---|" * len(names))
@@ -60,9 +61,9 @@ def _cases(rows: list[dict]) -> None:
             "lesions_ref", "lesion_tp", "lesion_fp"]
     have = [c for c in cols if c in rows[0]]
     print("| " + " | ".join(have) + " |\n|" + "---|" * len(have))
+    plain = ("case", "lesions_ref", "lesion_tp", "lesion_fp")
     for r in rows:
-        print("| " + " | ".join(str(r[c]) if c in ("case", "lesions_ref", "lesion_tp", "lesion_fp") else _fmt(r[c]) for c in have)
-              + " |")
+        print("| " + " | ".join(str(r[c]) if c in plain else _fmt(r[c]) for c in have) + " |")
 
 
 if __name__ == "__main__":

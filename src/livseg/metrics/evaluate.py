@@ -59,7 +59,6 @@ from livseg.metrics.lits import (
 
 log = logging.getLogger("livseg.metrics.evaluate")
 
-SUFFIXES = READABLE_SUFFIXES
 CSV_NAME = "per_case.csv"
 JSON_NAME = "summary.json"
 _LITS = re.compile(r"^(segmentation|volume)-(\d+)$", re.I)
@@ -76,7 +75,7 @@ class CasePair:
 
 def _stem(path: Path) -> str | None:
     name = path.name
-    for suffix in SUFFIXES:
+    for suffix in READABLE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return None
@@ -124,7 +123,8 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[
         # A LiTS folder holds the CT images (volume-N) beside the references: skip the images.
         refs = {p: s for p, s in refs.items() if not _is_lits(s, "volume")}
     if not refs:
-        raise InputError(f"{ref_dir}: no reference label file ({', '.join(SUFFIXES)})")
+        raise InputError(f"{ref_dir}: no reference label file "
+                         f"({', '.join(READABLE_SUFFIXES)})")
     preds = _volume_files(pred_dir)
     by_stem: dict[str, list[Path]] = {}
     for path, stem in preds.items():
@@ -139,7 +139,8 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[
         found = [p for w in wanted for p in by_stem.get(w.lower(), [])]
         if not found:
             raise InputError(f"{pred_dir}: no prediction for reference {ref.name} (looked for "
-                             f"{' or '.join(wanted)} with extension {', '.join(SUFFIXES)})")
+                             f"{' or '.join(wanted)} with extension "
+                             f"{', '.join(READABLE_SUFFIXES)})")
         if len(found) > 1:
             raise InputError(f"{pred_dir}: several predictions for reference {ref.name}: "
                              f"{', '.join(p.name for p in found)}")
