@@ -49,14 +49,17 @@ def _synthetic(shape, perturbed: bool):
     lab = np.zeros(shape, np.uint8)
     c = np.array([z * 0.5, y * 0.5, x * 0.45])
     r = np.array([z * 0.35, y * 0.30, x * 0.33])
-    tumours = [(np.array([z * 0.45, y * 0.45, x * 0.40]), min(shape) * 0.06),
-               (np.array([z * 0.60, y * 0.55, x * 0.55]), min(shape) * 0.04),
-               (np.array([z * 0.35, y * 0.60, x * 0.35]), min(shape) * 0.03)]
+    tumours = [
+        (np.array([z * 0.45, y * 0.45, x * 0.40]), min(shape) * 0.06),
+        (np.array([z * 0.60, y * 0.55, x * 0.55]), min(shape) * 0.04),
+        (np.array([z * 0.35, y * 0.60, x * 0.35]), min(shape) * 0.03),
+    ]
     if perturbed:
         c = c + np.array([1.0, 2.0, -3.0])
         r = r * np.array([1.02, 0.98, 1.03])
-        tumours = [(tc + np.array([0.0, 1.0, 1.0]), tr * 1.1) for tc, tr in tumours[:2]] + \
-            [(np.array([z * 0.55, y * 0.35, x * 0.30]), min(shape) * 0.02)]  # a false positive
+        tumours = [(tc + np.array([0.0, 1.0, 1.0]), tr * 1.1) for tc, tr in tumours[:2]] + [
+            (np.array([z * 0.55, y * 0.35, x * 0.30]), min(shape) * 0.02)
+        ]  # a false positive
     yy, xx = np.ogrid[:y, :x]
     for k in range(z):
         q = ((k - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2
@@ -93,9 +96,14 @@ def _worker(side: str, spec: str) -> None:
         from livseg.metrics import evaluate_case
 
         r = evaluate_case(pred, ref, spacing)
-        values = {"liver_dice": r.liver.dice, "liver_assd": r.liver.assd, "liver_msd": r.liver.msd,
-                  "tumor_dice": r.tumor.dice, "tumor_assd": r.tumor.assd,
-                  "tumor_msd": r.tumor.msd}
+        values = {
+            "liver_dice": r.liver.dice,
+            "liver_assd": r.liver.assd,
+            "liver_msd": r.liver.msd,
+            "tumor_dice": r.tumor.dice,
+            "tumor_assd": r.tumor.assd,
+            "tumor_msd": r.tumor.msd,
+        }
     else:
         from medpy.metric import binary as mb
 
@@ -107,13 +115,25 @@ def _worker(side: str, spec: str) -> None:
                 values[f"{name}_msd"] = mb.hd(p, g, voxelspacing=spacing, connectivity=2)
     seconds = time.perf_counter() - t0
     peak = _peak_mb()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak, "extra_mb": peak - base,
-                      "values": {k: float(v) for k, v in values.items()}}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mb": peak,
+                "extra_mb": peak - base,
+                "values": {k: float(v) for k, v in values.items()},
+            }
+        )
+    )
 
 
 def _run(side: str, spec: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", side, spec], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", side, spec],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -144,8 +164,11 @@ def main(argv=None) -> int:
         return 0
 
     specs = []
-    names = ["segmentation-2", "segmentation-3"] if args.quick else \
-        [f"segmentation-{i}" for i in range(5)]
+    names = (
+        ["segmentation-2", "segmentation-3"]
+        if args.quick
+        else [f"segmentation-{i}" for i in range(5)]
+    )
     for name in names:
         for ext in (".nii.gz", ".nii"):
             if (args.data / f"{name}{ext}").exists():
@@ -154,15 +177,20 @@ def main(argv=None) -> int:
     if not specs:
         print(f"note: no real case found in {args.data}; synthetic only")
     shape = (128, 256, 256) if args.quick else (500, 512, 512)
-    specs.append((f"synthetic {shape[2]}x{shape[1]}x{shape[0]}",
-                  "synthetic:" + ",".join(map(str, shape))))
+    specs.append(
+        (f"synthetic {shape[2]}x{shape[1]}x{shape[0]}", "synthetic:" + ",".join(map(str, shape)))
+    )
 
     print(f"machine: {_machine()}")
     print("memory: peak RSS of a fresh process per side (ru_maxrss); 'extra' = above the inputs")
-    print("livseg = whole LiTS metric set; MedPy = dc + assd + hd (connectivity 2) for liver and "
-          "tumour\n")
-    head = (f"{'case':<26} {'livseg s':>9} {'MedPy s':>9} {'ratio':>7} {'livseg MB':>10} "
-            f"{'MedPy MB':>9} {'livseg extra':>12} {'MedPy extra':>11} {'max |diff|':>10}")
+    print(
+        "livseg = whole LiTS metric set; MedPy = dc + assd + hd (connectivity 2) for liver and "
+        "tumour\n"
+    )
+    head = (
+        f"{'case':<26} {'livseg s':>9} {'MedPy s':>9} {'ratio':>7} {'livseg MB':>10} "
+        f"{'MedPy MB':>9} {'livseg extra':>12} {'MedPy extra':>11} {'max |diff|':>10}"
+    )
     print(head)
     print("-" * len(head))
     tot_l = tot_m = 0.0
@@ -172,10 +200,13 @@ def main(argv=None) -> int:
         diffs = [abs(lv["values"][k] - v) for k, v in mp["values"].items()]
         tot_l += lv["seconds"]
         tot_m += mp["seconds"]
-        print(f"{name:<26} {lv['seconds']:>9.2f} {mp['seconds']:>9.2f} "
-              f"{mp['seconds'] / lv['seconds']:>6.1f}x {lv['peak_mb']:>10.0f} "
-              f"{mp['peak_mb']:>9.0f} {lv['extra_mb']:>12.0f} {mp['extra_mb']:>11.0f} "
-              f"{max(diffs):>10.1e}", flush=True)
+        print(
+            f"{name:<26} {lv['seconds']:>9.2f} {mp['seconds']:>9.2f} "
+            f"{mp['seconds'] / lv['seconds']:>6.1f}x {lv['peak_mb']:>10.0f} "
+            f"{mp['peak_mb']:>9.0f} {lv['extra_mb']:>12.0f} {mp['extra_mb']:>11.0f} "
+            f"{max(diffs):>10.1e}",
+            flush=True,
+        )
     print("-" * len(head))
     print(f"{'total':<26} {tot_l:>9.2f} {tot_m:>9.2f} {tot_m / tot_l:>6.1f}x")
     return 0

@@ -44,19 +44,33 @@ def _one(args: argparse.Namespace) -> None:
     from livseg.infer import Cascade, segment_case
 
     t0 = time.perf_counter()
-    cascade = Cascade.load(args.model, liver_model=args.liver_model,
-                           tumour_model=args.tumour_model, device="cpu",
-                           batch_size=args.batch_size, tta=args.tta)
+    cascade = Cascade.load(
+        args.model,
+        liver_model=args.liver_model,
+        tumour_model=args.tumour_model,
+        device="cpu",
+        batch_size=args.batch_size,
+        tta=args.tta,
+    )
     load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         case = segment_case(cascade, args.one, out, overlay=not args.no_overlay)
         total = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"input": str(args.one), "shape": list(case.result.labels.shape),
-                      "load_models": load_s, "total": total, **case.timings,
-                      "liver_found": case.measurements.liver_found,
-                      "peak_rss_gb": rss_kb / 1024**2}))
+    print(
+        json.dumps(
+            {
+                "input": str(args.one),
+                "shape": list(case.result.labels.shape),
+                "load_models": load_s,
+                "total": total,
+                **case.timings,
+                "liver_found": case.measurements.liver_found,
+                "peak_rss_gb": rss_kb / 1024**2,
+            }
+        )
+    )
 
 
 def _random_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
@@ -65,11 +79,11 @@ def _random_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Pat
     from livseg.train.config import load_config
 
     out = []
-    for name in ("crunet_mdice" if args.model == "crunet" else "densefcn_liver",
-                 "densefcn_tumor"):
+    for name in ("crunet_mdice" if args.model == "crunet" else "densefcn_liver", "densefcn_tumor"):
         cfg = load_config(name, overrides=args.override)
-        out.append(save_checkpoint(root / name, build_model(cfg.model.name, **cfg.model.options),
-                                   cfg))
+        out.append(
+            save_checkpoint(root / name, build_model(cfg.model.name, **cfg.model.options), cfg)
+        )
     return out[0], out[1]
 
 
@@ -84,25 +98,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tta", action="store_true")
     p.add_argument("--no-overlay", action="store_true")
-    p.add_argument("--random-init", action="store_true",
-                   help="random checkpoints from the bundled configs (no weights needed)")
-    p.add_argument("-O", "--override", action="append", default=[],
-                   help="config override for --random-init, e.g. data.size=256")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random checkpoints from the bundled configs (no weights needed)",
+    )
+    p.add_argument(
+        "-O",
+        "--override",
+        action="append",
+        default=[],
+        help="config override for --random-init, e.g. data.size=256",
+    )
     p.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
         _one(args)
         return 0
-    inputs = args.inputs or (sorted((args.data / "lits").glob("volume-*.nii*"))
-                             + sorted((args.data / "dicom").glob("*/ct-*")))
+    inputs = args.inputs or (
+        sorted((args.data / "lits").glob("volume-*.nii*"))
+        + sorted((args.data / "dicom").glob("*/ct-*"))
+    )
     if not inputs:
         print(f"no inputs found under {args.data}", file=sys.stderr)
         return 2
     tmp = tempfile.TemporaryDirectory()
     if args.random_init:
         args.liver_model, args.tumour_model = _random_checkpoints(args, Path(tmp.name))
-    fwd = ["--model", args.model, "--threads", str(args.threads),
-           "--batch-size", str(args.batch_size)]
+    fwd = [
+        "--model",
+        args.model,
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     for opt in ("liver_model", "tumour_model"):
         if getattr(args, opt):
             fwd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -111,16 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'case':<28}{'shape (z,y,x)':>16}" + "".join(f"{s:>12}" for s in STAGES)
     print(header + f"{'total':>9}{'RSS GB':>8}")
     for inp in inputs:
-        r = subprocess.run([sys.executable, __file__, "--one", str(inp), *fwd],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--one", str(inp), *fwd], capture_output=True, text=True
+        )
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["?"])[-1]
             print(f"{inp.name:<28} FAILED: {last}")
             continue
         d = json.loads(r.stdout.strip().splitlines()[-1])
         shape = "x".join(map(str, d["shape"]))
-        print(f"{inp.name:<28}{shape:>16}" + "".join(f"{d.get(s, 0.0):>12.2f}" for s in STAGES)
-              + f"{d['total']:>9.2f}{d['peak_rss_gb']:>8.2f}")
+        print(
+            f"{inp.name:<28}{shape:>16}"
+            + "".join(f"{d.get(s, 0.0):>12.2f}" for s in STAGES)
+            + f"{d['total']:>9.2f}{d['peak_rss_gb']:>8.2f}"
+        )
     return 0
 
 

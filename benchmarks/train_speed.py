@@ -52,15 +52,27 @@ def machine() -> dict:
                     break
     except OSError:
         pass
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     return info
 
 
-def _measure(model_key: str, size: int, device: str, iterations: int, warmup: int,
-             batch_size: int | None, queue) -> None:
+def _measure(
+    model_key: str,
+    size: int,
+    device: str,
+    iterations: int,
+    warmup: int,
+    batch_size: int | None,
+    queue,
+) -> None:
     """Child process: one measurement, result put on ``queue``."""
     try:
         import torch
@@ -125,15 +137,21 @@ def _measure(model_key: str, size: int, device: str, iterations: int, warmup: in
             peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
         else:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        queue.put({
-            "model": model_key, "size": size, "device": device, "batch_size": b,
-            "iterations": iterations, "seconds": seconds,
-            "slices_per_s": b * iterations / seconds,
-            "peak_memory_mb": peak_mb,
-            "memory_kind": "cuda max allocated" if amp else "process max RSS",
-            "baseline_rss_mb": base_rss / 1024,
-            "parameters": sum(p.numel() for p in net.parameters()),
-        })
+        queue.put(
+            {
+                "model": model_key,
+                "size": size,
+                "device": device,
+                "batch_size": b,
+                "iterations": iterations,
+                "seconds": seconds,
+                "slices_per_s": b * iterations / seconds,
+                "peak_memory_mb": peak_mb,
+                "memory_kind": "cuda max allocated" if amp else "process max RSS",
+                "baseline_rss_mb": base_rss / 1024,
+                "parameters": sum(p.numel() for p in net.parameters()),
+            }
+        )
     except Exception as exc:  # report, do not hang the parent
         queue.put({"model": model_key, "size": size, "device": device, "error": repr(exc)})
 
@@ -145,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations (5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first (1)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="slices per batch (default: each configuration's)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per batch (default: each configuration's)",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
@@ -160,27 +182,39 @@ def main(argv: list[str] | None = None) -> int:
         devices.remove("cuda")
     ctx = mp.get_context("spawn")
     results = []
-    header = (f"{'model':<16}{'size':>6}{'device':>8}{'batch':>7}{'slices/s':>11}"
-              f"{'peak MB':>10}  memory")
+    header = (
+        f"{'model':<16}{'size':>6}{'device':>8}{'batch':>7}{'slices/s':>11}{'peak MB':>10}  memory"
+    )
     print(header)
     for device in devices:
         for size in args.sizes:
             for key in args.models:
                 queue = ctx.Queue()
-                proc = ctx.Process(target=_measure, args=(key, size, device, args.iterations,
-                                                          args.warmup, args.batch_size, queue))
+                proc = ctx.Process(
+                    target=_measure,
+                    args=(key, size, device, args.iterations, args.warmup, args.batch_size, queue),
+                )
                 proc.start()
                 proc.join()
-                r = queue.get() if not queue.empty() else {
-                    "model": key, "size": size, "device": device,
-                    "error": f"process exited with code {proc.exitcode}"}
+                r = (
+                    queue.get()
+                    if not queue.empty()
+                    else {
+                        "model": key,
+                        "size": size,
+                        "device": device,
+                        "error": f"process exited with code {proc.exitcode}",
+                    }
+                )
                 results.append(r)
                 if "error" in r:
                     print(f"{key:<16}{size:>6}{device:>8}  error: {r['error']}")
                 else:
-                    print(f"{key:<16}{size:>6}{device:>8}{r['batch_size']:>7}"
-                          f"{r['slices_per_s']:>11.2f}{r['peak_memory_mb']:>10.0f}  "
-                          f"{r['memory_kind']}")
+                    print(
+                        f"{key:<16}{size:>6}{device:>8}{r['batch_size']:>7}"
+                        f"{r['slices_per_s']:>11.2f}{r['peak_memory_mb']:>10.0f}  "
+                        f"{r['memory_kind']}"
+                    )
                 sys.stdout.flush()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

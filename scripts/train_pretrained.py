@@ -50,13 +50,27 @@ TUMOUR = "densefcn_tumour"
 log = logging.getLogger("train_pretrained")
 
 
-def _train(config: str, data: Path, out: Path, cache: Path, device: str,
-           fold: int | None, folds: int) -> None:
+def _train(
+    config: str, data: Path, out: Path, cache: Path, device: str, fold: int | None, folds: int
+) -> None:
     if (out / "done.json").exists():
         log.info("skip %s (done)", out)
         return
-    cmd = [sys.executable, "-m", "livseg.cli", "train", config, "--data", str(data),
-           "--out", str(out), "--cache", str(cache), "--device", device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "livseg.cli",
+        "train",
+        config,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--device",
+        device,
+    ]
     if fold is not None:
         cmd += ["--fold", str(fold), "--folds", str(folds)]
     if out.exists():
@@ -90,9 +104,12 @@ def _cross_validate(args: argparse.Namespace, cascade: str) -> dict:
     for k in range(args.folds):
         splits = json.loads((_run_dir(out, liver, f"fold-{k}") / "splits.json").read_text())
         held_out = splits["folds"][k]["val"] if "folds" in splits else splits["val"]
-        model = Cascade.load(cascade, liver_model=_checkpoint(out, liver, f"fold-{k}"),
-                             tumour_model=_checkpoint(out, TUMOUR, f"fold-{k}"),
-                             device=args.device)
+        model = Cascade.load(
+            cascade,
+            liver_model=_checkpoint(out, liver, f"fold-{k}"),
+            tumour_model=_checkpoint(out, TUMOUR, f"fold-{k}"),
+            device=args.device,
+        )
         for cid in held_out:
             case = cases[cid]
             target = pred_dir / case.label.name
@@ -106,8 +123,13 @@ def _cross_validate(args: argparse.Namespace, cascade: str) -> dict:
     result = evaluate_folders(pred_dir, args.data)
     write_results(result, out / "cv_scores" / cascade, overwrite=True)
     log.info("%s cross-validated summary: %s", cascade, json.dumps(result.summary, default=float))
-    return {"liver_config": SHIPPED[liver][0], "tumour_config": SHIPPED[TUMOUR][0],
-            "summary": result.summary, "cases": result.rows(), "segment_seconds": timing}
+    return {
+        "liver_config": SHIPPED[liver][0],
+        "tumour_config": SHIPPED[TUMOUR][0],
+        "summary": result.summary,
+        "cases": result.rows(),
+        "segment_seconds": timing,
+    }
 
 
 def main() -> int:
@@ -116,9 +138,14 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--models", nargs="+", choices=sorted(SHIPPED), default=sorted(SHIPPED),
-                   help="shipped models to train and cross-validate (a cascade is "
-                   "cross-validated when its liver model is listed; both need densefcn_tumour)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(SHIPPED),
+        default=sorted(SHIPPED),
+        help="shipped models to train and cross-validate (a cascade is "
+        "cross-validated when its liver model is listed; both need densefcn_tumour)",
+    )
     p.add_argument("--install", action="store_true")
     p.add_argument("--skip-cv", action="store_true")
     args = p.parse_args()
@@ -127,8 +154,15 @@ def main() -> int:
 
     # 1. all-case models (shipped)
     for name in args.models:
-        _train(SHIPPED[name][0], args.data, _run_dir(out, name, "all"), cache, args.device,
-               None, args.folds)
+        _train(
+            SHIPPED[name][0],
+            args.data,
+            _run_dir(out, name, "all"),
+            cache,
+            args.device,
+            None,
+            args.folds,
+        )
     if args.install:
         weights = REPO / "src" / "livseg" / "weights"
         for name in args.models:
@@ -144,8 +178,15 @@ def main() -> int:
     # 2. per-fold models
     for k in range(args.folds):
         for name in args.models:
-            _train(SHIPPED[name][0], args.data, _run_dir(out, name, f"fold-{k}"), cache,
-                   args.device, k, args.folds)
+            _train(
+                SHIPPED[name][0],
+                args.data,
+                _run_dir(out, name, f"fold-{k}"),
+                cache,
+                args.device,
+                k,
+                args.folds,
+            )
 
     # 3. full-resolution cascades on each held-out case, scored together
     summary = {"folds": args.folds, "cascades": {}}
@@ -154,8 +195,9 @@ def main() -> int:
             summary["cascades"][cascade] = _cross_validate(args, cascade)
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if args.install:
-        shutil.copy2(out / "cv_summary.json", REPO / "src" / "livseg" / "weights" /
-                     "cv_summary.json")
+        shutil.copy2(
+            out / "cv_summary.json", REPO / "src" / "livseg" / "weights" / "cv_summary.json"
+        )
     return 0
 
 

@@ -18,10 +18,15 @@ import math
 import sys
 
 SUMMARY_ROWS = [
-    ("liver_dice_per_case", "Liver Dice per case"), ("liver_dice_global", "Liver Dice global"),
-    ("liver_voe", "Liver VOE"), ("liver_rvd", "Liver RVD"), ("liver_assd", "Liver ASSD (mm)"),
-    ("liver_rmsd", "Liver RMSD (mm)"), ("liver_msd", "Liver MSD (mm)"),
-    ("tumor_dice_per_case", "Tumour Dice per case"), ("tumor_dice_global", "Tumour Dice global"),
+    ("liver_dice_per_case", "Liver Dice per case"),
+    ("liver_dice_global", "Liver Dice global"),
+    ("liver_voe", "Liver VOE"),
+    ("liver_rvd", "Liver RVD"),
+    ("liver_assd", "Liver ASSD (mm)"),
+    ("liver_rmsd", "Liver RMSD (mm)"),
+    ("liver_msd", "Liver MSD (mm)"),
+    ("tumor_dice_per_case", "Tumour Dice per case"),
+    ("tumor_dice_global", "Tumour Dice global"),
     ("lesion_precision", "Lesion precision (IoU > 0.5)"),
     ("lesion_recall", "Lesion recall (IoU > 0.5)"),
     ("lesion_precision_greater_zero", "Lesion precision (any overlap)"),
@@ -47,18 +52,30 @@ def main(path: str) -> int:
     print("| metric | " + " | ".join(f"`--model {n}`" for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for key, name in SUMMARY_ROWS:
-        print(f"| {name} | " + " | ".join(_fmt(cascades[n]["summary"].get(key)) for n in names)
-              + " |")
+        print(
+            f"| {name} | " + " | ".join(_fmt(cascades[n]["summary"].get(key)) for n in names) + " |"
+        )
     for n in names:
-        print(f"\nPer case, `--model {n}` ({cascades[n].get('liver_config', '')} + "
-              f"{cascades[n].get('tumour_config', '')}):\n")
+        print(
+            f"\nPer case, `--model {n}` ({cascades[n].get('liver_config', '')} + "
+            f"{cascades[n].get('tumour_config', '')}):\n"
+        )
         _cases(cascades[n]["cases"])
     return 0
 
 
 def _cases(rows: list[dict]) -> None:
-    cols = ["case", "liver_dice", "liver_rvd", "liver_assd", "liver_msd", "tumor_dice",
-            "lesions_ref", "lesion_tp", "lesion_fp"]
+    cols = [
+        "case",
+        "liver_dice",
+        "liver_rvd",
+        "liver_assd",
+        "liver_msd",
+        "tumor_dice",
+        "lesions_ref",
+        "lesion_tp",
+        "lesion_fp",
+    ]
     have = [c for c in cols if c in rows[0]]
     print("| " + " | ".join(have) + " |\n|" + "---|" * len(have))
     plain = ("case", "lesions_ref", "lesion_tp", "lesion_fp")

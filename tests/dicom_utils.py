@@ -113,9 +113,19 @@ def write_ct_series(
     files = [None] * len(positions)
     for file_no, k in enumerate(order):
         files[k] = write_ct_slice(
-            folder / f"IM{file_no:04d}.dcm", stored[k], positions[k], row, col, pixel_spacing,
-            series_uid, description, instance=file_no + 1, slope=slope, intercept=intercept,
-            thickness=slice_spacing)
+            folder / f"IM{file_no:04d}.dcm",
+            stored[k],
+            positions[k],
+            row,
+            col,
+            pixel_spacing,
+            series_uid,
+            description,
+            instance=file_no + 1,
+            slope=slope,
+            intercept=intercept,
+            thickness=slice_spacing,
+        )
     return {
         "hu": stored.astype(np.float64) * slope + intercept,
         "positions": positions,
@@ -209,4 +219,3 @@ def write_seg(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
-

@@ -16,8 +16,9 @@ from livseg.volume import Volume
 
 
 def test_info_text_and_json(tmp_path, capsys):
-    vol = Volume.image(np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 10, (2.5, 0.8, 0.7),
-                       (5.0, -3.0, 1.5))
+    vol = Volume.image(
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 10, (2.5, 0.8, 0.7), (5.0, -3.0, 1.5)
+    )
     path = write_volume(vol, tmp_path / "ct.nii.gz")
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
@@ -48,8 +49,9 @@ def test_info_errors_exit_2(tmp_path, capsys):
 
 
 def test_info_and_convert_dicom_with_series_choice(tmp_path, capsys):
-    a = write_ct_series(tmp_path / "study" / "a", n_slices=4, series_uid="1.2.3.4.1",
-                        description="arterial")
+    a = write_ct_series(
+        tmp_path / "study" / "a", n_slices=4, series_uid="1.2.3.4.1", description="arterial"
+    )
     write_ct_series(tmp_path / "study" / "b", n_slices=3, series_uid="1.2.3.4.2", seed=2)
     assert main(["info", str(tmp_path / "study")]) == 2
     err = capsys.readouterr().err
@@ -78,11 +80,35 @@ def test_convert_segs(tmp_path, capsys):
     write_seg(tmp_path / "t.dcm", [(truth["positions"][1], 1, tumour)], [(1, "Seg", "Thing")])
     out = tmp_path / "lab.nii.gz"
     # the tumour SEG's description is not recognisable: asks for an explicit name
-    assert main(["convert", str(tmp_path / "ct"), str(out), "--seg", str(tmp_path / "l.dcm"),
-                 "--seg", str(tmp_path / "t.dcm")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "ct"),
+                str(out),
+                "--seg",
+                str(tmp_path / "l.dcm"),
+                "--seg",
+                str(tmp_path / "t.dcm"),
+            ]
+        )
+        == 2
+    )
     assert "tumour=FILE" in capsys.readouterr().err and not out.exists()
-    assert main(["convert", str(tmp_path / "ct"), str(out), "--seg", str(tmp_path / "l.dcm"),
-                 "--seg", f"tumour={tmp_path / 't.dcm'}"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "ct"),
+                str(out),
+                "--seg",
+                str(tmp_path / "l.dcm"),
+                "--seg",
+                f"tumour={tmp_path / 't.dcm'}",
+            ]
+        )
+        == 0
+    )
     lab = read_volume(out)
     assert lab.kind == "label" and nib.load(str(out)).get_data_dtype() == np.uint8
     expected = np.zeros((3, 16, 12), np.uint8)
@@ -101,6 +127,7 @@ def test_convert_between_formats(tmp_path):
 
 
 # --- real data ----------------------------------------------------------------------------------
+
 
 def test_real_info_small_files(shared_data, capsys):
     for sub in ("three-slice", "model-labelled"):
@@ -133,8 +160,20 @@ def test_real_convert_arterial_series_and_segs(radct_dir, lits_dir, tmp_path, ca
     ct_out, seg_out = tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz"
     assert main(["convert", str(radct_dir / "ct-arterial-5mm"), str(ct_out)]) == 0
     seg_dir = radct_dir / "seg"
-    assert main(["convert", str(radct_dir / "ct-arterial-5mm"), str(seg_out),
-                 "--seg", str(seg_dir / "liver.dcm"), "--seg", str(seg_dir / "tumour.dcm")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(radct_dir / "ct-arterial-5mm"),
+                str(seg_out),
+                "--seg",
+                str(seg_dir / "liver.dcm"),
+                "--seg",
+                str(seg_dir / "tumour.dcm"),
+            ]
+        )
+        == 0
+    )
     for ours, ref_name in ((ct_out, "volume-2.nii.gz"), (seg_out, "segmentation-2.nii.gz")):
         mine, ref = nib.load(str(ours)), nib.load(str(lits_dir / ref_name))
         assert mine.shape == ref.shape == (512, 512, 50)

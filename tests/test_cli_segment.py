@@ -26,8 +26,14 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 
 def _models(ckpts, liver="crunet") -> list[str]:
-    return ["--liver-model", str(ckpts[liver]), "--tumour-model", str(ckpts["tumour"]),
-            "--device", "cpu"]
+    return [
+        "--liver-model",
+        str(ckpts[liver]),
+        "--tumour-model",
+        str(ckpts["tumour"]),
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.fixture()
@@ -41,8 +47,13 @@ def test_segment_nifti_outputs_and_geometry(tmp_path, ras_ct, ckpts, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(ras_ct), "-o", str(out), *_models(ckpts, "densefcn_liver")]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["case_7_lesions.csv", "case_7_measurements.json", "case_7_overlay.png",
-                     "case_7_report.html", "case_7_seg.nii.gz"]
+    assert names == [
+        "case_7_lesions.csv",
+        "case_7_measurements.json",
+        "case_7_overlay.png",
+        "case_7_report.html",
+        "case_7_seg.nii.gz",
+    ]
     page = (out / "case_7_report.html").read_text()
     assert "data:image/png;base64," in page and "Liver volume (ml)" in page
     img = read_volume(ras_ct)
@@ -50,8 +61,15 @@ def test_segment_nifti_outputs_and_geometry(tmp_path, ras_ct, ckpts, capsys):
     assert lab.geometry_mismatch(img) is None
     assert lab.array.dtype == np.uint8 and set(np.unique(lab.array)) <= {0, 1, 2}
     meta = json.loads((out / "case_7_measurements.json").read_text())
-    assert set(meta["extra"]["timings_s"]) >= {"read", "reorient", "liver", "postprocess",
-                                               "tumour", "write", "report"}
+    assert set(meta["extra"]["timings_s"]) >= {
+        "read",
+        "reorient",
+        "liver",
+        "postprocess",
+        "tumour",
+        "write",
+        "report",
+    }
     assert isinstance(meta["liver_found"], bool)
     assert "case_7" in capsys.readouterr().out
     # no overwrite without --overwrite: error, files untouched
@@ -59,8 +77,12 @@ def test_segment_nifti_outputs_and_geometry(tmp_path, ras_ct, ckpts, capsys):
     assert main(["segment", str(ras_ct), "-o", str(out), *_models(ckpts)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "case_7_seg.nii.gz").stat().st_mtime_ns == before
-    assert main(["segment", str(ras_ct), "-o", str(out), "--overwrite", "--no-overlay",
-                 *_models(ckpts)]) == 0
+    assert (
+        main(
+            ["segment", str(ras_ct), "-o", str(out), "--overwrite", "--no-overlay", *_models(ckpts)]
+        )
+        == 0
+    )
 
 
 def test_segment_bad_inputs_write_nothing(tmp_path, ras_ct, ckpts, capsys):
@@ -75,8 +97,10 @@ def test_segment_bad_inputs_write_nothing(tmp_path, ras_ct, ckpts, capsys):
     assert main(["segment", str(ras_ct), "-o", str(out), "--dicom-seg", *_models(ckpts)]) == 2
     assert "DICOM" in capsys.readouterr().err
     # an 8-bit image is not CT
-    u8 = write_volume(Volume.image(np.random.default_rng(0).integers(0, 256, (4, 32, 32)),
-                                   (1, 1, 1)), tmp_path / "photo.nii.gz")
+    u8 = write_volume(
+        Volume.image(np.random.default_rng(0).integers(0, 256, (4, 32, 32)), (1, 1, 1)),
+        tmp_path / "photo.nii.gz",
+    )
     assert main(["segment", str(u8), "-o", str(out), *_models(ckpts)]) == 2
     assert "Hounsfield" in capsys.readouterr().err
     # a missing input
@@ -85,13 +109,29 @@ def test_segment_bad_inputs_write_nothing(tmp_path, ras_ct, ckpts, capsys):
 
 
 def test_segment_reference_overlay_and_ref_count(tmp_path, ras_ct, ckpts):
-    ref = write_volume(read_volume(ras_ct).with_array(
-        np.zeros(read_volume(ras_ct).shape, np.uint8), kind="label"), tmp_path / "ref_seg.nii.gz")
+    ref = write_volume(
+        read_volume(ras_ct).with_array(np.zeros(read_volume(ras_ct).shape, np.uint8), kind="label"),
+        tmp_path / "ref_seg.nii.gz",
+    )
     out = tmp_path / "out"
     assert main(["segment", str(ras_ct), "-o", str(out), "--ref", str(ref), *_models(ckpts)]) == 0
     assert (out / "case_7_overlay.png").exists()
-    assert main(["segment", str(ras_ct), "-o", str(tmp_path / "o2"), "--ref", str(ref),
-                 "--ref", str(ref), *_models(ckpts)]) == 2
+    assert (
+        main(
+            [
+                "segment",
+                str(ras_ct),
+                "-o",
+                str(tmp_path / "o2"),
+                "--ref",
+                str(ref),
+                "--ref",
+                str(ref),
+                *_models(ckpts),
+            ]
+        )
+        == 2
+    )
 
 
 def test_demo_without_weights_names_them(tmp_path, monkeypatch, capsys):
@@ -117,8 +157,8 @@ def test_demo_with_given_checkpoints(tmp_path, ckpts, capsys):
 
 # --- real data: geometry of the output equals the input's --------------------------------------
 
-def test_real_nifti_and_dicom_geometry_and_dicom_seg(tmp_path, lits_dir, radct_dir,
-                                                     monkeypatch):
+
+def test_real_nifti_and_dicom_geometry_and_dicom_seg(tmp_path, lits_dir, radct_dir, monkeypatch):
     """Real NIfTI and DICOM inputs of one scan: labels in each input's exact geometry, the same
     labels for both, and a DICOM-SEG referencing the series. A deterministic threshold liver
     stage keeps it fast (geometry does not depend on the weights)."""
@@ -127,8 +167,11 @@ def test_real_nifti_and_dicom_geometry_and_dicom_seg(tmp_path, lits_dir, radct_d
 
     import livseg.infer.run as run
 
-    monkeypatch.setattr(run.Cascade, "load", classmethod(
-        lambda cls, *a, **k: threshold_cascade(size=64, batch_size=16)))
+    monkeypatch.setattr(
+        run.Cascade,
+        "load",
+        classmethod(lambda cls, *a, **k: threshold_cascade(size=64, batch_size=16)),
+    )
     series = radct_dir / "ct-arterial-5mm"
     nifti = lits_dir / "volume-2.nii.gz"
     out = tmp_path / "out"
@@ -149,10 +192,12 @@ def test_real_nifti_and_dicom_geometry_and_dicom_seg(tmp_path, lits_dir, radct_d
 @pytest.mark.slow
 def test_all_real_cases_geometry(tmp_path, shared_data, ckpts):
     inputs = sorted((shared_data / "lits").glob("volume-*.nii.gz"))
-    inputs += [shared_data / "dicom" / "radct-2022" / "ct-arterial-5mm",
-               shared_data / "extra" / "three-slice" / "volume.nii.gz",
-               shared_data / "extra" / "model-labelled" / "volume.nii.gz",
-               shared_data / "dicom" / "radct-2022" / "ct-equilibrium-5mm"]
+    inputs += [
+        shared_data / "dicom" / "radct-2022" / "ct-arterial-5mm",
+        shared_data / "extra" / "three-slice" / "volume.nii.gz",
+        shared_data / "extra" / "model-labelled" / "volume.nii.gz",
+        shared_data / "dicom" / "radct-2022" / "ct-equilibrium-5mm",
+    ]
     for i, inp in enumerate(inputs):
         out = tmp_path / f"o{i}"
         assert main(["segment", str(inp), "-o", str(out), "--no-overlay", *_models(ckpts)]) == 0
@@ -169,16 +214,30 @@ def test_segment_dicom_folder_with_two_series_needs_series(tmp_path, ckpts, caps
     vol = Volume.image(hu, (2.5, 0.7, 0.9), (12.0, -30.0, 40.0))
     root = tmp_path / "study"
     write_dicom_series(vol, root / "a", uid_seed="series-a", series_description="A")
-    write_dicom_series(vol, root / "b", uid_seed="series-b", series_description="B",
-                       series_number=2)
+    write_dicom_series(
+        vol, root / "b", uid_seed="series-b", series_description="B", series_number=2
+    )
     uid_b = pydicom.dcmread(next((root / "b").glob("*.dcm"))).SeriesInstanceUID
     out = tmp_path / "out"
     assert main(["segment", str(root), "-o", str(out), *_models(ckpts)]) == 2
     err = capsys.readouterr().err
     assert "--series" in err and uid_b in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
-    assert main(["segment", str(root), "-o", str(out), "--series", uid_b, "--dicom-seg",
-                 *_models(ckpts)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(root),
+                "-o",
+                str(out),
+                "--series",
+                uid_b,
+                "--dicom-seg",
+                *_models(ckpts),
+            ]
+        )
+        == 0
+    )
     lab = read_volume(out / "study_seg.nii.gz", kind="label")
     assert lab.geometry_mismatch(read_volume(root, series_uid=uid_b)) is None
     seg = pydicom.dcmread(out / "study_seg.dcm")

@@ -15,8 +15,11 @@ from livseg.volume import Volume
 
 def _nii(path, shape=(3, 4, 5), origin=(0.0, 0.0, 0.0), kind="image"):
     arr = np.zeros(shape)
-    vol = Volume.image(arr, (2.0, 1.0, 1.0), origin) if kind == "image" else \
-        Volume.label(arr.astype(np.uint8), (2.0, 1.0, 1.0), origin)
+    vol = (
+        Volume.image(arr, (2.0, 1.0, 1.0), origin)
+        if kind == "image"
+        else Volume.label(arr.astype(np.uint8), (2.0, 1.0, 1.0), origin)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_volume(vol, path)
 
@@ -70,9 +73,17 @@ def test_msd_dataset_json_training_list(tmp_path):
         _nii(tmp_path / "imagesTr" / f"liver_{n}.nii.gz")
         _nii(tmp_path / "labelsTr" / f"liver_{n}.nii.gz", kind="label")
     _nii(tmp_path / "imagesTr" / "liver_9.nii.gz")  # not in the training list: ignored
-    (tmp_path / "dataset.json").write_text(json.dumps({"name": "Liver", "training": [
-        {"image": "./imagesTr/liver_2.nii.gz", "label": "./labelsTr/liver_2.nii.gz"},
-        {"image": "./imagesTr/liver_1.nii.gz", "label": "./labelsTr/liver_1.nii.gz"}]}))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Liver",
+                "training": [
+                    {"image": "./imagesTr/liver_2.nii.gz", "label": "./labelsTr/liver_2.nii.gz"},
+                    {"image": "./imagesTr/liver_1.nii.gz", "label": "./labelsTr/liver_1.nii.gz"},
+                ],
+            }
+        )
+    )
     cases = discover_cases(tmp_path)
     assert [c.case_id for c in cases] == ["liver_1", "liver_2"]
     assert cases[0].image == tmp_path / "imagesTr" / "liver_1.nii.gz"
@@ -98,8 +109,10 @@ def test_csv_list(tmp_path):
     _nii(tmp_path / "data" / "b.nii.gz")
     csv_path = tmp_path / "lists" / "cases.csv"
     csv_path.parent.mkdir()
-    csv_path.write_text("image,label,case_id\n../data/b.nii.gz,,case2\n"
-                        f"{tmp_path / 'data' / 'a.nii.gz'},../data/a_seg.nii.gz,case10\n")
+    csv_path.write_text(
+        "image,label,case_id\n../data/b.nii.gz,,case2\n"
+        f"{tmp_path / 'data' / 'a.nii.gz'},../data/a_seg.nii.gz,case10\n"
+    )
     with pytest.raises(InputError, match="'case2' has no label"):
         discover_cases(csv_path)
     cases = discover_cases(csv_path, require_labels=False)
@@ -113,7 +126,8 @@ def test_json_list_of_pairs(tmp_path):
     _nii(tmp_path / "x1_label.nii.gz", kind="label")
     (tmp_path / "list.json").write_text(json.dumps([["x1.nii.gz", "x1_label.nii.gz"]]))
     assert discover_cases(tmp_path / "list.json") == [
-        Case("x1", tmp_path / "x1.nii.gz", tmp_path / "x1_label.nii.gz")]
+        Case("x1", tmp_path / "x1.nii.gz", tmp_path / "x1_label.nii.gz")
+    ]
     (tmp_path / "bad.json").write_text(json.dumps([["x1.nii.gz", "missing.nii.gz"]]))
     with pytest.raises(InputError, match="missing.nii.gz not found"):
         discover_cases(tmp_path / "bad.json")

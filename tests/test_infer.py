@@ -25,18 +25,42 @@ from livseg.volume import Volume
 # --- helpers shared with test_cli_segment.py -------------------------------------------------
 
 TINY_MODELS = {
-    "crunet": ({"name": "crunet", "options": {"base_width": 4, "level1_depth": 2,
-                                              "level2_depth": 2, "dropout": 0.0}},
-               {"pipeline": "crunet", "size": 32}, {"name": "mdice", "options": {}}),
-    "densefcn_liver": ({"name": "densefcn", "options": {"levels": 2, "growth": 4,
-                                                       "layers_per_block": 2,
-                                                       "first_filters": 8, "sbu": True}},
-                       {"pipeline": "densefcn_liver", "size": 32},
-                       {"name": "wce", "options": {}}),
-    "tumour": ({"name": "densefcn", "options": {"in_channels": 3, "levels": 2, "growth": 4,
-                                                "layers_per_block": 2, "first_filters": 8}},
-               {"pipeline": "tumour", "size": 32, "crop_to_liver": True, "crop_margin": 4},
-               {"name": "wce", "options": {}}),
+    "crunet": (
+        {
+            "name": "crunet",
+            "options": {"base_width": 4, "level1_depth": 2, "level2_depth": 2, "dropout": 0.0},
+        },
+        {"pipeline": "crunet", "size": 32},
+        {"name": "mdice", "options": {}},
+    ),
+    "densefcn_liver": (
+        {
+            "name": "densefcn",
+            "options": {
+                "levels": 2,
+                "growth": 4,
+                "layers_per_block": 2,
+                "first_filters": 8,
+                "sbu": True,
+            },
+        },
+        {"pipeline": "densefcn_liver", "size": 32},
+        {"name": "wce", "options": {}},
+    ),
+    "tumour": (
+        {
+            "name": "densefcn",
+            "options": {
+                "in_channels": 3,
+                "levels": 2,
+                "growth": 4,
+                "layers_per_block": 2,
+                "first_filters": 8,
+            },
+        },
+        {"pipeline": "tumour", "size": 32, "crop_to_liver": True, "crop_margin": 4},
+        {"name": "wce", "options": {}},
+    ),
 }
 
 
@@ -47,8 +71,9 @@ def make_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
     from livseg.train.config import config_from_dict
 
     model_cfg, data_cfg, loss_cfg = TINY_MODELS[kind]
-    cfg = config_from_dict({"name": f"tiny_{kind}", "model": model_cfg, "loss": loss_cfg,
-                            "data": data_cfg})
+    cfg = config_from_dict(
+        {"name": f"tiny_{kind}", "model": model_cfg, "loss": loss_cfg, "data": data_cfg}
+    )
     torch.manual_seed(seed)
     model = build_model(cfg.model.name, **cfg.model.options)
     return save_checkpoint(folder, model, cfg)
@@ -64,17 +89,25 @@ class ThresholdNet(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
-        return 50.0 * self.sign * (x[:, self.channel:self.channel + 1] - self.threshold)
+        return 50.0 * self.sign * (x[:, self.channel : self.channel + 1] - self.threshold)
 
 
 def threshold_cascade(size: int = 32, batch_size: int = 3, tta: bool = False) -> Cascade:
     """Liver = (HU + 100) / 400 > 0.2 (i.e. > -20 HU); tumour = HU < 30 in the [0, 100] window."""
-    liver = SlicePredictor(ThresholdNet(0, 0.2), PreprocessSettings("densefcn_liver", size=size),
-                           batch_size=batch_size, tta=tta, name="threshold-liver")
-    tumour = SlicePredictor(ThresholdNet(0, 0.3, above=False),
-                            PreprocessSettings("tumour", size=size, crop_to_liver=True,
-                                               crop_margin=2),
-                            batch_size=batch_size, tta=tta, name="threshold-tumour")
+    liver = SlicePredictor(
+        ThresholdNet(0, 0.2),
+        PreprocessSettings("densefcn_liver", size=size),
+        batch_size=batch_size,
+        tta=tta,
+        name="threshold-liver",
+    )
+    tumour = SlicePredictor(
+        ThresholdNet(0, 0.3, above=False),
+        PreprocessSettings("tumour", size=size, crop_to_liver=True, crop_margin=2),
+        batch_size=batch_size,
+        tta=tta,
+        name="threshold-tumour",
+    )
     return Cascade(liver, tumour, liver_radius_mm=1.0)
 
 
@@ -82,9 +115,9 @@ def synthetic_ct(shape=(12, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
     """(HU, truth labels): air, a fat body, an off-centre liver block with a 0 HU tumour."""
     z, y, x = shape
     hu = np.full(shape, -1000.0, np.float32)
-    hu[:, 2:y - 2, 2:x - 2] = -100.0
+    hu[:, 2 : y - 2, 2 : x - 2] = -100.0
     truth = np.zeros(shape, np.uint8)
-    truth[2:z - 3, 6:20, 4:22] = 1
+    truth[2 : z - 3, 6:20, 4:22] = 1
     truth[4:7, 9:14, 8:13] = 2
     hu[truth == 1] = 60.0
     hu[truth == 2] = 0.0
@@ -93,6 +126,7 @@ def synthetic_ct(shape=(12, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- post-processing ---------------------------------------------------------------------------
+
 
 def test_structuring_element_shapes():
     se = structuring_element((5.0, 1.0, 1.0), 3.0)
@@ -127,6 +161,7 @@ def test_largest_component_and_merge():
 
 # --- the cascade -------------------------------------------------------------------------------
 
+
 def test_cascade_segments_synthetic_ct():
     hu, truth = synthetic_ct()
     vol = Volume.image(hu, (2.0, 1.0, 1.0), (5.0, -3.0, 7.0))
@@ -146,9 +181,14 @@ def test_cascade_segments_synthetic_ct():
     assert 0.5 < res.liver_probability["mean_in_mask"] <= 1.0
 
 
-@pytest.mark.parametrize("direction", [np.diag([1.0, -1.0, -1.0]),  # RAS-like NIfTI
-                                       np.diag([-1.0, 1.0, 1.0]),  # inferior-first slices
-                                       np.array([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])])
+@pytest.mark.parametrize(
+    "direction",
+    [
+        np.diag([1.0, -1.0, -1.0]),  # RAS-like NIfTI
+        np.diag([-1.0, 1.0, 1.0]),  # inferior-first slices
+        np.array([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]]),
+    ],
+)
 def test_cascade_output_in_input_layout(direction):
     """Any stored orientation gives the same anatomy back, in the input's own layout."""
     hu, _ = synthetic_ct((12, 32, 32))
@@ -206,6 +246,7 @@ def test_volume_stats_chunks_and_nan():
 
 # --- real (tiny, random) checkpoints -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
@@ -214,8 +255,12 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("liver", ["crunet", "densefcn_liver"])
 def test_load_tiny_checkpoints_and_segment(tiny_checkpoints, liver):
-    casc = Cascade.load(liver_model=tiny_checkpoints[liver],
-                        tumour_model=tiny_checkpoints["tumour"], device="cpu", batch_size=4)
+    casc = Cascade.load(
+        liver_model=tiny_checkpoints[liver],
+        tumour_model=tiny_checkpoints["tumour"],
+        device="cpu",
+        batch_size=4,
+    )
     assert casc.liver.settings.pipeline == ("crunet" if liver == "crunet" else "densefcn_liver")
     hu, _ = synthetic_ct((5, 40, 36))
     vol = Volume.image(hu, (3.0, 0.8, 0.8), direction=np.diag([1.0, -1.0, -1.0]))
@@ -226,11 +271,13 @@ def test_load_tiny_checkpoints_and_segment(tiny_checkpoints, liver):
 
 def test_load_refuses_swapped_models(tiny_checkpoints):
     with pytest.raises(LivsegError, match="not a liver model"):
-        Cascade.load(liver_model=tiny_checkpoints["tumour"],
-                     tumour_model=tiny_checkpoints["tumour"])
+        Cascade.load(
+            liver_model=tiny_checkpoints["tumour"], tumour_model=tiny_checkpoints["tumour"]
+        )
     with pytest.raises(LivsegError, match="not a tumour model"):
-        Cascade.load(liver_model=tiny_checkpoints["crunet"],
-                     tumour_model=tiny_checkpoints["crunet"])
+        Cascade.load(
+            liver_model=tiny_checkpoints["crunet"], tumour_model=tiny_checkpoints["crunet"]
+        )
 
 
 def test_missing_weights_are_named(tmp_path):

@@ -21,6 +21,7 @@ def _lps_of_slices(volume):
 
 # --- series geometry ----------------------------------------------------------------------------
 
+
 def test_sorts_shuffled_files_and_applies_rescale(tmp_path):
     truth = write_ct_series(tmp_path / "s", n_slices=6, slope=2.0, intercept=-1000.0)
     vol = read_volume(tmp_path / "s")
@@ -66,8 +67,9 @@ def test_off_grid_slice_dropped_with_warning(tmp_path, caplog):
         vol = read_volume(tmp_path / "s")
     assert vol.shape[0] == 8 and vol.spacing[0] == pytest.approx(5.0)
     np.testing.assert_array_equal(vol.array, truth["hu"].astype(np.float32))
-    assert any("zz_extra.dcm" in r.getMessage() and "grid" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "zz_extra.dcm" in r.getMessage() and "grid" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_detached_grid_slice_dropped(tmp_path, caplog):
@@ -78,19 +80,27 @@ def test_detached_grid_slice_dropped(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="livseg"):
         vol = read_volume(tmp_path / "s")
     assert vol.shape[0] == 10
-    assert any("zz_far.dcm" in r.getMessage() and "detached" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "zz_far.dcm" in r.getMessage() and "detached" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_other_orientation_slice_dropped(tmp_path, caplog):
     truth = write_ct_series(tmp_path / "s", n_slices=6)
-    write_ct_slice(tmp_path / "s" / "localizer.dcm", np.zeros((16, 12)), (0.0, 0.0, 60.0),
-                   row=(1.0, 0.0, 0.0), col=(0.0, 0.0, -1.0))
+    write_ct_slice(
+        tmp_path / "s" / "localizer.dcm",
+        np.zeros((16, 12)),
+        (0.0, 0.0, 60.0),
+        row=(1.0, 0.0, 0.0),
+        col=(0.0, 0.0, -1.0),
+    )
     with caplog.at_level(logging.WARNING, logger="livseg"):
         vol = read_volume(tmp_path / "s")
     np.testing.assert_array_equal(vol.array, truth["hu"].astype(np.float32))
-    assert any("localizer.dcm" in r.getMessage() and "orientation" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "localizer.dcm" in r.getMessage() and "orientation" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_missing_slice_is_an_error(tmp_path):
@@ -115,8 +125,12 @@ def test_gantry_tilt_is_an_error(tmp_path):
 def test_inconsistent_orientations_error(tmp_path):
     write_ct_series(tmp_path / "s", n_slices=3)
     for k in range(3):
-        write_ct_slice(tmp_path / "s" / f"cor{k}.dcm", np.zeros((16, 12)), (0.0, 2.5 * k, 0.0),
-                       col=(0.0, 0.0, -1.0))
+        write_ct_slice(
+            tmp_path / "s" / f"cor{k}.dcm",
+            np.zeros((16, 12)),
+            (0.0, 2.5 * k, 0.0),
+            col=(0.0, 0.0, -1.0),
+        )
     with pytest.raises(InputError, match="inconsistent ImageOrientationPatient"):
         read_volume(tmp_path / "s")
 
@@ -151,10 +165,12 @@ def test_single_slice_series(tmp_path):
 
 # --- series choice and bad folders --------------------------------------------------------------
 
+
 def test_several_series_need_a_uid(tmp_path):
     write_ct_series(tmp_path / "d" / "a", n_slices=4, series_uid="1.2.3.4.1", description="art")
-    write_ct_series(tmp_path / "d" / "b", n_slices=3, series_uid="1.2.3.4.2", description="eq",
-                    seed=1)
+    write_ct_series(
+        tmp_path / "d" / "b", n_slices=3, series_uid="1.2.3.4.2", description="eq", seed=1
+    )
     with pytest.raises(InputError) as err:
         read_volume(tmp_path / "d")
     msg = str(err.value)
@@ -180,8 +196,11 @@ def test_folder_without_dicom(tmp_path):
 
 
 def test_folder_with_only_non_image_dicom(tmp_path):
-    write_seg(tmp_path / "d" / "seg.dcm", [((0.0, 0.0, 0.0), 1, np.ones((16, 12)))],
-              [(1, "Liver", "Liver")])
+    write_seg(
+        tmp_path / "d" / "seg.dcm",
+        [((0.0, 0.0, 0.0), 1, np.ones((16, 12)))],
+        [(1, "Liver", "Liver")],
+    )
     with pytest.raises(InputError, match="no DICOM image series.*DICOM-SEG"):
         read_volume(tmp_path / "d")
 
@@ -193,8 +212,11 @@ def test_missing_folder(tmp_path):
 
 def test_plan_reports_dropped_files(tmp_path):
     truth = write_ct_series(tmp_path / "s", n_slices=5)
-    write_ct_slice(tmp_path / "s" / "odd.dcm", np.zeros((16, 12)),
-                   truth["positions"][-1] + 7.3 * truth["normal"])
+    write_ct_slice(
+        tmp_path / "s" / "odd.dcm",
+        np.zeros((16, 12)),
+        truth["positions"][-1] + 7.3 * truth["normal"],
+    )
     series = select_series(scan_dicom_folder(tmp_path / "s"), None, tmp_path / "s")
     stack = plan_stack(series)
     assert [p.name for p, _ in stack.dropped] == ["odd.dcm"]
@@ -202,6 +224,7 @@ def test_plan_reports_dropped_files(tmp_path):
 
 
 # --- DICOM-SEG ---------------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def ct_with_segs(tmp_path):
@@ -232,11 +255,11 @@ def test_read_dicom_seg_places_frames_by_position(ct_with_segs):
 def test_lits_label_from_segs(ct_with_segs):
     tmp_path, ct, _, liver, tumour = ct_with_segs
     expected = np.maximum(liver.astype(np.uint8), 2 * tumour.astype(np.uint8))
-    guessed = lits_label_from_segs(ct, [(tmp_path / "liver.dcm", None),
-                                        (tmp_path / "tumour.dcm", None)])
+    guessed = lits_label_from_segs(
+        ct, [(tmp_path / "liver.dcm", None), (tmp_path / "tumour.dcm", None)]
+    )
     np.testing.assert_array_equal(guessed.array, expected)
-    explicit = lits_label_from_segs(ct, [(tmp_path / "tumour.dcm", 2),
-                                         (tmp_path / "liver.dcm", 1)])
+    explicit = lits_label_from_segs(ct, [(tmp_path / "tumour.dcm", 2), (tmp_path / "liver.dcm", 1)])
     np.testing.assert_array_equal(explicit.array, expected)
 
 
@@ -244,8 +267,12 @@ def test_multi_segment_and_fractional_seg(ct_with_segs):
     tmp_path, ct, truth, liver, tumour = ct_with_segs
     frames = [(truth["positions"][k], 1, liver[k]) for k in range(6) if liver[k].any()]
     frames += [(truth["positions"][k], 2, tumour[k]) for k in range(6) if tumour[k].any()]
-    write_seg(tmp_path / "both.dcm", frames, [(1, "Liver", "Liver"), (2, "Lesion", "Neoplasm")],
-              fractional=True)
+    write_seg(
+        tmp_path / "both.dcm",
+        frames,
+        [(1, "Liver", "Liver"), (2, "Lesion", "Neoplasm")],
+        fractional=True,
+    )
     lab = read_dicom_seg(tmp_path / "both.dcm", ct, {1: 1, 2: 2})
     np.testing.assert_array_equal(lab.array, np.maximum(liver, 2 * tumour.astype(np.uint8)))
     guessed = lits_label_from_segs(ct, [(tmp_path / "both.dcm", None)])
@@ -262,16 +289,25 @@ def test_seg_errors(ct_with_segs):
     write_seg(tmp_path / "out.dcm", [(outside, 1, liver[2])], [(1, "Liver", "Liver")])
     with pytest.raises(InputError, match="outside the reference"):
         read_dicom_seg(tmp_path / "out.dcm", ct)
-    write_seg(tmp_path / "cor.dcm", [(truth["positions"][2], 1, liver[2])],
-              [(1, "Liver", "Liver")], col=(0.0, 0.0, -1.0))
+    write_seg(
+        tmp_path / "cor.dcm",
+        [(truth["positions"][2], 1, liver[2])],
+        [(1, "Liver", "Liver")],
+        col=(0.0, 0.0, -1.0),
+    )
     with pytest.raises(InputError, match="orientation"):
         read_dicom_seg(tmp_path / "cor.dcm", ct)
-    write_seg(tmp_path / "sp.dcm", [(truth["positions"][2], 1, liver[2])],
-              [(1, "Liver", "Liver")], pixel_spacing=(0.5, 0.5))
+    write_seg(
+        tmp_path / "sp.dcm",
+        [(truth["positions"][2], 1, liver[2])],
+        [(1, "Liver", "Liver")],
+        pixel_spacing=(0.5, 0.5),
+    )
     with pytest.raises(InputError, match="pixel spacing"):
         read_dicom_seg(tmp_path / "sp.dcm", ct)
-    write_seg(tmp_path / "kid.dcm", [(truth["positions"][2], 1, liver[2])],
-              [(1, "Kidney", "Kidney")])
+    write_seg(
+        tmp_path / "kid.dcm", [(truth["positions"][2], 1, liver[2])], [(1, "Kidney", "Kidney")]
+    )
     with pytest.raises(InputError, match="liver or tumour"):
         lits_label_from_segs(ct, [(tmp_path / "kid.dcm", None)])
     with pytest.raises(InputError, match="not a DICOM-SEG"):
@@ -281,6 +317,7 @@ def test_seg_errors(ct_with_segs):
 
 
 # --- real data ----------------------------------------------------------------------------------
+
 
 def test_real_arterial_series_matches_lits_volume_2(radct_dir, lits_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="livseg"):
@@ -295,8 +332,9 @@ def test_real_arterial_series_matches_lits_volume_2(radct_dir, lits_dir, caplog)
 
 def test_real_segs_reproduce_lits_segmentation_2(radct_dir, lits_dir):
     ct = read_volume(radct_dir / "ct-arterial-5mm")
-    lab = lits_label_from_segs(ct, [(radct_dir / "seg" / "liver.dcm", None),
-                                    (radct_dir / "seg" / "tumour.dcm", None)])
+    lab = lits_label_from_segs(
+        ct, [(radct_dir / "seg" / "liver.dcm", None), (radct_dir / "seg" / "tumour.dcm", None)]
+    )
     ref = read_volume(lits_dir / "segmentation-2.nii.gz")
     assert ref.kind == "label"
     np.testing.assert_array_equal(lab.array, ref.array)

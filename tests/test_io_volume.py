@@ -17,8 +17,14 @@ from livseg.volume import Volume
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = (np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az),
-                              np.sin(az))
+    cx, sx, cy, sy, cz, sz = (
+        np.cos(ax),
+        np.sin(ax),
+        np.cos(ay),
+        np.sin(ay),
+        np.cos(az),
+        np.sin(az),
+    )
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
@@ -101,8 +107,7 @@ def test_affine_conversion_is_exact_inverse():
         lin = rng.normal(size=(3, 3))  # includes sheared, improper matrices
         aff = _affine(lin, rng.normal(size=3) * 100)
         spacing, origin, direction = affine_to_geometry(aff)
-        np.testing.assert_allclose(geometry_to_affine(spacing, origin, direction), aff,
-                                   atol=1e-12)
+        np.testing.assert_allclose(geometry_to_affine(spacing, origin, direction), aff, atol=1e-12)
 
 
 def test_sheared_affine_kept_in_sform(tmp_path):
@@ -120,8 +125,12 @@ def test_sheared_affine_kept_in_sform(tmp_path):
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_itk_formats_round_trip(tmp_path, suffix):
     direction = _rotation(0.3, 0.1, -0.2)
-    vol = Volume.label(np.arange(60).reshape(3, 4, 5) % 3, spacing=(2.5, 0.9, 0.8),
-                       origin=(-40.0, 12.0, 7.5), direction=direction)
+    vol = Volume.label(
+        np.arange(60).reshape(3, 4, 5) % 3,
+        spacing=(2.5, 0.9, 0.8),
+        origin=(-40.0, 12.0, 7.5),
+        direction=direction,
+    )
     out = write_volume(vol, tmp_path / f"lab{suffix}")
     back = read_volume(out, kind="label")
     assert back.kind == "label" and back.array.dtype == np.uint8
@@ -156,8 +165,7 @@ def test_write_refuses_overwrite_and_is_atomic(tmp_path):
 
 def test_write_with_reference(tmp_path):
     aff = AFFINES["oblique"]
-    ref = _write_nifti(tmp_path / "ct.nii.gz", np.zeros((7, 6, 5), np.int16), aff, qcode=1,
-                       scode=2)
+    ref = _write_nifti(tmp_path / "ct.nii.gz", np.zeros((7, 6, 5), np.int16), aff, qcode=1, scode=2)
     ct = read_volume(ref)
     lab = ct.with_array(np.ones(ct.shape, np.uint8), kind="label")
     out = nib.load(str(write_volume(lab, tmp_path / "seg.nii.gz", reference=ref)))
@@ -173,6 +181,7 @@ def test_write_with_reference(tmp_path):
 
 
 # --- image or label ---------------------------------------------------------------------------
+
 
 def test_guess_kind_rule(tmp_path):
     labels = np.array([0, 1, 2, 1], dtype=np.uint8)
@@ -216,6 +225,7 @@ def test_label_with_nan_or_fractions_rejected(tmp_path):
 
 
 # --- bad inputs ---------------------------------------------------------------------------------
+
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
@@ -275,16 +285,22 @@ def test_2d_and_4d_itk(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5), np.int16)), str(tmp_path / "f.nrrd"))
     with pytest.raises(InputError, match="2-D"):
         read_volume(tmp_path / "f.nrrd")
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), np.int16), isVector=False),
-                    str(tmp_path / "t.nrrd"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), np.int16), isVector=False),
+        str(tmp_path / "t.nrrd"),
+    )
     with pytest.raises(InputError, match="4-D"):
         read_volume(tmp_path / "t.nrrd")
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5, 3), np.int16), isVector=True),
-                    str(tmp_path / "rgb.nrrd"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.zeros((3, 4, 5, 3), np.int16), isVector=True),
+        str(tmp_path / "rgb.nrrd"),
+    )
     with pytest.raises(InputError, match="3 components"):
         read_volume(tmp_path / "rgb.nrrd")
-    sitk.WriteImage(sitk.GetImageFromArray(np.ones((1, 3, 4, 5), np.int16), isVector=False),
-                    str(tmp_path / "one.nrrd"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.ones((1, 3, 4, 5), np.int16), isVector=False),
+        str(tmp_path / "one.nrrd"),
+    )
     assert read_volume(tmp_path / "one.nrrd").shape == (3, 4, 5)
 
 
@@ -294,6 +310,7 @@ def test_empty_folder_is_input_error(tmp_path):
 
 
 # --- real data ----------------------------------------------------------------------------------
+
 
 def test_real_lits_header_and_volume(lits_dir):
     path = lits_dir / "volume-2.nii.gz"

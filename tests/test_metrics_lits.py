@@ -133,6 +133,7 @@ def test_shape_mismatch_names_case():
 
 # --- folders and CLI -------------------------------------------------------------------------
 
+
 def _write(path, array, spacing=SPACING):
     from livseg.io import write_volume
     from livseg.volume import Volume
@@ -158,7 +159,9 @@ def test_pairing_rules(folders, tmp_path):
     pred_dir, ref_dir, _ = folders
     pairs = pair_files(pred_dir, ref_dir)
     assert [(p.case_id, p.pred.name) for p in pairs] == [
-        ("segmentation-1", "segmentation-1.nii.gz"), ("segmentation-2", "volume-2.nii.gz")]
+        ("segmentation-1", "segmentation-1.nii.gz"),
+        ("segmentation-2", "volume-2.nii.gz"),
+    ]
     _write(pred_dir / "segmentation-2.nii.gz", REF)  # now ambiguous
     with pytest.raises(InputError, match="several predictions for reference segmentation-2"):
         pair_files(pred_dir, ref_dir)
@@ -173,8 +176,9 @@ def test_pairing_rules(folders, tmp_path):
 def test_evaluate_folders_matches_array_api_and_jobs(folders):
     pred_dir, ref_dir, pred1 = folders
     res = evaluate_folders(pred_dir, ref_dir, jobs=1)
-    arr = evaluate_cases([(pred1, REF, SPACING), (REF, REF, SPACING)],
-                         case_ids=["segmentation-1", "segmentation-2"])
+    arr = evaluate_cases(
+        [(pred1, REF, SPACING), (REF, REF, SPACING)], case_ids=["segmentation-1", "segmentation-2"]
+    )
     assert res.summary == pytest.approx(arr.summary)
     res2 = evaluate_folders(pred_dir, ref_dir, jobs=2)
     assert res2.summary == res.summary
@@ -239,4 +243,6 @@ def test_pairing_skips_lits_ct_images_in_reference_folder(tmp_path):
         write_volume(Volume.label(lab, (1, 1, 1)), pred / f"segmentation-{n}.nii.gz")
     pairs = pair_files(pred, ref)
     assert [(p.case_id, p.ref.name) for p in pairs] == [
-        ("segmentation-0", "segmentation-0.nii.gz"), ("segmentation-1", "segmentation-1.nii.gz")]
+        ("segmentation-0", "segmentation-0.nii.gz"),
+        ("segmentation-1", "segmentation-1.nii.gz"),
+    ]

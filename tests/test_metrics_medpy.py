@@ -28,7 +28,7 @@ def liver_case(lits_dir):
     idx = np.argwhere(lab >= 1)
     lo = np.maximum(idx.min(axis=0) - 4, 0)
     hi = np.minimum(idx.max(axis=0) + 5, lab.shape)
-    crop = lab[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    crop = lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     return crop, vol.spacing
 
 
@@ -44,11 +44,14 @@ def _check(pred, ref, spacing):
     assert rvd(pred, ref) == pytest.approx(medpy_binary.ravd(pred, ref), abs=1e-6)
     sd = surface_distances(pred, ref, spacing)
     assert sd.assd == pytest.approx(
-        medpy_binary.assd(pred, ref, voxelspacing=spacing, connectivity=2), abs=1e-6)
+        medpy_binary.assd(pred, ref, voxelspacing=spacing, connectivity=2), abs=1e-6
+    )
     assert sd.msd == pytest.approx(
-        medpy_binary.hd(pred, ref, voxelspacing=spacing, connectivity=2), abs=1e-6)
+        medpy_binary.hd(pred, ref, voxelspacing=spacing, connectivity=2), abs=1e-6
+    )
     assert sd.mean_pred_to_ref == pytest.approx(
-        medpy_binary.asd(pred, ref, voxelspacing=spacing, connectivity=2), abs=1e-6)
+        medpy_binary.asd(pred, ref, voxelspacing=spacing, connectivity=2), abs=1e-6
+    )
     scores = segmentation_scores(pred, ref, spacing)
     assert scores.assd == pytest.approx(sd.assd) and scores.msd == pytest.approx(sd.msd)
 

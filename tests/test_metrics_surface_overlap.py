@@ -22,7 +22,7 @@ from livseg.metrics import (
 
 def _block(shape, lo, hi):
     m = np.zeros(shape, dtype=bool)
-    m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
     return m
 
 
@@ -113,9 +113,13 @@ def test_concentric_cubes(method):
     # perpendicular on the nearest face: distance = min over axes of (voxels to the big shell
     # at index 1 or 14 along that axis) x spacing of that axis
     zz, yy, xx = np.nonzero(small & ~_block((18, 18, 18), (4, 4, 4), (12, 12, 12)))
-    expected = np.minimum.reduce([np.minimum(zz - 1, 14 - zz) * 1.0,
-                                  np.minimum(yy - 1, 14 - yy) * 2.0,
-                                  np.minimum(xx - 1, 14 - xx) * 3.0])
+    expected = np.minimum.reduce(
+        [
+            np.minimum(zz - 1, 14 - zz) * 1.0,
+            np.minimum(yy - 1, 14 - yy) * 2.0,
+            np.minimum(xx - 1, 14 - xx) * 3.0,
+        ]
+    )
     np.testing.assert_allclose(np.sort(sd.ref_to_pred), np.sort(expected))
     assert sd.ref_to_pred.min() == 2.0  # small z-faces: 2 voxels x 1 mm
     # the big cube's corners are farthest: (2, 2, 2) voxels = sqrt(4*1 + 4*4 + 4*9) mm

@@ -155,7 +155,7 @@ def test_tissue_values_are_plausible(case128):
     corners = np.concatenate([a[:, :8, :8].ravel(), a[:, :8, -8:].ravel()])
     assert corners.mean() < -900
     outside = ~ndimage.binary_dilation(body, iterations=3)
-    outside[:, a.shape[1] // 2:, :] = False  # the table lies posterior (high y)
+    outside[:, a.shape[1] // 2 :, :] = False  # the table lies posterior (high y)
     assert np.median(a[outside]) < -900
     # Fat: a clear share of the body between -150 and -50 HU.
     fat = (a[body] > -150) & (a[body] < -50)
@@ -168,8 +168,11 @@ def test_tissue_values_are_plausible(case128):
     assert 5 < a[liver_core].std() < 45
     # Tumour contrast against the liver.
     tumour = lab.array == 2
-    contrast = abs(a[ndimage.binary_erosion(tumour)].mean() - a[liver_core].mean()) \
-        if ndimage.binary_erosion(tumour).any() else abs(a[tumour].mean() - a[liver_core].mean())
+    contrast = (
+        abs(a[ndimage.binary_erosion(tumour)].mean() - a[liver_core].mean())
+        if ndimage.binary_erosion(tumour).any()
+        else abs(a[tumour].mean() - a[liver_core].mean())
+    )
     assert contrast > 30
 
 
@@ -191,8 +194,15 @@ def test_write_dataset_reads_back(tmp_path):
 
     paths = write_phantom_dataset(tmp_path, cases=2, seed=4, size=64, slices=12)
     names = sorted(p.name for p in paths)
-    assert names == sorted(["volume-0.nii.gz", "segmentation-0.nii.gz", "volume-1.nii.gz",
-                            "segmentation-1.nii.gz", "phantom.json"])
+    assert names == sorted(
+        [
+            "volume-0.nii.gz",
+            "segmentation-0.nii.gz",
+            "volume-1.nii.gz",
+            "segmentation-1.nii.gz",
+            "phantom.json",
+        ]
+    )
     meta = json.loads((tmp_path / "phantom.json").read_text())
     assert meta["seed"] == 4 and meta["size"] == 64 and meta["slices"] == 12
     for n, rec in enumerate(meta["cases"]):
@@ -206,7 +216,8 @@ def test_write_dataset_reads_back(tmp_path):
         liver_ml = np.count_nonzero(lab.array) * lab.voxel_volume_ml
         assert rec["liver_ml"] == pytest.approx(liver_ml, abs=0.01)
         assert rec["tumour_ml"] == pytest.approx(
-            np.count_nonzero(lab.array == 2) * lab.voxel_volume_ml, abs=0.001)
+            np.count_nonzero(lab.array == 2) * lab.voxel_volume_ml, abs=0.001
+        )
 
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
@@ -214,7 +225,10 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
     argv = ["phantom", str(out), "--cases", "1", "--seed", "3", "--size", "64", "--slices", "8"]
     assert main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "phantom.json", "segmentation-0.nii.gz", "volume-0.nii.gz"]
+        "phantom.json",
+        "segmentation-0.nii.gz",
+        "volume-0.nii.gz",
+    ]
     before = (out / "volume-0.nii.gz").read_bytes()
     capsys.readouterr()
     assert main(argv) == 2
@@ -238,8 +252,24 @@ def test_cli_dicom_series(tmp_path):
     from livseg.io import read_volume
 
     out = tmp_path / "ph"
-    assert main(["phantom", str(out), "--cases", "1", "--seed", "9", "--size", "64",
-                 "--slices", "10", "--dicom"]) == 0
+    assert (
+        main(
+            [
+                "phantom",
+                str(out),
+                "--cases",
+                "1",
+                "--seed",
+                "9",
+                "--size",
+                "64",
+                "--slices",
+                "10",
+                "--dicom",
+            ]
+        )
+        == 0
+    )
     series = out / "dicom" / "case-0"
     files = sorted(series.glob("*.dcm"))
     assert len(files) == 10
@@ -250,12 +280,13 @@ def test_cli_dicom_series(tmp_path):
     assert len({ds.SOPInstanceUID for ds in dss}) == 10
     for k, ds in enumerate(sorted(dss, key=lambda d: int(d.InstanceNumber))):
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and ds.Modality == "CT"
-        np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient],
-                                   [1, 0, 0, 0, 1, 0])
-        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient],
-                                   img.index_to_lps((k, 0, 0)), atol=1e-3)
-        np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], img.spacing[1:],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, 1, 0]
+        )
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], img.index_to_lps((k, 0, 0)), atol=1e-3
+        )
+        np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], img.spacing[1:], atol=1e-4)
         assert float(ds.SliceThickness) == pytest.approx(img.spacing[0])
         assert ds.pixel_array.dtype == np.int16
         hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)

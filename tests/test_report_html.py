@@ -17,8 +17,8 @@ from livseg.volume import Volume
 def _labels(liver_touches_edge: bool = False) -> Volume:
     lab = np.zeros((6, 20, 20), dtype=np.uint8)
     lab[1:5, 4:16, 4:16] = 1
-    lab[2:4, 6:9, 6:9] = 2          # lesion 1: 18 voxels
-    lab[3, 12:14, 12:14] = 2        # lesion 2: 4 voxels
+    lab[2:4, 6:9, 6:9] = 2  # lesion 1: 18 voxels
+    lab[3, 12:14, 12:14] = 2  # lesion 2: 4 voxels
     if liver_touches_edge:
         lab[0, 8:10, 8:10] = 1
     return Volume(lab, (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), "label")
@@ -27,10 +27,19 @@ def _labels(liver_touches_edge: bool = False) -> Volume:
 def test_report_shows_measurements_lesions_and_picture():
     m = measure(_labels())
     png = b"\x89PNG\r\n\x1a\nfake"
-    page = report_html("case <1>", m, {"input": "/data/a&b.nii.gz", "shape_zyx": [6, 20, 20],
-                                       "liver_model": "crunet_liver", "tta": False,
-                                       "warnings": ["<script>x</script>"],
-                                       "timings_s": {"liver": 1.5}}, png)
+    page = report_html(
+        "case <1>",
+        m,
+        {
+            "input": "/data/a&b.nii.gz",
+            "shape_zyx": [6, 20, 20],
+            "liver_model": "crunet_liver",
+            "tta": False,
+            "warnings": ["<script>x</script>"],
+            "timings_s": {"liver": 1.5},
+        },
+        png,
+    )
     # liver 4 x 12 x 12 voxels of 2 mm^3 = 1.152 ml; tumour 22 voxels = 0.044 ml
     assert "<td class='num'>1.2</td>" in page and "<td class='num'>0.04</td>" in page
     assert m.lesion_count == 2 and page.count("<tr><td class='num'>") == 2
@@ -44,8 +53,9 @@ def test_report_shows_measurements_lesions_and_picture():
 
 
 def test_report_flags_missing_liver_and_incomplete_coverage():
-    empty = measure(Volume(np.zeros((3, 8, 8), np.uint8), (1.0, 1.0, 1.0), (0, 0, 0),
-                           np.eye(3), "label"))
+    empty = measure(
+        Volume(np.zeros((3, 8, 8), np.uint8), (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3), "label")
+    )
     assert "No liver was found" in report_html("e", empty)
     edge = measure(_labels(liver_touches_edge=True))
     assert edge.incomplete_coverage

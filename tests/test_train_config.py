@@ -25,8 +25,16 @@ from livseg.train.distributed import DistributedWeightedSampler
 from livseg.train.trainer import learning_rate, stages_of
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = {"unet", "runet", "crunet_mdice", "crunet_dice", "crunet_same_depth",
-            "crunet_no_intermediate", "densefcn_liver", "densefcn_tumor"}
+EXPECTED = {
+    "unet",
+    "runet",
+    "crunet_mdice",
+    "crunet_dice",
+    "crunet_same_depth",
+    "crunet_no_intermediate",
+    "densefcn_liver",
+    "densefcn_tumor",
+}
 
 
 def test_bundled_configs_load_and_round_trip():
@@ -52,7 +60,10 @@ def test_paper_variants():
     d = load_config("crunet_mdice")
     assert d.model.name == "crunet" and d.loss.name == "mdice"
     assert (d.loss.options["alpha"], d.loss.options["beta"], d.loss.options["eps"]) == (
-        0.5, 0.7, 1e-5)
+        0.5,
+        0.7,
+        1e-5,
+    )
     assert d.model.options["level2_depth"] == 5 and d.model.options["intermediate"] is True
     assert load_config("crunet_dice").loss.name == "dice"
     assert load_config("crunet_same_depth").model.options["level2_depth"] == 4
@@ -67,9 +78,18 @@ def test_paper_variants():
 
 
 def test_overrides_are_type_checked():
-    cfg = load_config("crunet_mdice", ["train.epochs=3", "model.base_width=16",
-                                       "optimizer.lr=0.001", "data.size=64", "augment=null",
-                                       "train.stage=level1", "loss.alpha=0.3"])
+    cfg = load_config(
+        "crunet_mdice",
+        [
+            "train.epochs=3",
+            "model.base_width=16",
+            "optimizer.lr=0.001",
+            "data.size=64",
+            "augment=null",
+            "train.stage=level1",
+            "loss.alpha=0.3",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.model.options["base_width"] == 16
     assert cfg.optimizer.lr == 1e-3 and cfg.data.size == 64 and cfg.augment is None
     assert cfg.train.stage == "level1" and cfg.loss.options["alpha"] == 0.3
@@ -77,21 +97,24 @@ def test_overrides_are_type_checked():
     assert isinstance(apply_overrides(cfg, ["optimizer.lr=1"]).optimizer.lr, float)
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.epochz=3", "valid keys: epochs, batch_size"),
-    ("model.width=16", "valid options: in_channels"),
-    ("loss.gamma=2", "valid options:"),
-    ("train.epochs=three", "expected an integer"),
-    ("train.epochs=2.5", "expected an integer"),
-    ("train.amp=1", "expected true or false"),
-    ("train.stage=level3", "is not one of"),
-    ("optimizer.lr=0", "optimizer.lr must be > 0"),
-    ("nosuch.key=1", "valid: name, model"),
-    ("train.epochs", "expected section.key=value"),
-    ("model.in_channels=3", "do not match the pre-processing"),
-    ("augment.scale=[2, 1]", "scale must be"),
-    ("train.device=gpu", "not a device"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epochz=3", "valid keys: epochs, batch_size"),
+        ("model.width=16", "valid options: in_channels"),
+        ("loss.gamma=2", "valid options:"),
+        ("train.epochs=three", "expected an integer"),
+        ("train.epochs=2.5", "expected an integer"),
+        ("train.amp=1", "expected true or false"),
+        ("train.stage=level3", "is not one of"),
+        ("optimizer.lr=0", "optimizer.lr must be > 0"),
+        ("nosuch.key=1", "valid: name, model"),
+        ("train.epochs", "expected section.key=value"),
+        ("model.in_channels=3", "do not match the pre-processing"),
+        ("augment.scale=[2, 1]", "scale must be"),
+        ("train.device=gpu", "not a device"),
+    ],
+)
 def test_bad_overrides_are_clear_errors(override, fragment):
     with pytest.raises(ConfigError) as exc:
         load_config("crunet_mdice", [override])

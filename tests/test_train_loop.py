@@ -23,9 +23,17 @@ from livseg.train.checkpoint import (
 from livseg.train.config import load_config
 from livseg.train.trainer import train
 
-TINY = ["data.size=32", "data.margin=1", "model.base_width=2", "model.depth=2",
-        "train.epochs=1", "train.iterations_per_epoch=2", "train.batch_size=2",
-        "train.val_batch_size=16", "augment.elastic_prob=0.0"]
+TINY = [
+    "data.size=32",
+    "data.margin=1",
+    "model.base_width=2",
+    "model.depth=2",
+    "train.epochs=1",
+    "train.iterations_per_epoch=2",
+    "train.batch_size=2",
+    "train.val_batch_size=16",
+    "augment.elastic_prob=0.0",
+]
 
 
 def write_phantoms(folder: Path, cases: int = 3, size: int = 32, seed: int = 7) -> Path:
@@ -67,7 +75,11 @@ def test_checkpoint_round_trip(tmp_path):
     state = {"epoch": 3, "optimizer": opt.state_dict(), "rng": rng_state(), "best_score": -1.5}
     folder = save_checkpoint(tmp_path / "ck", model, cfg, state=state, info={"epoch": 3})
     assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint.json", "config.json", "model.safetensors", "state.pt"]
+        "checkpoint.json",
+        "config.json",
+        "model.safetensors",
+        "state.pt",
+    ]
     assert not list(tmp_path.glob(".ck*"))  # no temporary left behind
 
     loaded, cfg2 = load_model(folder, device="cpu")
@@ -132,12 +144,37 @@ def test_train_resume_and_refuse_overwrite(phantoms, tmp_path):
 def test_cli_train_densefcn_sbu(phantoms, tmp_path, capsys):
     """DenseFCN liver model (SBU: output twice the input size) through the CLI."""
     out = tmp_path / "dense"
-    argv = ["-q", "train", "densefcn_liver", "--data", str(phantoms), "--out", str(out),
-            "--device", "cpu", "--fold", "1", "--folds", "3",
-            "--set", "data.size=32", "--set", "data.margin=1", "--set", "model.levels=2",
-            "--set", "model.growth=2", "--set", "model.first_filters=4",
-            "--set", "model.layers_per_block=2", "--set", "train.epochs=1",
-            "--set", "train.iterations_per_epoch=1"]
+    argv = [
+        "-q",
+        "train",
+        "densefcn_liver",
+        "--data",
+        str(phantoms),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--fold",
+        "1",
+        "--folds",
+        "3",
+        "--set",
+        "data.size=32",
+        "--set",
+        "data.margin=1",
+        "--set",
+        "model.levels=2",
+        "--set",
+        "model.growth=2",
+        "--set",
+        "model.first_filters=4",
+        "--set",
+        "model.layers_per_block=2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.iterations_per_epoch=1",
+    ]
     assert main(argv) == 0
     model, cfg = load_model(out / "best")
     assert cfg.model.options["sbu"] is True
@@ -145,16 +182,37 @@ def test_cli_train_densefcn_sbu(phantoms, tmp_path, capsys):
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2, 64, 64)
     assert main(argv) == 2  # exists: one-line error
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", "densefcn_liver", "--data", str(phantoms), "--out",
-                 str(tmp_path / "x"), "--set", "train.nope=1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "densefcn_liver",
+                "--data",
+                str(phantoms),
+                "--out",
+                str(tmp_path / "x"),
+                "--set",
+                "train.nope=1",
+            ]
+        )
+        == 2
+    )
     assert "valid keys" in capsys.readouterr().err
 
 
 def test_early_stopping(phantoms, tmp_path):
     # min_delta so large that no validation after the first counts as an improvement
-    cfg = load_config("runet", TINY + ["train.epochs=4", "train.iterations_per_epoch=1",
-                                       "train.patience=1", "train.min_delta=1e9",
-                                       "train.monitor=neg_loss"])
+    cfg = load_config(
+        "runet",
+        TINY
+        + [
+            "train.epochs=4",
+            "train.iterations_per_epoch=1",
+            "train.patience=1",
+            "train.min_delta=1e9",
+            "train.monitor=neg_loss",
+        ],
+    )
     result = train(cfg, phantoms, tmp_path / "es", fold=2, folds=3, device="cpu")
     assert result.final.stopped_early and result.final.epochs_done == 2
     assert result.final.best_epoch == 1

@@ -43,14 +43,39 @@ def _log_epochs(run: Path) -> list[int]:
         return [int(r["epoch"]) for r in csv.DictReader(fh)]
 
 
-CRUNET_TINY = ["data.size=32", "data.margin=1", "model.base_width=2", "train.epochs=1",
-               "train.iterations_per_epoch=2", "train.val_batch_size=16"]
+CRUNET_TINY = [
+    "data.size=32",
+    "data.margin=1",
+    "model.base_width=2",
+    "train.epochs=1",
+    "train.iterations_per_epoch=2",
+    "train.val_batch_size=16",
+]
 
 
 def test_crunet_two_stages_one_command(phantoms, tmp_path):
     out = tmp_path / "crunet"
-    assert main(["-q", "train", "crunet_mdice", "--data", str(phantoms), "--out", str(out),
-                 "--device", "cpu", "--fold", "0", "--folds", "3", *_sets(CRUNET_TINY)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "crunet_mdice",
+                "--data",
+                str(phantoms),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--fold",
+                "0",
+                "--folds",
+                "3",
+                *_sets(CRUNET_TINY),
+            ]
+        )
+        == 0
+    )
     for stage in ("level1", "level2"):
         assert (out / stage / "best" / "model.safetensors").is_file()
     assert load_info(out / "level1" / "best")["stage"] == "level1"
@@ -59,30 +84,66 @@ def test_crunet_two_stages_one_command(phantoms, tmp_path):
     lvl1, _ = load_model(out / "level1" / "best")
     assert lvl1.stage == "level1"
     # level 2 was trained on the frozen level 1: its weights equal the level-1 checkpoint's
-    for (k, a), b in zip(lvl1.level1.state_dict().items(), full.level1.state_dict().values(),
-                         strict=True):
+    for (k, a), b in zip(
+        lvl1.level1.state_dict().items(), full.level1.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), k
     with torch.no_grad():
         assert full(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
     # a finished run resumes as a no-op; stage=level2 alone retrains level 2 in a new folder
-    assert main(["-q", "train", "crunet_mdice", "--data", str(phantoms), "--out", str(out),
-                 "--device", "cpu", "--fold", "0", "--folds", "3", "--resume",
-                 *_sets(CRUNET_TINY)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "crunet_mdice",
+                "--data",
+                str(phantoms),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--fold",
+                "0",
+                "--folds",
+                "3",
+                "--resume",
+                *_sets(CRUNET_TINY),
+            ]
+        )
+        == 0
+    )
     assert _log_epochs(out / "level2") == [1]
 
 
 def _kill_run(phantoms: Path, run: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "livseg.cli", "train", "runet", "--data", str(phantoms),
-            "--out", str(run), "--device", "cpu", "--fold", "0", "--folds", "3",
-            *_sets(TINY + [f"train.epochs={epochs}", "train.iterations_per_epoch=6"])]
+    return [
+        sys.executable,
+        "-m",
+        "livseg.cli",
+        "train",
+        "runet",
+        "--data",
+        str(phantoms),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--fold",
+        "0",
+        "--folds",
+        "3",
+        *_sets(TINY + [f"train.epochs={epochs}", "train.iterations_per_epoch=6"]),
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
     run = tmp_path / "killed"
     epochs = 3
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_kill_run(phantoms, run, epochs), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _kill_run(phantoms, run, epochs), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 300
     try:
         while not (run / "last" / "state.pt").is_file():  # epoch 1 checkpointed
@@ -96,8 +157,13 @@ def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
     st = load_state(run / "last")
     assert 1 <= st["epoch"] < epochs  # at most the epoch in progress is lost
 
-    res = subprocess.run(_kill_run(phantoms, run, epochs) + ["--resume"], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        _kill_run(phantoms, run, epochs) + ["--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert _log_epochs(run) == list(range(1, epochs + 1))  # each epoch logged once
     assert load_state(run / "last")["epoch"] == epochs
@@ -105,8 +171,13 @@ def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
 
     # the resumed run ends with the weights of an uninterrupted run (per-epoch reseeding)
     ref = tmp_path / "uninterrupted"
-    res = subprocess.run(_kill_run(phantoms, ref, epochs) + ["--cache", str(run / "cache")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        _kill_run(phantoms, ref, epochs) + ["--cache", str(run / "cache")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     a, _ = load_model(run / "last")
     b, _ = load_model(ref / "last")
@@ -116,10 +187,29 @@ def test_sigkill_mid_epoch_then_resume(phantoms, tmp_path):
 
 def test_ddp_two_gloo_processes(phantoms, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "livseg.cli", "train", "runet", "--data", str(phantoms), "--out",
-           str(run), "--device", "cpu", "--fold", "0", "--folds", "3",
-           *_sets(TINY + ["train.epochs=1", "train.iterations_per_epoch=3"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "livseg.cli",
+        "train",
+        "runet",
+        "--data",
+        str(phantoms),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--fold",
+        "0",
+        "--folds",
+        "3",
+        *_sets(TINY + ["train.epochs=1", "train.iterations_per_epoch=3"]),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -127,7 +217,11 @@ def test_ddp_two_gloo_processes(phantoms, tmp_path):
     assert "backend gloo" in res.stderr
     # one run folder, one checkpoint of each kind, written once (by rank 0)
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [
-        "best", "cache", "last", "tensorboard"]
+        "best",
+        "cache",
+        "last",
+        "tensorboard",
+    ]
     st = load_state(run / "last")
     assert st["epoch"] == 1 and st["global_step"] == 3
     assert _log_epochs(run) == [1]
@@ -137,8 +231,25 @@ def test_ddp_two_gloo_processes(phantoms, tmp_path):
 
 def test_cross_validation_one_command(phantoms, tmp_path):
     out = tmp_path / "cv"
-    assert main(["-q", "cv", "runet", "--data", str(phantoms), "--out", str(out), "--folds",
-                 "3", "--device", "cpu", *_sets(TINY)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "cv",
+                "runet",
+                "--data",
+                str(phantoms),
+                "--out",
+                str(out),
+                "--folds",
+                "3",
+                "--device",
+                "cpu",
+                *_sets(TINY),
+            ]
+        )
+        == 0
+    )
     splits = json.loads((out / "splits.json").read_text())["folds"]
     assert sorted(c for f in splits for c in f["val"]) == ["volume-0", "volume-1", "volume-2"]
     doc = json.loads((out / "cv_summary.json").read_text())
@@ -152,18 +263,60 @@ def test_cross_validation_one_command(phantoms, tmp_path):
         assert [r["fold"] for r in csv.DictReader(fh)] == ["0", "1", "2", "mean", "sd"]
     # resuming a finished cross-validation retrains nothing
     t0 = (out / "fold0" / "last" / "state.pt").stat().st_mtime_ns
-    assert main(["-q", "cv", "runet", "--data", str(phantoms), "--out", str(out), "--folds",
-                 "3", "--device", "cpu", "--resume", *_sets(TINY)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "cv",
+                "runet",
+                "--data",
+                str(phantoms),
+                "--out",
+                str(out),
+                "--folds",
+                "3",
+                "--device",
+                "cpu",
+                "--resume",
+                *_sets(TINY),
+            ]
+        )
+        == 0
+    )
     assert (out / "fold0" / "last" / "state.pt").stat().st_mtime_ns == t0
-    assert main(["-q", "cv", "runet", "--data", str(phantoms), "--out", str(out), "--folds",
-                 "3", *_sets(TINY)]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "cv",
+                "runet",
+                "--data",
+                str(phantoms),
+                "--out",
+                str(out),
+                "--folds",
+                "3",
+                *_sets(TINY),
+            ]
+        )
+        == 2
+    )
 
 
 def test_tumour_model_trains(phantoms, tmp_path):
-    cfg = load_config("densefcn_tumor", [
-        "data.size=32", "data.margin=1", "model.levels=2", "model.growth=2",
-        "model.first_filters=4", "model.layers_per_block=2", "train.epochs=1",
-        "train.iterations_per_epoch=2"])
+    cfg = load_config(
+        "densefcn_tumor",
+        [
+            "data.size=32",
+            "data.margin=1",
+            "model.levels=2",
+            "model.growth=2",
+            "model.first_filters=4",
+            "model.layers_per_block=2",
+            "train.epochs=1",
+            "train.iterations_per_epoch=2",
+        ],
+    )
     result = train(cfg, phantoms, tmp_path / "tumour", fold=2, folds=3, device="cpu")
     s = result.final.summary
     assert s["liver_dice_per_case"] == pytest.approx(1.0)  # scored inside the reference liver
@@ -172,11 +325,21 @@ def test_tumour_model_trains(phantoms, tmp_path):
 
 def test_real_lits_tumour_model(lits_dir, tmp_path):
     """Tumour DenseFCN on the real LiTS-layout cases (tiny settings; needs ../shared/data)."""
-    cfg = load_config("densefcn_tumor", [
-        "data.size=32", "model.levels=2", "model.growth=2", "model.first_filters=4",
-        "model.layers_per_block=2", "train.epochs=1", "train.iterations_per_epoch=1"])
-    result = train(cfg, lits_dir, tmp_path / "run", fold=0, folds=5, device="cpu",
-                   cache=tmp_path / "cache")
+    cfg = load_config(
+        "densefcn_tumor",
+        [
+            "data.size=32",
+            "model.levels=2",
+            "model.growth=2",
+            "model.first_filters=4",
+            "model.layers_per_block=2",
+            "train.epochs=1",
+            "train.iterations_per_epoch=1",
+        ],
+    )
+    result = train(
+        cfg, lits_dir, tmp_path / "run", fold=0, folds=5, device="cpu", cache=tmp_path / "cache"
+    )
     assert len(result.train_cases) == 4 and len(result.val_cases) == 1
     assert 0.0 <= result.final.summary["tumor_dice_per_case"] <= 1.0
     model, loaded = load_model(result.checkpoint)

@@ -78,10 +78,17 @@ def _parse_seg_spec(text: str):
 
 def _register_info(p: argparse.ArgumentParser):
     p.add_argument("path", help="NIfTI/NRRD/MHA file or DICOM series folder")
-    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when the folder holds "
-                   "several series (the error message lists them)")
-    p.add_argument("--kind", choices=("image", "label"),
-                   help="read as image or label (default: guessed from name and values)")
+    p.add_argument(
+        "--series",
+        metavar="UID",
+        help="SeriesInstanceUID, when the folder holds "
+        "several series (the error message lists them)",
+    )
+    p.add_argument(
+        "--kind",
+        choices=("image", "label"),
+        help="read as image or label (default: guessed from name and values)",
+    )
     p.add_argument("--json", action="store_true", help="print the information as JSON")
 
     def handler(args: argparse.Namespace) -> int:
@@ -101,44 +108,76 @@ def _register_convert(p: argparse.ArgumentParser):
     p.epilog = _CONVERT_EPILOG
     p.add_argument("source", help="DICOM series folder or NIfTI/NRRD/MHA file")
     p.add_argument("output", help="output file: .nii, .nii.gz, .nrrd or .mha")
-    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when the folder holds "
-                   "several series")
-    p.add_argument("--seg", metavar="[liver=|tumour=|N=]SEG.dcm", action="append",
-                   type=_parse_seg_spec, default=[],
-                   help="DICOM-SEG to place on the grid of SOURCE (repeatable); the output is "
-                   "then the LiTS label volume")
-    p.add_argument("--kind", choices=("image", "label"),
-                   help="read SOURCE as image or label (default: guessed); ignored with --seg")
+    p.add_argument(
+        "--series", metavar="UID", help="SeriesInstanceUID, when the folder holds several series"
+    )
+    p.add_argument(
+        "--seg",
+        metavar="[liver=|tumour=|N=]SEG.dcm",
+        action="append",
+        type=_parse_seg_spec,
+        default=[],
+        help="DICOM-SEG to place on the grid of SOURCE (repeatable); the output is "
+        "then the LiTS label volume",
+    )
+    p.add_argument(
+        "--kind",
+        choices=("image", "label"),
+        help="read SOURCE as image or label (default: guessed); ignored with --seg",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     def handler(args: argparse.Namespace) -> int:
         from livseg.io import convert
 
-        out = convert(args.source, args.output, series_uid=args.series, segs=args.seg or None,
-                      kind=args.kind, overwrite=args.overwrite)
+        out = convert(
+            args.source,
+            args.output,
+            series_uid=args.series,
+            segs=args.seg or None,
+            kind=args.kind,
+            overwrite=args.overwrite,
+        )
         log.info("wrote %s", out)
         return EXIT_OK
 
     return handler
 
 
-COMMANDS.append(("info", "show the geometry and values of a CT/label file or DICOM series",
-                 _register_info))
-COMMANDS.append(("convert", "convert a DICOM series (or DICOM-SEG) to NIfTI/NRRD/MHA",
-                 _register_convert))
+COMMANDS.append(
+    ("info", "show the geometry and values of a CT/label file or DICOM series", _register_info)
+)
+COMMANDS.append(
+    ("convert", "convert a DICOM series (or DICOM-SEG) to NIfTI/NRRD/MHA", _register_convert)
+)
 # <<< info / convert
+
 
 # >>> phantom
 def _register_phantom(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    p.add_argument("outdir", help="output folder (volume-N.nii.gz, segmentation-N.nii.gz, "
-                   "phantom.json, dicom/case-N/)")
+    p.add_argument(
+        "outdir",
+        help="output folder (volume-N.nii.gz, segmentation-N.nii.gz, phantom.json, dicom/case-N/)",
+    )
     p.add_argument("--cases", type=int, default=1, help="number of cases (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0); case N uses "
-                   "a seed derived from (seed, N)")
-    p.add_argument("--size", type=int, default=256, help="in-plane matrix size in pixels "
-                   "(default 256; spacing about 350/size mm)")
-    p.add_argument("--slices", type=int, default=None, help="slices covering 240 mm "
-                   "(default 64 at size 256, scaled with the size)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="dataset seed (default 0); case N uses a seed derived from (seed, N)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        help="in-plane matrix size in pixels (default 256; spacing about 350/size mm)",
+    )
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=None,
+        help="slices covering 240 mm (default 64 at size 256, scaled with the size)",
+    )
     p.add_argument("--dicom", action="store_true", help="also write each CT as a DICOM series")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -146,36 +185,71 @@ def _register_phantom(p: argparse.ArgumentParser) -> Callable[[argparse.Namespac
         from livseg.phantom import write_phantom_dataset
 
         def bar(cases):
-            return progress(cases, total=args.cases, desc="phantom", unit="case",
-                            disable=not _progress_enabled(args))
+            return progress(
+                cases,
+                total=args.cases,
+                desc="phantom",
+                unit="case",
+                disable=not _progress_enabled(args),
+            )
 
-        paths = write_phantom_dataset(args.outdir, cases=args.cases, seed=args.seed,
-                                      size=args.size, slices=args.slices, dicom=args.dicom,
-                                      overwrite=args.overwrite, progress=bar)
+        paths = write_phantom_dataset(
+            args.outdir,
+            cases=args.cases,
+            seed=args.seed,
+            size=args.size,
+            slices=args.slices,
+            dicom=args.dicom,
+            overwrite=args.overwrite,
+            progress=bar,
+        )
         log.info("wrote %d cases to %s (%d outputs)", args.cases, args.outdir, len(paths))
         return EXIT_OK
 
     return handler
 
 
-COMMANDS.append(("phantom", "write a synthetic abdominal CT dataset with liver/tumour labels "
-                 "(LiTS file names)", _register_phantom))
+COMMANDS.append(
+    (
+        "phantom",
+        "write a synthetic abdominal CT dataset with liver/tumour labels (LiTS file names)",
+        _register_phantom,
+    )
+)
 # <<< phantom
+
 
 # >>> evaluate
 def _register_evaluate(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    parser.add_argument("--pred", required=True, metavar="DIR",
-                        help="folder of predicted label files (0 background, 1 liver, 2 tumour)")
-    parser.add_argument("--ref", required=True, metavar="DIR",
-                        help="folder of reference label files (their spacing is used); pairs: "
-                        "same name, or LiTS segmentation-N <-> volume-N")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder for per_case.csv and summary.json")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="worker processes (default 1)")
-    parser.add_argument("--penalty", type=float, default=None,
-                        help="value of RVD/ASSD/RMSD/MSD when a mask is empty (default: "
-                        "livseg.metrics.lits.DEFAULT_PENALTY = 9001, the official scorer's)")
+    parser.add_argument(
+        "--pred",
+        required=True,
+        metavar="DIR",
+        help="folder of predicted label files (0 background, 1 liver, 2 tumour)",
+    )
+    parser.add_argument(
+        "--ref",
+        required=True,
+        metavar="DIR",
+        help="folder of reference label files (their spacing is used); pairs: "
+        "same name, or LiTS segmentation-N <-> volume-N",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder for per_case.csv and summary.json",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--penalty",
+        type=float,
+        default=None,
+        help="value of RVD/ASSD/RMSD/MSD when a mask is empty (default: "
+        "livseg.metrics.lits.DEFAULT_PENALTY = 9001, the official scorer's)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     def handler(args: argparse.Namespace) -> int:
@@ -202,14 +276,16 @@ def _register_evaluate(parser: argparse.ArgumentParser) -> Callable[[argparse.Na
         def on_case(result, total):
             nonlocal bar
             if bar is None:
-                bar = progress(total=total, desc="evaluate", unit="case",
-                               disable=not _progress_enabled(args))
+                bar = progress(
+                    total=total, desc="evaluate", unit="case", disable=not _progress_enabled(args)
+                )
             bar.update(1)
             bar.set_postfix_str(result.case_id)
 
         try:
-            result = evaluate_folders(args.pred, args.ref, jobs=args.jobs, penalty=penalty,
-                                      on_case=on_case)
+            result = evaluate_folders(
+                args.pred, args.ref, jobs=args.jobs, penalty=penalty, on_case=on_case
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -221,9 +297,15 @@ def _register_evaluate(parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     return handler
 
 
-COMMANDS.append(("evaluate", "LiTS metrics of predicted label files against references "
-                 "(per-case CSV + summary JSON)", _register_evaluate))
+COMMANDS.append(
+    (
+        "evaluate",
+        "LiTS metrics of predicted label files against references (per-case CSV + summary JSON)",
+        _register_evaluate,
+    )
+)
 # <<< evaluate
+
 
 # >>> train / cv
 class _TrainBar:
@@ -242,10 +324,15 @@ class _TrainBar:
             if key != self.key:
                 self.close()
                 self.key = key
-                self.bar = progress(total=p.steps, desc=f"{p.stage} epoch {p.epoch}/{p.epochs}",
-                                    unit="it", leave=False)
-            self.bar.set_postfix(loss=f"{p.loss:.4f}", slices_s=f"{p.slices_per_s:.1f}",
-                                 refresh=False)
+                self.bar = progress(
+                    total=p.steps,
+                    desc=f"{p.stage} epoch {p.epoch}/{p.epochs}",
+                    unit="it",
+                    leave=False,
+                )
+            self.bar.set_postfix(
+                loss=f"{p.loss:.4f}", slices_s=f"{p.slices_per_s:.1f}", refresh=False
+            )
             self.bar.update(1)
         elif p.phase == "val" and self.bar is not None:
             self.bar.set_description(f"{p.stage} epoch {p.epoch}/{p.epochs} validating")
@@ -259,21 +346,43 @@ class _TrainBar:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="configuration: a JSON file or a bundled name (crunet_mdice, "
-                   "crunet_dice, crunet_same_depth, crunet_no_intermediate, unet, runet, "
-                   "densefcn_liver, densefcn_tumor)")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="dataset folder (LiTS or MSD layout) or CSV/JSON list of cases")
+    p.add_argument(
+        "config",
+        help="configuration: a JSON file or a bundled name (crunet_mdice, "
+        "crunet_dice, crunet_same_depth, crunet_no_intermediate, unet, runet, "
+        "densefcn_liver, densefcn_tumor)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="dataset folder (LiTS or MSD layout) or CSV/JSON list of cases",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to create")
-    p.add_argument("--device", default=None, metavar="auto|cpu|cuda[:N]",
-                   help="device (default: the configuration's train.device, 'auto')")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoints")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a configuration value, e.g. train.epochs=3 or "
-                   "model.base_width=16 (repeatable)")
-    p.add_argument("--cache", default=None, metavar="DIR",
-                   help="slice-cache folder (default: OUT/cache); reuse it across runs")
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="auto|cpu|cuda[:N]",
+        help="device (default: the configuration's train.device, 'auto')",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoints"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a configuration value, e.g. train.epochs=3 or "
+        "model.base_width=16 (repeatable)",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="slice-cache folder (default: OUT/cache); reuse it across runs",
+    )
 
 
 def _training_logging() -> None:
@@ -285,8 +394,13 @@ def _training_logging() -> None:
 
 def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     _add_training_args(p)
-    p.add_argument("--fold", type=int, default=None, metavar="K",
-                   help="validate on fold K (0-based) of --folds patient-wise folds")
+    p.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="validate on fold K (0-based) of --folds patient-wise folds",
+    )
     p.add_argument("--folds", type=int, default=5, metavar="N", help="number of folds (5)")
 
     def handler(args: argparse.Namespace) -> int:
@@ -298,9 +412,18 @@ def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         config = load_config(args.config, args.overrides)
         bar = _TrainBar(_progress_enabled(args))
         try:
-            result = train(config, args.data, args.out, fold=args.fold, folds=args.folds,
-                           cache=args.cache, device=args.device, resume=args.resume,
-                           progress=bar, cache_progress=progress)
+            result = train(
+                config,
+                args.data,
+                args.out,
+                fold=args.fold,
+                folds=args.folds,
+                cache=args.cache,
+                device=args.device,
+                resume=args.resume,
+                progress=bar,
+                cache_progress=progress,
+            )
         finally:
             bar.close()
             shutdown_distributed()
@@ -312,8 +435,9 @@ def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
 
 def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     _add_training_args(p)
-    p.add_argument("--folds", type=int, required=True, metavar="N",
-                   help="number of patient-wise folds")
+    p.add_argument(
+        "--folds", type=int, required=True, metavar="N", help="number of patient-wise folds"
+    )
 
     def handler(args: argparse.Namespace) -> int:
         from livseg.train.config import load_config
@@ -324,9 +448,17 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
         config = load_config(args.config, args.overrides)
         bar = _TrainBar(_progress_enabled(args))
         try:
-            result = cross_validate(config, args.data, args.out, args.folds, cache=args.cache,
-                                    device=args.device, resume=args.resume, progress=bar,
-                                    cache_progress=progress)
+            result = cross_validate(
+                config,
+                args.data,
+                args.out,
+                args.folds,
+                cache=args.cache,
+                device=args.device,
+                resume=args.resume,
+                progress=bar,
+                cache_progress=progress,
+            )
         finally:
             bar.close()
             shutdown_distributed()
@@ -336,11 +468,14 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
     return handler
 
 
-COMMANDS.append(("train", "train a model configuration (CR-U-Net runs both levels)",
-                 _register_train))
-COMMANDS.append(("cv", "cross-validate a configuration by patient (k folds, LiTS metrics)",
-                 _register_cv))
+COMMANDS.append(
+    ("train", "train a model configuration (CR-U-Net runs both levels)", _register_train)
+)
+COMMANDS.append(
+    ("cv", "cross-validate a configuration by patient (k folds, LiTS metrics)", _register_cv)
+)
 # <<< train / cv
+
 
 # >>> segment / demo
 class _StageBars:
@@ -368,36 +503,69 @@ class _StageBars:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=("crunet", "densefcn"), default="crunet",
-                   help="liver model family of the shipped weights (default: crunet)")
-    p.add_argument("--liver-model", metavar="DIR", default=None,
-                   help="liver checkpoint folder (model.safetensors + config.json) instead of "
-                   "the shipped one")
-    p.add_argument("--tumour-model", metavar="DIR", default=None,
-                   help="tumour checkpoint folder instead of the shipped densefcn_tumour")
+    p.add_argument(
+        "--model",
+        choices=("crunet", "densefcn"),
+        default="crunet",
+        help="liver model family of the shipped weights (default: crunet)",
+    )
+    p.add_argument(
+        "--liver-model",
+        metavar="DIR",
+        default=None,
+        help="liver checkpoint folder (model.safetensors + config.json) instead of the shipped one",
+    )
+    p.add_argument(
+        "--tumour-model",
+        metavar="DIR",
+        default=None,
+        help="tumour checkpoint folder instead of the shipped densefcn_tumour",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def _register_segment(p: argparse.ArgumentParser):
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="CT files (.nii/.nii.gz/.nrrd/.mha) or DICOM series folders")
-    p.add_argument("-o", "--out", required=True, metavar="OUTDIR",
-                   help="output folder: <name>_seg.nii.gz, <name>_measurements.json, "
-                   "<name>_lesions.csv, <name>_overlay.png, <name>_report.html")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="CT files (.nii/.nii.gz/.nrrd/.mha) or DICOM series folders",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="OUTDIR",
+        help="output folder: <name>_seg.nii.gz, <name>_measurements.json, "
+        "<name>_lesions.csv, <name>_overlay.png, <name>_report.html",
+    )
     _add_model_args(p)
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
-    p.add_argument("--dicom-seg", action="store_true",
-                   help="also write <name>_seg.dcm, a DICOM-SEG referencing the input series "
-                   "(DICOM inputs only)")
-    p.add_argument("--ref", action="append", metavar="LABELS", default=None,
-                   help="reference labels drawn dashed in the overlay (once per input, in order)")
-    p.add_argument("--no-overlay", action="store_true",
-                   help="skip the PNG montage and the HTML report")
-    p.add_argument("--series", metavar="UID", default=None,
-                   help="SeriesInstanceUID to read when a DICOM folder holds several series "
-                   "(without it such a folder is refused with the list of its series)")
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write <name>_seg.dcm, a DICOM-SEG referencing the input series "
+        "(DICOM inputs only)",
+    )
+    p.add_argument(
+        "--ref",
+        action="append",
+        metavar="LABELS",
+        default=None,
+        help="reference labels drawn dashed in the overlay (once per input, in order)",
+    )
+    p.add_argument(
+        "--no-overlay", action="store_true", help="skip the PNG montage and the HTML report"
+    )
+    p.add_argument(
+        "--series",
+        metavar="UID",
+        default=None,
+        help="SeriesInstanceUID to read when a DICOM folder holds several series "
+        "(without it such a folder is refused with the list of its series)",
+    )
 
     def handler(args: argparse.Namespace) -> int:
         from livseg.infer import segment_files
@@ -405,11 +573,21 @@ def _register_segment(p: argparse.ArgumentParser):
         bars = _StageBars(_progress_enabled(args))
         try:
             cases = segment_files(
-                args.inputs, args.out, model=args.model, device=args.device,
-                dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-                liver_model=args.liver_model, tumour_model=args.tumour_model, tta=args.tta,
-                batch_size=args.batch_size, overlay=not args.no_overlay, references=args.ref,
-                progress=bars, series_uid=args.series)
+                args.inputs,
+                args.out,
+                model=args.model,
+                device=args.device,
+                dicom_seg=args.dicom_seg,
+                overwrite=args.overwrite,
+                liver_model=args.liver_model,
+                tumour_model=args.tumour_model,
+                tta=args.tta,
+                batch_size=args.batch_size,
+                overlay=not args.no_overlay,
+                references=args.ref,
+                progress=bars,
+                series_uid=args.series,
+            )
         finally:
             bars.close()
         for c in cases:
@@ -418,18 +596,21 @@ def _register_segment(p: argparse.ArgumentParser):
                 print(f"{c.name}: NO LIVER FOUND -> {c.outputs['labels']}")
                 continue
             burden = f"{100 * m.tumour_burden:.1f}%" if m.tumour_burden is not None else "-"
-            print(f"{c.name}: liver {m.liver_volume_ml:.0f} ml, tumour "
-                  f"{m.tumour_volume_ml:.1f} ml ({burden}), {m.lesion_count} lesion(s)"
-                  f"{', INCOMPLETE liver coverage' if m.incomplete_coverage else ''} "
-                  f"-> {c.outputs['labels']}")
+            print(
+                f"{c.name}: liver {m.liver_volume_ml:.0f} ml, tumour "
+                f"{m.tumour_volume_ml:.1f} ml ({burden}), {m.lesion_count} lesion(s)"
+                f"{', INCOMPLETE liver coverage' if m.incomplete_coverage else ''} "
+                f"-> {c.outputs['labels']}"
+            )
         return EXIT_OK
 
     return handler
 
 
 def _register_demo(p: argparse.ArgumentParser):
-    p.add_argument("--out", default="livseg_demo", metavar="DIR",
-                   help="output folder (default: ./livseg_demo)")
+    p.add_argument(
+        "--out", default="livseg_demo", metavar="DIR", help="output folder (default: ./livseg_demo)"
+    )
     _add_model_args(p)
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
     p.add_argument("--size", type=int, default=256, help="phantom in-plane size (default 256)")
@@ -439,30 +620,44 @@ def _register_demo(p: argparse.ArgumentParser):
 
         bars = _StageBars(_progress_enabled(args))
         try:
-            r = run_demo(args.out, model=args.model, device=args.device, seed=args.seed,
-                         size=args.size, overwrite=args.overwrite,
-                         liver_model=args.liver_model, tumour_model=args.tumour_model,
-                         progress=bars)
+            r = run_demo(
+                args.out,
+                model=args.model,
+                device=args.device,
+                seed=args.seed,
+                size=args.size,
+                overwrite=args.overwrite,
+                liver_model=args.liver_model,
+                tumour_model=args.tumour_model,
+                progress=bars,
+            )
         finally:
             bars.close()
         m, s = r.case.measurements, r.metrics
         print(f"livseg demo: phantom CT (seed {args.seed}) segmented in {r.seconds:.1f} s")
-        print(f"  liver : {m.liver_volume_ml:7.1f} ml (truth {r.truth_liver_ml:7.1f} ml), "
-              f"Dice {s['liver_dice']:.3f}")
-        print(f"  tumour: {m.tumour_volume_ml:7.1f} ml (truth {r.truth_tumour_ml:7.1f} ml), "
-              f"Dice {s['tumor_dice']:.3f}, lesions {m.lesion_count} (truth "
-              f"{r.truth_lesions}), detected {s['lesion_tp']}")
+        print(
+            f"  liver : {m.liver_volume_ml:7.1f} ml (truth {r.truth_liver_ml:7.1f} ml), "
+            f"Dice {s['liver_dice']:.3f}"
+        )
+        print(
+            f"  tumour: {m.tumour_volume_ml:7.1f} ml (truth {r.truth_tumour_ml:7.1f} ml), "
+            f"Dice {s['tumor_dice']:.3f}, lesions {m.lesion_count} (truth "
+            f"{r.truth_lesions}), detected {s['lesion_tp']}"
+        )
         print(f"  outputs in {r.outdir}/")
         return EXIT_OK
 
     return handler
 
 
-COMMANDS.append(("segment", "segment liver and liver tumours in CT files or DICOM series",
-                 _register_segment))
-COMMANDS.append(("demo", "segment a synthetic phantom CT with the shipped models and score it",
-                 _register_demo))
+COMMANDS.append(
+    ("segment", "segment liver and liver tumours in CT files or DICOM series", _register_segment)
+)
+COMMANDS.append(
+    ("demo", "segment a synthetic phantom CT with the shipped models and score it", _register_demo)
+)
 # <<< segment / demo
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

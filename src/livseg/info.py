@@ -37,14 +37,18 @@ def _values(volume: Volume) -> dict[str, Any]:
         present = np.flatnonzero(counts)
         return {
             "label_counts": {int(v): int(counts[v]) for v in present},
-            "label_volumes_ml": {int(v): float(counts[v]) * volume.voxel_volume_ml
-                                 for v in present if v != 0},
+            "label_volumes_ml": {
+                int(v): float(counts[v]) * volume.voxel_volume_ml for v in present if v != 0
+            },
         }
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
         return {"hu_min": None, "hu_max": None, "hu_mean": None, "non_finite": int(arr.size)}
-    out = {"hu_min": float(finite.min()), "hu_max": float(finite.max()),
-           "hu_mean": float(finite.mean(dtype=np.float64))}
+    out = {
+        "hu_min": float(finite.min()),
+        "hu_max": float(finite.max()),
+        "hu_mean": float(finite.mean(dtype=np.float64)),
+    }
     if finite.size != arr.size:
         out["non_finite"] = int(arr.size - finite.size)
     return out
@@ -81,26 +85,34 @@ def volume_info(
         series = dicom.select_series(dicom.scan_dicom_folder(path), series_uid, path)
         stack = dicom.plan_stack(series, path)
         volume = dicom.load_stack(stack)
-        info.update({
-            "format": "DICOM series",
-            "series_uid": series.uid,
-            "series_description": series.description,
-            "modality": series.modality,
-            "n_files": len(series.slices) + len(series.other),
-            "dropped": [{"file": str(p), "reason": r} for p, r in stack.dropped],
-            "kind": "image",
-            "dtype": "DICOM stored values x RescaleSlope + RescaleIntercept",
-        })
+        info.update(
+            {
+                "format": "DICOM series",
+                "series_uid": series.uid,
+                "series_description": series.description,
+                "modality": series.modality,
+                "n_files": len(series.slices) + len(series.other),
+                "dropped": [{"file": str(p), "reason": r} for p, r in stack.dropped],
+                "kind": "image",
+                "dtype": "DICOM stored values x RescaleSlope + RescaleIntercept",
+            }
+        )
     else:
         volume = lio.read_volume(path, kind=kind)
         if nifti.is_nifti(path):
             header = nifti.read_nifti_header(path)
-            info.update({"format": "NIfTI", "qform_code": header["qform_code"],
-                         "sform_code": header["sform_code"]})
+            info.update(
+                {
+                    "format": "NIfTI",
+                    "qform_code": header["qform_code"],
+                    "sform_code": header["sform_code"],
+                }
+            )
         else:
             header = itk.read_itk_header(path)
-            info["format"] = "NRRD" if path.name.lower().endswith((".nrrd", ".nhdr")) \
-                else "MetaImage"
+            info["format"] = (
+                "NRRD" if path.name.lower().endswith((".nrrd", ".nhdr")) else "MetaImage"
+            )
         info.update({"kind": volume.kind, "dtype": header["dtype"]})
     info.update(_geometry(volume))
     info.update(_values(volume))
@@ -115,13 +127,18 @@ def format_info(info: dict[str, Any]) -> str:
 
     lines = [
         f"{info['path']}",
-        f"  format       {info['format']}" + (
+        f"  format       {info['format']}"
+        + (
             f" (qform code {info['qform_code']}, sform code {info['sform_code']})"
-            if "qform_code" in info else ""),
+            if "qform_code" in info
+            else ""
+        ),
     ]
     if "series_uid" in info:
-        lines.append(f"  series       {info['series_uid']} '{info['series_description']}' "
-                     f"[{info['modality']}], {info['n_files']} file(s)")
+        lines.append(
+            f"  series       {info['series_uid']} '{info['series_description']}' "
+            f"[{info['modality']}], {info['n_files']} file(s)"
+        )
         for d in info["dropped"]:
             lines.append(f"  dropped      {Path(d['file']).name}: {d['reason']}")
     lines += [
@@ -131,8 +148,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"  spacing      {vec(info['spacing_mm'])} mm",
         f"  origin       {vec(info['origin_lps_mm'], '{:.4f}')} mm (LPS)",
         f"  orientation  {info['orientation']}",
-        "  direction    " + "\n               ".join(
-            vec(row, "{: .6f}") for row in info["direction_lps"]),
+        "  direction    "
+        + "\n               ".join(vec(row, "{: .6f}") for row in info["direction_lps"]),
     ]
     if "label_counts" in info:
         for value, count in info["label_counts"].items():
@@ -143,8 +160,10 @@ def format_info(info: dict[str, Any]) -> str:
         if info.get("hu_min") is None:
             lines.append("  HU range     no finite values")
         else:
-            lines.append(f"  HU range     {info['hu_min']:g} .. {info['hu_max']:g} "
-                         f"(mean {info['hu_mean']:.1f})")
+            lines.append(
+                f"  HU range     {info['hu_min']:g} .. {info['hu_max']:g} "
+                f"(mean {info['hu_mean']:.1f})"
+            )
         if info.get("non_finite"):
             lines.append(f"  non-finite   {info['non_finite']} voxels")
     return "\n".join(lines)

@@ -111,8 +111,11 @@ class _Grid:
 
     def coords(self, box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Broadcastable (nz,1,1), (1,ny,1), (1,1,nx) coordinates of a box (mm)."""
-        return (self.z[box[0]][:, None, None], self.y[box[1]][None, :, None],
-                self.x[box[2]][None, None, :])
+        return (
+            self.z[box[0]][:, None, None],
+            self.y[box[1]][None, :, None],
+            self.x[box[2]][None, None, :],
+        )
 
 
 class _SmoothField:
@@ -125,9 +128,11 @@ class _SmoothField:
     """
 
     def __init__(self, rng: np.random.Generator, lo, hi, step_mm: float, amplitude: float):
-        self.nodes = [np.arange(a - step_mm, b + 2 * step_mm, step_mm) for a, b in zip(lo, hi, strict=True)]
+        self.nodes = [
+            np.arange(a - step_mm, b + 2 * step_mm, step_mm) for a, b in zip(lo, hi, strict=True)
+        ]
         # Unit-variance normalisation: per axis, sum_k exp(-(x-k)^2) ~ sqrt(pi).
-        norm = np.pi ** -0.75
+        norm = np.pi**-0.75
         coef = rng.standard_normal(tuple(n.size for n in self.nodes)) * (amplitude * norm)
         self.coef = coef.astype(np.float32)
         self.step = float(step_mm)
@@ -142,8 +147,9 @@ class _SmoothField:
 
     def sample(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Field on the grid spanned by 1-D coordinate vectors (mm); shape (nz, ny, nx) float32."""
-        (wz, sz), (wy, sy), (wx, sx) = (self._weights(c, n)
-                                        for c, n in zip((z, y, x), self.nodes, strict=True))
+        (wz, sz), (wy, sy), (wx, sx) = (
+            self._weights(c, n) for c, n in zip((z, y, x), self.nodes, strict=True)
+        )
         coef = self.coef[sz, sy, sx]
         if coef.size == 0:
             return np.zeros((wz.shape[0], wy.shape[0], wx.shape[0]), np.float32)
@@ -204,7 +210,7 @@ def _segment_distance(z, y, x, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray
     a0, a1, a2 = (float(v) for v in a)
     b0, b1, b2 = (float(v) - w for v, w in zip(b, (a0, a1, a2), strict=True))
     denom = (b0 * b0 + b1 * b1 + b2 * b2) or 1e-9
-    t = ((z - a0) * (b0 / denom) + (y - a1) * (b1 / denom) + (x - a2) * (b2 / denom))
+    t = (z - a0) * (b0 / denom) + (y - a1) * (b1 / denom) + (x - a2) * (b2 / denom)
     t = np.clip(t, 0.0, 1.0)
     dz = z - (a0 + t * b0)
     dy = y - (a1 + t * b1)
@@ -298,14 +304,21 @@ class _Anatomy:
         ls = u(0.92, 1.2)
         top = self.dome_r
         self.liver_parts = [
-            _Ellipsoid(np.array([top - 62 * ls, -8 * sv + u(-5, 5), -62 * su + u(-6, 6)]),
-                       np.array([72 * ls, 88 * sv * ls, 78 * su * ls]),
-                       _rotation(u(-0.2, 0.2), u(0.15, 0.35), u(-0.1, 0.1))),
-            _Ellipsoid(np.array([top - 38 * ls, -42 * sv + u(-6, 6), 18 * su + u(-10, 10)]),
-                       np.array([38 * ls, 34 * sv * u(0.8, 1.2), 62 * su * u(0.6, 1.25)]),
-                       _rotation(u(-0.4, -0.1), u(-0.15, 0.15))),
-            _Ellipsoid(np.array([top - 55, vy - 20 * sv, -12 * su]),
-                       np.array([32.0, 20 * sv, 22 * su]), _rotation(0.0)),
+            _Ellipsoid(
+                np.array([top - 62 * ls, -8 * sv + u(-5, 5), -62 * su + u(-6, 6)]),
+                np.array([72 * ls, 88 * sv * ls, 78 * su * ls]),
+                _rotation(u(-0.2, 0.2), u(0.15, 0.35), u(-0.1, 0.1)),
+            ),
+            _Ellipsoid(
+                np.array([top - 38 * ls, -42 * sv + u(-6, 6), 18 * su + u(-10, 10)]),
+                np.array([38 * ls, 34 * sv * u(0.8, 1.2), 62 * su * u(0.6, 1.25)]),
+                _rotation(u(-0.4, -0.1), u(-0.15, 0.15)),
+            ),
+            _Ellipsoid(
+                np.array([top - 55, vy - 20 * sv, -12 * su]),
+                np.array([32.0, 20 * sv, 22 * su]),
+                _rotation(0.0),
+            ),
         ]
         self.liver_noise = _SmoothField(rng, (0, -120, -200), (coverage, 120, 200), 28.0, 0.08)
         self.hu_liver = u(100, 130)
@@ -314,31 +327,45 @@ class _Anatomy:
         kidney_y = self.vb[0] - u(0, 10)
         self.kidneys = []
         for side, hc in ((-1, u(70, 95)), (1, u(85, 110))):
-            self.kidneys.append(_Ellipsoid(
-                np.array([hc, kidney_y, side * (self.vb_r[1] + u(40, 52)) * su]),
-                np.array([u(48, 58), u(26, 32), u(22, 27)]),
-                _rotation(side * u(0.35, 0.7), side * u(-0.2, -0.05))))
+            self.kidneys.append(
+                _Ellipsoid(
+                    np.array([hc, kidney_y, side * (self.vb_r[1] + u(40, 52)) * su]),
+                    np.array([u(48, 58), u(26, 32), u(22, 27)]),
+                    _rotation(side * u(0.35, 0.7), side * u(-0.2, -0.05)),
+                )
+            )
         self.hu_kidney = (u(150, 190), u(95, 130))  # cortex, medulla
-        self.spleen = _Ellipsoid(np.array([self.dome_l - u(40, 60), self.vb[0] - u(5, 20) * sv,
-                                           u(80, 92) * su]),
-                                 np.array([u(40, 55), u(45, 60) * sv, u(20, 30) * su]),
-                                 _rotation(u(0.5, 0.9)))
+        self.spleen = _Ellipsoid(
+            np.array([self.dome_l - u(40, 60), self.vb[0] - u(5, 20) * sv, u(80, 92) * su]),
+            np.array([u(40, 55), u(45, 60) * sv, u(20, 30) * su]),
+            _rotation(u(0.5, 0.9)),
+        )
         self.hu_spleen = u(105, 130)
-        self.stomach = _Ellipsoid(np.array([self.dome_l - u(35, 50), -u(25, 45) * sv, u(35, 55) * su]),
-                                  np.array([u(40, 60), u(30, 42) * sv, u(35, 48) * su]),
-                                  _rotation(u(-0.6, -0.2), u(-0.3, 0.0)))
+        self.stomach = _Ellipsoid(
+            np.array([self.dome_l - u(35, 50), -u(25, 45) * sv, u(35, 55) * su]),
+            np.array([u(40, 60), u(30, 42) * sv, u(35, 48) * su]),
+            _rotation(u(-0.6, -0.2), u(-0.3, 0.0)),
+        )
         self.stomach_gas = u(0.15, 0.6)  # fraction of the AP extent above the air-fluid level
         self.gallbladder = None
         if u() < 0.7:
             self.gallbladder = _Ellipsoid(
                 np.array([top - 62 * ls - u(20, 40), -u(25, 40) * sv, -u(30, 50) * su]),
                 np.array([u(28, 40), u(11, 16), u(11, 16)]),
-                _rotation(u(-0.3, 0.3), u(0.2, 0.5)))
+                _rotation(u(-0.3, 0.3), u(0.2, 0.5)),
+            )
         ph = self.dome_l - u(60, 80)
         self.pancreas = _Tube(
-            np.array([[ph - 12, vy - 38 * sv, -28 * su], [ph - 4, vy - 45 * sv, 0.0],
-                      [ph + 4, vy - 38 * sv, 40 * su], [ph + 10, vy - 12 * sv, 72 * su]]),
-            np.array([16.0, 11.0, 10.0, 8.0]) * u(0.8, 1.1))
+            np.array(
+                [
+                    [ph - 12, vy - 38 * sv, -28 * su],
+                    [ph - 4, vy - 45 * sv, 0.0],
+                    [ph + 4, vy - 38 * sv, 40 * su],
+                    [ph + 10, vy - 12 * sv, 72 * su],
+                ]
+            ),
+            np.array([16.0, 11.0, 10.0, 8.0]) * u(0.8, 1.1),
+        )
         self.hu_pancreas = u(85, 110)
         # Bowel: colon frame and small-bowel loops (random walks).
         self.bowel = self._bowel(rng)
@@ -347,11 +374,16 @@ class _Anatomy:
         # (posterior height mm, angular end rad); the lowest two are short floating ribs.
         first, spacing = coverage + 80.0, u(26, 32)
         n_ribs = int(np.ceil((first - self.dome_r + 110) / spacing))
-        self.ribs = [(first - spacing * i + u(-3, 3), u(1.9, 2.5) if i < n_ribs - 2
-                      else u(1.2, 1.6)) for i in range(n_ribs)]
+        self.ribs = [
+            (first - spacing * i + u(-3, 3), u(1.9, 2.5) if i < n_ribs - 2 else u(1.2, 1.6))
+            for i in range(n_ribs)
+        ]
         # Heart (inferior part) above the left dome.
-        self.heart = _Ellipsoid(np.array([self.dome_l + u(45, 60), -u(25, 40) * sv, u(10, 25) * su]),
-                                np.array([65.0, 55 * sv, 65 * su]), _rotation(u(0.3, 0.6)))
+        self.heart = _Ellipsoid(
+            np.array([self.dome_l + u(45, 60), -u(25, 40) * sv, u(10, 25) * su]),
+            np.array([65.0, 55 * sv, 65 * su]),
+            _rotation(u(0.3, 0.6)),
+        )
         # Intra-hepatic vessels.
         self.vessels = self._vessel_tree(rng, top, ls)
         self.hu_portal = u(150, 190)
@@ -365,13 +397,45 @@ class _Anatomy:
         right, left = -88 * su, 90 * su
         hf = self.dome_r - u(95, 120)  # hepatic flexure height
         tubes: list[tuple[_Tube, str]] = [
-            (_Tube(np.array([[-20.0, -10 * sv, right], [hf - 20, -5 * sv, right + 5],
-                             [hf, -40 * sv, right + 20]]), np.full(3, u(18, 24))), "colon"),
-            (_Tube(np.array([[hf, -40 * sv, right + 20], [hf - u(10, 40), -70 * sv, 0.0],
-                             [self.dome_l - 50, -45 * sv, left - 10]]), np.full(3, u(16, 22))),
-             "colon"),
-            (_Tube(np.array([[self.dome_l - 50, -45 * sv, left - 10], [100.0, 5 * sv, left],
-                             [-20.0, -5 * sv, left - 5]]), np.full(3, u(14, 20))), "colon"),
+            (
+                _Tube(
+                    np.array(
+                        [
+                            [-20.0, -10 * sv, right],
+                            [hf - 20, -5 * sv, right + 5],
+                            [hf, -40 * sv, right + 20],
+                        ]
+                    ),
+                    np.full(3, u(18, 24)),
+                ),
+                "colon",
+            ),
+            (
+                _Tube(
+                    np.array(
+                        [
+                            [hf, -40 * sv, right + 20],
+                            [hf - u(10, 40), -70 * sv, 0.0],
+                            [self.dome_l - 50, -45 * sv, left - 10],
+                        ]
+                    ),
+                    np.full(3, u(16, 22)),
+                ),
+                "colon",
+            ),
+            (
+                _Tube(
+                    np.array(
+                        [
+                            [self.dome_l - 50, -45 * sv, left - 10],
+                            [100.0, 5 * sv, left],
+                            [-20.0, -5 * sv, left - 5],
+                        ]
+                    ),
+                    np.full(3, u(14, 20)),
+                ),
+                "colon",
+            ),
         ]
         for _ in range(int(rng.integers(8, 15))):
             p = np.array([u(0, hf - 20), u(-75, -10) * sv, u(-55, 55) * su])
@@ -383,12 +447,17 @@ class _Anatomy:
                 p = p + direction * u(20, 35)
                 p = np.clip(p, [-10, -85 * sv, -65 * su], [hf, 10 * sv, 65 * su])
                 pts.append(p)
-            tubes.append((_Tube(np.array(pts), np.full(len(pts), u(9, 15))),
-                          "fluid" if u() < 0.6 else "collapsed"))
+            tubes.append(
+                (
+                    _Tube(np.array(pts), np.full(len(pts), u(9, 15))),
+                    "fluid" if u() < 0.6 else "collapsed",
+                )
+            )
         return tubes
 
-    def _vessel_tree(self, rng: np.random.Generator, top: float, ls: float
-                     ) -> list[tuple[_Tube, str]]:
+    def _vessel_tree(
+        self, rng: np.random.Generator, top: float, ls: float
+    ) -> list[tuple[_Tube, str]]:
         u = rng.uniform
         su, sv = self.su, self.sv
         tubes: list[tuple[_Tube, str]] = []
@@ -408,8 +477,14 @@ class _Anatomy:
         grow(hilum, np.array([0.5, -1.0, 0.6]), 32 * ls, u(5, 6.5), 2, "portal")
         confluence = np.array([top - u(12, 20), self.ivc[0][0], self.ivc[0][1]])
         for target in ([-0.5, 0.0, -1.0], [-0.6, -1.0, -0.6], [-0.3, -1.0, 0.4]):
-            grow(confluence, np.array(target) + rng.normal(size=3) * 0.15, 45 * ls, u(5, 7), 2,
-                 "hepatic")
+            grow(
+                confluence,
+                np.array(target) + rng.normal(size=3) * 0.15,
+                45 * ls,
+                u(5, 7),
+                2,
+                "hepatic",
+            )
         return tubes
 
     # --- outline --------------------------------------------------------------------------------
@@ -425,7 +500,7 @@ class _Anatomy:
         rho = (np.abs(xn) ** p + np.abs(yn) ** p) ** (1.0 / p)
         # Outline irregularity: harmonics 2..5 whose coefficients drift linearly with height.
         frac = np.clip(grid.z / self.coverage, 0, 1)[:, None]  # (Z, 1)
-        coef = (self.fourier[0] * (1 - frac[:, :, None]) + self.fourier[1] * frac[:, :, None])
+        coef = self.fourier[0] * (1 - frac[:, :, None]) + self.fourier[1] * frac[:, :, None]
         coef = coef.reshape(len(grid.z), 8).astype(np.float32)  # (Z, 8): (k, cos|sin)
         basis = np.stack([f((k + 2) * theta[0]) for k in range(4) for f in (np.cos, np.sin)])
         delta = (coef @ basis.reshape(8, -1)).reshape(grid.shape)
@@ -476,8 +551,13 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
     # Table under the patient: two carbon shells around foam.
     yt = anat.B - 1.0 + 0.0006 * grid.x[None, :] ** 2  # (1, X) top of the table (mm)
     dy = grid.y[:, None] - yt  # (Y, X)
-    table = np.where((dy >= 0) & (dy < 2.5), 250.0, np.where((dy >= 2.5) & (dy < 22), -900.0,
-                     np.where((dy >= 22) & (dy < 24.5), 250.0, np.nan)))
+    table = np.where(
+        (dy >= 0) & (dy < 2.5),
+        250.0,
+        np.where(
+            (dy >= 2.5) & (dy < 22), -900.0, np.where((dy >= 22) & (dy < 24.5), 250.0, np.nan)
+        ),
+    )
     table = np.where(np.abs(grid.x)[None, :] < 0.9 * FOV_MM / 2, table, np.nan)
     img[:] = np.where(np.isnan(table), img, table[None].astype(np.float32))
 
@@ -494,8 +574,10 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
     # Thorax above the diaphragm: lung bases, heart.
     dia = anat.diaphragm(grid)
     above = cavity & (zz > dia)
-    mediastinum = (((grid.y[None, :, None] - (anat.vb[0] - anat.vb_r[0] - 12)) / 18.0) ** 2
-                   + (grid.x[None, None, :] / 32.0) ** 2) < 1.0
+    mediastinum = (
+        ((grid.y[None, :, None] - (anat.vb[0] - anat.vb_r[0] - 12)) / 18.0) ** 2
+        + (grid.x[None, None, :] / 32.0) ** 2
+    ) < 1.0
     img[above] = -850.0
     below = cavity & (zz <= dia - 3.0)
     img[cavity & ~above & ~below] = anat.hu_muscle  # diaphragm muscle
@@ -556,8 +638,7 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
         sub[sel & (q < 0.72)] = anat.hu_kidney[1]
         # The hilum faces medially (toward x = 0) and a little anteriorly.
         offset = kid.rot @ (np.array([0.0, -0.15, -0.55 * side]) * kid.axes)
-        hilum = _Ellipsoid(kid.centre + offset,
-                           kid.axes * np.array([0.45, 0.4, 0.45]), kid.rot)
+        hilum = _Ellipsoid(kid.centre + offset, kid.axes * np.array([0.45, 0.4, 0.45]), kid.rot)
         qh = hilum.radius(*grid.coords(box))
         sub[sel & (qh < 1.0)] = -60.0
         sub[sel & (qh < 0.5)] = 10.0
@@ -589,8 +670,9 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
         z, y, x = grid.coords(box)
         for organ, grow in ((anat.stomach, 1.04), (anat.kidneys[0], 1.08), (anat.spleen, 1.05)):
             m &= organ.radius(z, y, x) >= grow
-        spine_clear = ((y - anat.vb[0]) / (anat.vb_r[0] + 8)) ** 2 + \
-            (x / (anat.vb_r[1] + 8)) ** 2 >= 1.0
+        spine_clear = ((y - anat.vb[0]) / (anat.vb_r[0] + 8)) ** 2 + (
+            x / (anat.vb_r[1] + 8)
+        ) ** 2 >= 1.0
         m &= np.broadcast_to(spine_clear, m.shape)
         liver[box] = m
         tex = anat.liver_texture.sample_box(grid, box)
@@ -611,12 +693,16 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
 
 def _perirenal(kidney: _Ellipsoid) -> _Ellipsoid:
     """The perirenal fat around a kidney, extending posteriorly to the back muscles."""
-    return _Ellipsoid(kidney.centre + np.array([0.0, 14.0, 0.0]),
-                      kidney.axes * np.array([1.15, 1.6, 1.35]), kidney.rot)
+    return _Ellipsoid(
+        kidney.centre + np.array([0.0, 14.0, 0.0]),
+        kidney.axes * np.array([1.15, 1.6, 1.35]),
+        kidney.rot,
+    )
 
 
-def _paint_spine(anat: _Anatomy, grid: _Grid, img: np.ndarray, body: np.ndarray,
-                 under_fat: np.ndarray) -> np.ndarray:
+def _paint_spine(
+    anat: _Anatomy, grid: _Grid, img: np.ndarray, body: np.ndarray, under_fat: np.ndarray
+) -> np.ndarray:
     """Paraspinal muscles, psoas, vertebral body (cortex/cancellous/discs), arch and processes.
 
     Painted slice by slice (the cross-sections only change with the vertebral level and the
@@ -649,8 +735,9 @@ def _paint_spine(anat: _Anatomy, grid: _Grid, img: np.ndarray, body: np.ndarray,
         r_psoas = float(np.clip(6 + 20 * (1 - h / (anat.dome_r - 80)), 0, 22))
         if r_psoas > 0:
             for side in (-1, 1):
-                m = ((y - (vy + 4)) ** 2 + (x - side * (rx + 0.8 * r_psoas + 2)) ** 2
-                     < r_psoas**2) & body[k]
+                m = (
+                    (y - (vy + 4)) ** 2 + (x - side * (rx + 0.8 * r_psoas + 2)) ** 2 < r_psoas**2
+                ) & body[k]
                 sl[m] = anat.hu_muscle - 5
                 done |= m
         phase = (h - anat.level_phase) % anat.level_h
@@ -667,8 +754,14 @@ def _paint_spine(anat: _Anatomy, grid: _Grid, img: np.ndarray, body: np.ndarray,
     return painted
 
 
-def _paint_ribs(anat: _Anatomy, grid: _Grid, img: np.ndarray, depth: np.ndarray,
-                theta: np.ndarray, wall: np.ndarray) -> None:
+def _paint_ribs(
+    anat: _Anatomy,
+    grid: _Grid,
+    img: np.ndarray,
+    depth: np.ndarray,
+    theta: np.ndarray,
+    wall: np.ndarray,
+) -> None:
     """Ribs: oblique bone arcs in the body wall of the upper slices (cortex + marrow) and the
     costal cartilages continuing the upper ribs anteriorly.
 
@@ -696,8 +789,9 @@ def _paint_ribs(anat: _Anatomy, grid: _Grid, img: np.ndarray, depth: np.ndarray,
         img[tuple(i[cartilage] for i in idx)] = 130.0
 
 
-def _paint_bowel(grid: _Grid, img: np.ndarray, tube: _Tube, kind: str, ok: np.ndarray,
-                 texture: np.ndarray) -> None:
+def _paint_bowel(
+    grid: _Grid, img: np.ndarray, tube: _Tube, kind: str, ok: np.ndarray, texture: np.ndarray
+) -> None:
     """A bowel segment: enhancing wall (3 mm) around a lumen.
 
     ``kind``: "colon" (stool mottled with gas), "fluid" (small bowel with fluid and some gas
@@ -722,8 +816,9 @@ def _paint_bowel(grid: _Grid, img: np.ndarray, tube: _Tube, kind: str, ok: np.nd
             sub[lumen & (tex > 1.1) & (y < np.median(tube.points[:, 1]))] = AIR_HU
 
 
-def _paint_tumour(grid: _Grid, img: np.ndarray, liver: np.ndarray, tumour: np.ndarray,
-                  tm: _Tumour) -> int:
+def _paint_tumour(
+    grid: _Grid, img: np.ndarray, liver: np.ndarray, tumour: np.ndarray, tm: _Tumour
+) -> int:
     ell = _Ellipsoid(tm.centre, tm.axes, tm.rot)
     box = grid.box(*ell.bounds(margin=2.0))
     if box is None:
@@ -752,8 +847,10 @@ def _place_tumours(anat: _Anatomy, rng: np.random.Generator) -> None:
     if not rendered.liver.any():
         return
     # Crop to the liver (plus a 1-voxel background border) before the distance transform.
-    crop = tuple(slice(max(s.start - 1, 0), s.stop + 1)
-                 for s in ndimage.find_objects(rendered.liver.astype(np.uint8))[0])
+    crop = tuple(
+        slice(max(s.start - 1, 0), s.stop + 1)
+        for s in ndimage.find_objects(rendered.liver.astype(np.uint8))[0]
+    )
     ref = _Grid(ref.z[crop[0]], ref.y[crop[1]], ref.x[crop[2]])
     depth = ndimage.distance_transform_edt(rendered.liver[crop], sampling=step)
     max_depth = float(depth.max())
@@ -762,8 +859,9 @@ def _place_tumours(anat: _Anatomy, rng: np.random.Generator) -> None:
         radius = min(radius, max(3.0, 0.8 * max_depth))
         candidates = np.argwhere(depth >= min(0.8 * radius + 2.0, max_depth))
         for other in anat.tumours:  # avoid overlapping lesions when there is room
-            c = np.stack([ref.z[candidates[:, 0]], ref.y[candidates[:, 1]],
-                          ref.x[candidates[:, 2]]], axis=1)
+            c = np.stack(
+                [ref.z[candidates[:, 0]], ref.y[candidates[:, 1]], ref.x[candidates[:, 2]]], axis=1
+            )
             far = np.linalg.norm(c - other.centre, axis=1) > radius + other.radius_mm
             if far.any():
                 candidates = candidates[far]
@@ -773,10 +871,20 @@ def _place_tumours(anat: _Anatomy, rng: np.random.Generator) -> None:
         hyper = rng.uniform() < 0.35
         hu = rng.uniform(150, 200) if hyper else rng.uniform(30, 60)
         core = rng.uniform(5, 25) if (not hyper and radius > 15 and rng.uniform() < 0.5) else None
-        lob = _SmoothField(rng, centre - radius * 1.5, centre + radius * 1.5,
-                           max(radius * 0.6, 2.5), 0.12)
-        anat.tumours.append(_Tumour(centre, axes, _rotation(*rng.uniform(-np.pi, np.pi, 3)),
-                                    "hyper" if hyper else "hypo", hu, core, lob))
+        lob = _SmoothField(
+            rng, centre - radius * 1.5, centre + radius * 1.5, max(radius * 0.6, 2.5), 0.12
+        )
+        anat.tumours.append(
+            _Tumour(
+                centre,
+                axes,
+                _rotation(*rng.uniform(-np.pi, np.pi, 3)),
+                "hyper" if hyper else "hypo",
+                hu,
+                core,
+                lob,
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -818,8 +926,9 @@ class PhantomInfo:
     tumours: list[dict] = field(default_factory=list)
 
 
-def _make(seed: int, size: int = 256, slices: int | None = None
-          ) -> tuple[Volume, Volume, PhantomInfo]:
+def _make(
+    seed: int, size: int = 256, slices: int | None = None
+) -> tuple[Volume, Volume, PhantomInfo]:
     n_slices = _check_options(size, slices)
     size = int(size)
     anatomy_seq, noise_seq = np.random.SeedSequence(int(seed)).spawn(2)
@@ -838,9 +947,11 @@ def _make(seed: int, size: int = 256, slices: int | None = None
     origin = (z_origin, origin_xy, origin_xy)
     # Grid relative to the body centre (mm): body_shift is the body centre's (y, x) position.
     idx = np.arange(size, dtype=np.float64)
-    grid = _Grid(z=np.arange(n_slices, dtype=np.float64) * sz,
-                 y=origin_xy + idx * sxy - anat.body_shift[0],
-                 x=origin_xy + idx * sxy - anat.body_shift[1])
+    grid = _Grid(
+        z=np.arange(n_slices, dtype=np.float64) * sz,
+        y=origin_xy + idx * sxy - anat.body_shift[0],
+        x=origin_xy + idx * sxy - anat.body_shift[1],
+    )
     rendered = _render(anat, grid)
 
     # Scanner: slight blur (in-plane PSF ~0.8 mm sd), correlated noise, integer HU.
@@ -862,13 +973,22 @@ def _make(seed: int, size: int = 256, slices: int | None = None
     for tm, count in zip(anat.tumours, rendered.tumour_voxels, strict=True):
         zc, yc, xc = tm.centre
         # grid frame -> LPS (x, y, z): add the body shift and the z origin.
-        lps = (float(xc + anat.body_shift[1]), float(yc + anat.body_shift[0]),
-               float(zc + z_origin))
-        tumours.append({"kind": tm.kind, "radius_mm": round(tm.radius_mm, 2),
-                        "hu": round(float(tm.hu), 1),
-                        "centre_lps_mm": [round(v, 2) for v in lps], "voxels": count})
-    info = PhantomInfo(seed=int(seed), noise_sd_hu=round(noise_sd, 2),
-                       liver_hu=round(float(anat.hu_liver), 1), tumours=tumours)
+        lps = (float(xc + anat.body_shift[1]), float(yc + anat.body_shift[0]), float(zc + z_origin))
+        tumours.append(
+            {
+                "kind": tm.kind,
+                "radius_mm": round(tm.radius_mm, 2),
+                "hu": round(float(tm.hu), 1),
+                "centre_lps_mm": [round(v, 2) for v in lps],
+                "voxels": count,
+            }
+        )
+    info = PhantomInfo(
+        seed=int(seed),
+        noise_sd_hu=round(noise_sd, 2),
+        liver_hu=round(float(anat.hu_liver), 1),
+        tumours=tumours,
+    )
     return image_vol, label_vol, info
 
 
@@ -971,26 +1091,52 @@ def write_phantom_dataset(
         written.append(write_volume(image, img_path, overwrite=overwrite))
         written.append(write_volume(label, seg_path, overwrite=overwrite))
         if dicom:
-            write_dicom_series(image, dicom_path[0], uid_seed=f"livseg-phantom-{seed}-{n}",
-                               series_description=f"livseg phantom case {n} (seed {seed})",
-                               patient_id=f"PHANTOM-{seed}-{n}", patient_name=f"Phantom^{seed}^{n}",
-                               study_date="20000101", overwrite=overwrite)
+            write_dicom_series(
+                image,
+                dicom_path[0],
+                uid_seed=f"livseg-phantom-{seed}-{n}",
+                series_description=f"livseg phantom case {n} (seed {seed})",
+                patient_id=f"PHANTOM-{seed}-{n}",
+                patient_name=f"Phantom^{seed}^{n}",
+                study_date="20000101",
+                overwrite=overwrite,
+            )
             written.append(dicom_path[0])
         liver_ml = float(np.count_nonzero(label.array)) * label.voxel_volume_ml
         tumour_ml = float(np.count_nonzero(label.array == LABEL_TUMOUR)) * label.voxel_volume_ml
-        records.append({
-            "case": n, "seed": cs, "image": img_path.name, "label": seg_path.name,
-            "dicom": f"dicom/case-{n}" if dicom else None,
-            "shape_zyx": list(image.shape), "spacing_zyx_mm": list(image.spacing),
-            "origin_zyx_mm": list(image.origin),
-            "liver_ml": round(liver_ml, 2), "tumour_ml": round(tumour_ml, 3),
-            "noise_sd_hu": info.noise_sd_hu, "tumours": info.tumours,
-        })
-        log.info("phantom case %d (seed %d): liver %.0f ml, %d tumour(s), %.1f ml tumour",
-                 n, cs, liver_ml, len(info.tumours), tumour_ml)
-    meta = {"generator": "livseg.phantom", "livseg_version": __version__, "seed": int(seed),
-            "size": int(size), "slices": n_slices, "liver_ml": "liver incl. tumour (labels 1+2)",
-            "cases": records}
+        records.append(
+            {
+                "case": n,
+                "seed": cs,
+                "image": img_path.name,
+                "label": seg_path.name,
+                "dicom": f"dicom/case-{n}" if dicom else None,
+                "shape_zyx": list(image.shape),
+                "spacing_zyx_mm": list(image.spacing),
+                "origin_zyx_mm": list(image.origin),
+                "liver_ml": round(liver_ml, 2),
+                "tumour_ml": round(tumour_ml, 3),
+                "noise_sd_hu": info.noise_sd_hu,
+                "tumours": info.tumours,
+            }
+        )
+        log.info(
+            "phantom case %d (seed %d): liver %.0f ml, %d tumour(s), %.1f ml tumour",
+            n,
+            cs,
+            liver_ml,
+            len(info.tumours),
+            tumour_ml,
+        )
+    meta = {
+        "generator": "livseg.phantom",
+        "livseg_version": __version__,
+        "seed": int(seed),
+        "size": int(size),
+        "slices": n_slices,
+        "liver_ml": "liver incl. tumour (labels 1+2)",
+        "cases": records,
+    }
     write_text_atomic(manifest, json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
     written.append(manifest)
     return written

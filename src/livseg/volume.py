@@ -76,14 +76,24 @@ class Volume:
     @classmethod
     def image(cls, array: np.ndarray, spacing, origin=(0.0, 0.0, 0.0), direction=None) -> Volume:
         """An image volume (float32 HU)."""
-        return cls(np.asarray(array, dtype=np.float32), spacing, origin,
-                   np.eye(3) if direction is None else direction, "image")
+        return cls(
+            np.asarray(array, dtype=np.float32),
+            spacing,
+            origin,
+            np.eye(3) if direction is None else direction,
+            "image",
+        )
 
     @classmethod
     def label(cls, array: np.ndarray, spacing, origin=(0.0, 0.0, 0.0), direction=None) -> Volume:
         """A label volume (uint8: 0 background, 1 liver, 2 tumour)."""
-        return cls(np.asarray(array), spacing, origin,
-                   np.eye(3) if direction is None else direction, "label")
+        return cls(
+            np.asarray(array),
+            spacing,
+            origin,
+            np.eye(3) if direction is None else direction,
+            "label",
+        )
 
     def with_array(self, array: np.ndarray, kind: Kind | None = None) -> Volume:
         """Same geometry, new voxels (shape must match)."""
@@ -160,5 +170,7 @@ class Volume:
         return "".join(codes)
 
     def __repr__(self) -> str:
-        return (f"Volume(kind={self.kind!r}, shape={self.shape}, spacing={self.spacing}, "
-                f"origin={self.origin}, orientation={self.orientation_codes()})")
+        return (
+            f"Volume(kind={self.kind!r}, shape={self.shape}, spacing={self.spacing}, "
+            f"origin={self.origin}, orientation={self.orientation_codes()})"
+        )

@@ -76,14 +76,23 @@ class SliceDataset(Dataset):
         weight = np.array(case.weight[row], dtype=np.float32) if self.with_weight else None
         return case_id, row, image, label, weight
 
-    def item(self, case_id: str, row: int, image: np.ndarray, label: np.ndarray,
-             weight: np.ndarray | None, **extra: np.ndarray) -> dict[str, Any]:
+    def item(
+        self,
+        case_id: str,
+        row: int,
+        image: np.ndarray,
+        label: np.ndarray,
+        weight: np.ndarray | None,
+        **extra: np.ndarray,
+    ) -> dict[str, Any]:
         """The sample dict (tensors) of one slice; ``extra`` arrays become float32 tensors."""
         out: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
-            **{k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-               for k, v in extra.items()},
+            **{
+                k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+                for k, v in extra.items()
+            },
             "case_id": case_id,
             "slice": int(self.cache[case_id].meta["slices"][row]),
         }

@@ -84,7 +84,8 @@ def check_ct_intensities(stats: VolumeStats, source: str = "input") -> None:
         raise InputError(
             f"{source}: intensities [{lo:g}, {hi:g}] do not look like CT in Hounsfield units "
             f"(no air below {CT_MIN_AIR_HU:g} HU); is it an MR, an 8-bit export or an image "
-            "without its rescale slope/intercept?")
+            "without its rescale slope/intercept?"
+        )
 
 
 def _load(checkpoint: str | Path, device: str, batch_size: int, tta: bool) -> SlicePredictor:
@@ -94,8 +95,9 @@ def _load(checkpoint: str | Path, device: str, batch_size: int, tta: bool) -> Sl
     path = check_checkpoint_dir(checkpoint)
     model, config = load_model(path, device)
     settings = settings_from_config(config, str(path / "config.json"))
-    return SlicePredictor(model, settings, device=device, batch_size=batch_size, tta=tta,
-                          name=str(path))
+    return SlicePredictor(
+        model, settings, device=device, batch_size=batch_size, tta=tta, name=str(path)
+    )
 
 
 class Cascade:
@@ -109,24 +111,38 @@ class Cascade:
             :func:`check_ct_intensities`).
     """
 
-    def __init__(self, liver: SlicePredictor, tumour: SlicePredictor | None = None, *,
-                 liver_radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
-                 check_ct: bool = True) -> None:
+    def __init__(
+        self,
+        liver: SlicePredictor,
+        tumour: SlicePredictor | None = None,
+        *,
+        liver_radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
+        check_ct: bool = True,
+    ) -> None:
         if liver.settings.pipeline == "tumour":
             raise LivsegError(f"{liver.name}: this is a tumour model, not a liver model")
         if tumour is not None and tumour.settings.pipeline != "tumour":
-            raise LivsegError(f"{tumour.name}: this is a {tumour.settings.pipeline} model, "
-                              "not a tumour model")
+            raise LivsegError(
+                f"{tumour.name}: this is a {tumour.settings.pipeline} model, not a tumour model"
+            )
         self.liver = liver
         self.tumour = tumour
         self.liver_radius_mm = float(liver_radius_mm)
         self.check_ct = bool(check_ct)
 
     @classmethod
-    def load(cls, model: str = "crunet", *, liver_model: str | Path | None = None,
-             tumour_model: str | Path | None = None, device: str = "cpu",
-             batch_size: int = 8, tta: bool = False, tumour: bool = True,
-             **options: Any) -> Cascade:
+    def load(
+        cls,
+        model: str = "crunet",
+        *,
+        liver_model: str | Path | None = None,
+        tumour_model: str | Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 8,
+        tta: bool = False,
+        tumour: bool = True,
+        **options: Any,
+    ) -> Cascade:
         """Load the cascade from checkpoint folders or the shipped weights.
 
         Args:
@@ -166,7 +182,8 @@ class Cascade:
 
             raise MissingWeightsError(
                 f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass "
-                "trained checkpoint folders with --liver-model/--tumour-model")
+                "trained checkpoint folders with --liver-model/--tumour-model"
+            )
         from livseg.train.device import resolve_device
 
         dev = resolve_device(device)
@@ -176,13 +193,18 @@ class Cascade:
         if tumour:
             tumour_dir = Path(tumour_model) if tumour_model is not None else locate(TUMOUR_MODEL)
             tum = _load(tumour_dir, dev, batch_size, tta)
-        log.info("loaded liver model %s%s on %s", liver.name,
-                 f" and tumour model {tum.name}" if tum else "", dev)
+        log.info(
+            "loaded liver model %s%s on %s",
+            liver.name,
+            f" and tumour model {tum.name}" if tum else "",
+            dev,
+        )
         return cls(liver, tum, **options)
 
     # --- the cascade ----------------------------------------------------------------------------
-    def segment(self, volume: Volume, progress: StageProgress | None = None,
-                source: str | None = None) -> SegmentationResult:
+    def segment(
+        self, volume: Volume, progress: StageProgress | None = None, source: str | None = None
+    ) -> SegmentationResult:
         """Segment the liver and liver tumours of a CT volume.
 
         Args:
@@ -207,8 +229,7 @@ class Cascade:
         stats = volume_stats(hu)
         timings["reorient"] = time.perf_counter() - t
         if stats.n_nan:
-            msg = (f"{src}: {stats.n_nan} non-finite voxel(s) (NaN/inf) replaced by "
-                   f"{-1024} HU (air)")
+            msg = f"{src}: {stats.n_nan} non-finite voxel(s) (NaN/inf) replaced by {-1024} HU (air)"
             log.warning(msg)
             warnings.append(msg)
         if self.check_ct:
@@ -233,10 +254,12 @@ class Cascade:
                 psum += float(p_fg.sum(dtype=np.float64))
                 uncertain += int(np.count_nonzero(p_fg < 0.75))
             pmax = max(pmax, float(prob.max()))
-        summary = {"voxels_above_0_5": above,
-                   "mean_in_mask": psum / above if above else 0.0,
-                   "uncertain_fraction": uncertain / above if above else 0.0,
-                   "max": pmax}
+        summary = {
+            "voxels_above_0_5": above,
+            "mean_in_mask": psum / above if above else 0.0,
+            "uncertain_fraction": uncertain / above if above else 0.0,
+            "max": pmax,
+        }
         timings["liver"] = time.perf_counter() - t
 
         # 3. post-processing
@@ -249,8 +272,7 @@ class Cascade:
         # 4.-5. tumour stage in the liver box, masked by the liver
         t = time.perf_counter()
         if not liver_found:
-            msg = (f"{src}: no liver found; the labels are all background "
-                   "(liver_found = false)")
+            msg = f"{src}: no liver found; the labels are all background (liver_found = false)"
             log.warning(msg)
             warnings.append(msg)
             labels_c = liver
@@ -261,15 +283,17 @@ class Cascade:
         timings["tumour"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        labels = Volume(reo.undo(labels_c), volume.spacing, volume.origin, volume.direction,
-                        "label")
+        labels = Volume(
+            reo.undo(labels_c), volume.spacing, volume.origin, volume.direction, "label"
+        )
         timings["reorient"] += time.perf_counter() - t
         for k, v in timings.items():
             log.debug("%s: %s %.2f s", src, k, v)
         return SegmentationResult(labels, liver_found, summary, timings, warnings)
 
-    def _tumour_stage(self, hu: np.ndarray, liver: np.ndarray, stats: VolumeStats,
-                      progress: StageProgress | None) -> np.ndarray:
+    def _tumour_stage(
+        self, hu: np.ndarray, liver: np.ndarray, stats: VolumeStats, progress: StageProgress | None
+    ) -> np.ndarray:
         """Run the tumour model on the liver slices inside the liver box; 0/1/2 labels."""
         from livseg.preprocess.slices import inplane_bbox
 

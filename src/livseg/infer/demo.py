@@ -63,10 +63,19 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def run_demo(outdir: str | Path = "livseg_demo", *, model: str = "crunet",
-             device: str = "cpu", seed: int = 0, size: int = 256, overwrite: bool = False,
-             liver_model: str | Path | None = None, tumour_model: str | Path | None = None,
-             cascade: Cascade | None = None, progress=None) -> DemoResult:
+def run_demo(
+    outdir: str | Path = "livseg_demo",
+    *,
+    model: str = "crunet",
+    device: str = "cpu",
+    seed: int = 0,
+    size: int = 256,
+    overwrite: bool = False,
+    liver_model: str | Path | None = None,
+    tumour_model: str | Path | None = None,
+    cascade: Cascade | None = None,
+    progress=None,
+) -> DemoResult:
     """Generate a phantom, segment it, evaluate it, write everything.
 
     Args:
@@ -96,23 +105,53 @@ def run_demo(outdir: str | Path = "livseg_demo", *, model: str = "crunet",
     for p in [*paths, *output_paths("phantom_ct", outdir, False, True).values()]:
         check_writable(p, overwrite)
     if cascade is None:
-        cascade = Cascade.load(model, liver_model=liver_model, tumour_model=tumour_model,
-                               device=device)
+        cascade = Cascade.load(
+            model, liver_model=liver_model, tumour_model=tumour_model, device=device
+        )
     image, truth = make_phantom(seed, size)
     ct_path, truth_path, metrics_path = paths
     write_volume(image, ct_path, overwrite=overwrite)
     write_volume(truth, truth_path, overwrite=overwrite)
-    case = segment_case(cascade, ct_path, outdir, overwrite=overwrite, reference=truth_path,
-                        progress=progress, extra={"demo_seed": seed, "demo_size": size})
-    scores = evaluate_case(case.result.labels.array, truth.array, truth.spacing,
-                           case_id="phantom_ct")
+    case = segment_case(
+        cascade,
+        ct_path,
+        outdir,
+        overwrite=overwrite,
+        reference=truth_path,
+        progress=progress,
+        extra={"demo_seed": seed, "demo_size": size},
+    )
+    scores = evaluate_case(
+        case.result.labels.array, truth.array, truth.spacing, case_id="phantom_ct"
+    )
     row = {k: _clean(v) for k, v in scores.row().items()}
     tm = measure(truth)
-    write_text_atomic(metrics_path, json.dumps(
-        {"seed": seed, "size": size, "liver_model": cascade.liver.name,
-         "tumour_model": cascade.tumour.name if cascade.tumour else None,
-         "truth": {"liver_ml": tm.liver_volume_ml, "tumour_ml": tm.tumour_volume_ml,
-                   "lesions": tm.lesion_count},
-         "scores": row}, indent=2) + "\n", overwrite)
-    return DemoResult(outdir, case, row, tm.liver_volume_ml, tm.tumour_volume_ml,
-                      tm.lesion_count, time.perf_counter() - t0)
+    write_text_atomic(
+        metrics_path,
+        json.dumps(
+            {
+                "seed": seed,
+                "size": size,
+                "liver_model": cascade.liver.name,
+                "tumour_model": cascade.tumour.name if cascade.tumour else None,
+                "truth": {
+                    "liver_ml": tm.liver_volume_ml,
+                    "tumour_ml": tm.tumour_volume_ml,
+                    "lesions": tm.lesion_count,
+                },
+                "scores": row,
+            },
+            indent=2,
+        )
+        + "\n",
+        overwrite,
+    )
+    return DemoResult(
+        outdir,
+        case,
+        row,
+        tm.liver_volume_ml,
+        tm.tumour_volume_ml,
+        tm.lesion_count,
+        time.perf_counter() - t0,
+    )

@@ -18,8 +18,9 @@ LIVER_STRUCTURE_RADIUS_MM = 3.0
 """Default in-plane radius of the liver erosion/dilation element (not given by the paper)."""
 
 
-def structuring_element(spacing: tuple[float, float, float],
-                        radius_mm: float = LIVER_STRUCTURE_RADIUS_MM) -> np.ndarray:
+def structuring_element(
+    spacing: tuple[float, float, float], radius_mm: float = LIVER_STRUCTURE_RADIUS_MM
+) -> np.ndarray:
     """An ellipsoidal structuring element of physical radius ``radius_mm``.
 
     Args:
@@ -33,16 +34,20 @@ def structuring_element(spacing: tuple[float, float, float],
     rz = int(np.floor(radius_mm / spacing[0]))
     ry = max(1, int(round(radius_mm / spacing[1])))
     rx = max(1, int(round(radius_mm / spacing[2])))
-    zz, yy, xx = np.ogrid[-rz:rz + 1, -ry:ry + 1, -rx:rx + 1]
+    zz, yy, xx = np.ogrid[-rz : rz + 1, -ry : ry + 1, -rx : rx + 1]
     dist = (xx / rx) ** 2 + (yy / ry) ** 2 + ((zz / rz) ** 2 if rz > 0 else 0 * zz)
     return dist <= 1.0 + 1e-9
 
 
 def _bbox(mask: np.ndarray, pad: tuple[int, ...]) -> tuple[slice, ...]:
-    idx = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != ax)))
-           for ax in range(mask.ndim)]
-    return tuple(slice(max(0, int(i[0]) - p), min(n, int(i[-1]) + 1 + p))
-                 for i, p, n in zip(idx, pad, mask.shape, strict=True))
+    idx = [
+        np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        for ax in range(mask.ndim)
+    ]
+    return tuple(
+        slice(max(0, int(i[0]) - p), min(n, int(i[-1]) + 1 + p))
+        for i, p, n in zip(idx, pad, mask.shape, strict=True)
+    )
 
 
 def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
@@ -61,8 +66,9 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
         return out
     box = _bbox(mask, (0,) * mask.ndim)
     sub = mask[box]
-    lab, n = ndimage.label(sub, structure=ndimage.generate_binary_structure(mask.ndim,
-                                                                             connectivity))
+    lab, n = ndimage.label(
+        sub, structure=ndimage.generate_binary_structure(mask.ndim, connectivity)
+    )
     if n == 0:
         return out
     sizes = np.bincount(lab.ravel())
@@ -71,8 +77,11 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     return out
 
 
-def postprocess_liver(mask: np.ndarray, spacing: tuple[float, float, float],
-                      radius_mm: float = LIVER_STRUCTURE_RADIUS_MM) -> np.ndarray:
+def postprocess_liver(
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
+) -> np.ndarray:
     """Liver post-processing: erosion -> largest 3-D component -> dilation.
 
     The erosion detaches thin bridges to neighbouring organs, the largest component drops the
@@ -103,8 +112,11 @@ def postprocess_liver(mask: np.ndarray, spacing: tuple[float, float, float],
     sub = mask[box]
     eroded = ndimage.binary_erosion(sub, structure=se)
     if not eroded.any():
-        log.warning("liver mask vanished under erosion (radius %.1f mm); keeping the largest "
-                    "component of the raw mask", radius_mm)
+        log.warning(
+            "liver mask vanished under erosion (radius %.1f mm); keeping the largest "
+            "component of the raw mask",
+            radius_mm,
+        )
         out[box] = largest_component(sub)
         return out
     kept = largest_component(eroded)

@@ -85,7 +85,7 @@ def volume_stats(array: np.ndarray, chunk: int = 32) -> VolumeStats:
     """
     lo, hi, bad = np.inf, -np.inf, 0
     for start in range(0, array.shape[0], chunk):
-        block = np.asarray(array[start:start + chunk], dtype=np.float32)
+        block = np.asarray(array[start : start + chunk], dtype=np.float32)
         finite = np.isfinite(block)
         n_bad = int(block.size - np.count_nonzero(finite))
         bad += n_bad
@@ -126,8 +126,10 @@ def settings_from_config(config: Any, source: str = "config.json"):
         if isinstance(sub, dict) and "pipeline" in sub:
             fields = {f.name for f in dataclasses.fields(PreprocessSettings)}
             return PreprocessSettings.from_dict({k: v for k, v in sub.items() if k in fields})
-    raise LivsegError(f"{source}: checkpoint config holds no pre-processing settings "
-                      "(expected a 'preprocess' section with a 'pipeline')")
+    raise LivsegError(
+        f"{source}: checkpoint config holds no pre-processing settings "
+        "(expected a 'preprocess' section with a 'pipeline')"
+    )
 
 
 def size_multiple(model: Any) -> int:
@@ -153,8 +155,15 @@ class SlicePredictor:
         name: name used in log messages (e.g. the checkpoint folder).
     """
 
-    def __init__(self, model, settings, device: Any = "cpu", batch_size: int = 8,
-                 tta: bool = False, name: str = "model") -> None:
+    def __init__(
+        self,
+        model,
+        settings,
+        device: Any = "cpu",
+        batch_size: int = 8,
+        tta: bool = False,
+        name: str = "model",
+    ) -> None:
         import torch
 
         if batch_size < 1:
@@ -168,8 +177,9 @@ class SlicePredictor:
         size = int(settings.size)
         mult = size_multiple(model)
         if size % mult:
-            raise LivsegError(f"{name}: working size {size} is not divisible by {mult}, which "
-                              "the network needs")
+            raise LivsegError(
+                f"{name}: working size {size} is not divisible by {mult}, which the network needs"
+            )
 
     @property
     def context(self) -> int:
@@ -200,10 +210,14 @@ class SlicePredictor:
                 prob = prob[:, 0]
             return prob.float().cpu().numpy()
 
-    def predict(self, hu: np.ndarray, slices: Sequence[int], stats: VolumeStats,
-                box: tuple[int, int, int, int] | None = None,
-                progress: Progress | None = None
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def predict(
+        self,
+        hu: np.ndarray,
+        slices: Sequence[int],
+        stats: VolumeStats,
+        box: tuple[int, int, int, int] | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Predict slices batch by batch.
 
         Args:
@@ -222,7 +236,7 @@ class SlicePredictor:
         n_ctx = 2 * self.context + 1
         total = int(ks_all.size)
         for start in range(0, total, self.batch_size):
-            ks = ks_all[start:start + self.batch_size]
+            ks = ks_all[start : start + self.batch_size]
             block = self._gather(hu, ks, stats)
             chan = preprocess_slices(block, self.settings, stats.value_range)  # (b*n, C0, H, W)
             del block

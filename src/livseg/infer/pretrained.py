@@ -71,8 +71,7 @@ def check_checkpoint_dir(path: str | Path) -> Path:
         raise MissingWeightsError(f"{path}: model checkpoint folder not found")
     missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
     if missing:
-        raise MissingWeightsError(
-            f"{path}: not a livseg checkpoint (missing {', '.join(missing)})")
+        raise MissingWeightsError(f"{path}: not a livseg checkpoint (missing {', '.join(missing)})")
     return path
 
 
@@ -89,7 +88,8 @@ def locate(name: str, weights_dir: Path | None = None) -> Path:
     """
     if name not in SHIPPED_MODELS:
         raise MissingWeightsError(
-            f"unknown shipped model {name!r}; valid names: {', '.join(SHIPPED_MODELS)}")
+            f"unknown shipped model {name!r}; valid names: {', '.join(SHIPPED_MODELS)}"
+        )
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     folder = root / name
     if not _is_complete(folder):
@@ -97,7 +97,8 @@ def locate(name: str, weights_dir: Path | None = None) -> Path:
         raise MissingWeightsError(
             f"{folder}: shipped model {name!r} is not installed (missing "
             f"{', '.join(missing)}); train one with `livseg train` and pass its folder "
-            f"with --liver-model/--tumour-model, or place the checkpoint there")
+            f"with --liver-model/--tumour-model, or place the checkpoint there"
+        )
     return folder
 
 

@@ -106,12 +106,20 @@ def _read_reference(path: Path, image: Volume) -> Volume:
     return ref
 
 
-def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
-                 dicom_seg: bool = False, overwrite: bool = False, overlay: bool = True,
-                 reference: str | Path | None = None, name: str | None = None,
-                 progress: CaseProgress | None = None,
-                 extra: dict[str, Any] | None = None,
-                 series_uid: str | None = None) -> CaseOutput:
+def segment_case(
+    cascade: Cascade,
+    path: str | Path,
+    outdir: str | Path,
+    *,
+    dicom_seg: bool = False,
+    overwrite: bool = False,
+    overlay: bool = True,
+    reference: str | Path | None = None,
+    name: str | None = None,
+    progress: CaseProgress | None = None,
+    extra: dict[str, Any] | None = None,
+    series_uid: str | None = None,
+) -> CaseOutput:
     """Segment one input with a loaded cascade and write its outputs (see module docstring).
 
     Raises:
@@ -126,8 +134,9 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
     name = name or case_name(path)
     is_dicom = path.is_dir()
     if dicom_seg and not is_dicom:
-        raise InputError(f"{path}: --dicom-seg needs a DICOM series folder as input; "
-                         "this is a file")
+        raise InputError(
+            f"{path}: --dicom-seg needs a DICOM series folder as input; this is a file"
+        )
     outs = output_paths(name, outdir, dicom_seg, overlay)
     for p in outs.values():
         check_writable(p, overwrite)
@@ -144,23 +153,25 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
     timings.update(result.timings)
     labels = result.labels
     if labels.geometry_mismatch(image):  # the contract of this module: never flipped
-        raise LivsegError(f"{path}: internal error, output geometry differs from the input "
-                          f"({labels.geometry_mismatch(image)})")
+        raise LivsegError(
+            f"{path}: internal error, output geometry differs from the input "
+            f"({labels.geometry_mismatch(image)})"
+        )
     if dicom_seg and not result.liver_found:
-        raise LivsegError(f"{path}: no liver found, so there is nothing to store in a DICOM-SEG; "
-                          "nothing was written (run without --dicom-seg to get the "
-                          "all-background label file and measurements with liver_found false)")
+        raise LivsegError(
+            f"{path}: no liver found, so there is nothing to store in a DICOM-SEG; "
+            "nothing was written (run without --dicom-seg to get the "
+            "all-background label file and measurements with liver_found false)"
+        )
     written: dict[str, Path] = {}
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(p, overwrite)) for k, p in outs.items()}
         t = time.perf_counter()
-        write_volume(labels, tmp["labels"], overwrite=True,
-                     reference=image if is_dicom else path)
+        write_volume(labels, tmp["labels"], overwrite=True, reference=image if is_dicom else path)
         if "dicom_seg" in outs:
             from livseg.report.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(labels, path, tmp["dicom_seg"], overwrite=True,
-                            series_uid=series_uid)
+            write_dicom_seg(labels, path, tmp["dicom_seg"], overwrite=True, series_uid=series_uid)
         timings["write"] = time.perf_counter() - t
         t = time.perf_counter()
         m = measure(labels)
@@ -180,37 +191,59 @@ def segment_case(cascade: Cascade, path: str | Path, outdir: str | Path, *,
         if "overlay" in outs:
             from livseg.report.overlay import write_overlay
 
-            write_overlay(image, labels, tmp["overlay"], reference=ref, overwrite=True,
-                          title=f"{name}  ({path.name})")
+            write_overlay(
+                image,
+                labels,
+                tmp["overlay"],
+                reference=ref,
+                overwrite=True,
+                title=f"{name}  ({path.name})",
+            )
         timings["report"] = time.perf_counter() - t
         meta["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         write_measurements(m, tmp["measurements"], tmp["lesions"], overwrite=True, extra=meta)
         if "report" in outs:
             from livseg.report.html import write_html_report
 
-            write_html_report(tmp["report"], name, m, meta, overlay_png=tmp["overlay"],
-                              overwrite=True)
+            write_html_report(
+                tmp["report"], name, m, meta, overlay_png=tmp["overlay"], overwrite=True
+            )
         written = dict(outs)
     for k, v in timings.items():
         log.debug("%s: %s %.2f s", name, k, v)
     if not m.liver_found:
-        log.warning("%s: no liver found: wrote an all-background label file; "
-                    "liver_found is false in %s", path, outs["measurements"].name)
+        log.warning(
+            "%s: no liver found: wrote an all-background label file; liver_found is false in %s",
+            path,
+            outs["measurements"].name,
+        )
     elif m.incomplete_coverage:
-        log.warning("%s: the liver touches the first or last slice: coverage is incomplete, "
-                    "the liver volume is a lower bound", path)
+        log.warning(
+            "%s: the liver touches the first or last slice: coverage is incomplete, "
+            "the liver volume is a lower bound",
+            path,
+        )
     return CaseOutput(path, name, written, result, m, timings)
 
 
-def segment_files(inputs: Sequence[str | Path], outdir: str | Path, model: str = "crunet",
-                  device: str = "cpu", dicom_seg: bool = False, overwrite: bool = False, *,
-                  liver_model: str | Path | None = None,
-                  tumour_model: str | Path | None = None, tta: bool = False,
-                  batch_size: int = 8, overlay: bool = True,
-                  references: Sequence[str | Path] | None = None,
-                  progress: CaseProgress | None = None,
-                  cascade: Cascade | None = None,
-                  series_uid: str | None = None) -> list[CaseOutput]:
+def segment_files(
+    inputs: Sequence[str | Path],
+    outdir: str | Path,
+    model: str = "crunet",
+    device: str = "cpu",
+    dicom_seg: bool = False,
+    overwrite: bool = False,
+    *,
+    liver_model: str | Path | None = None,
+    tumour_model: str | Path | None = None,
+    tta: bool = False,
+    batch_size: int = 8,
+    overlay: bool = True,
+    references: Sequence[str | Path] | None = None,
+    progress: CaseProgress | None = None,
+    cascade: Cascade | None = None,
+    series_uid: str | None = None,
+) -> list[CaseOutput]:
     """Segment several inputs with one set of loaded models (``livseg segment``).
 
     Args:
@@ -243,31 +276,53 @@ def segment_files(inputs: Sequence[str | Path], outdir: str | Path, model: str =
     if not inputs:
         raise LivsegError("no input given")
     if references is not None and len(references) != len(inputs):
-        raise LivsegError(f"--ref given {len(references)} time(s) for {len(inputs)} input(s); "
-                          "give one reference per input")
+        raise LivsegError(
+            f"--ref given {len(references)} time(s) for {len(inputs)} input(s); "
+            "give one reference per input"
+        )
     names = [case_name(p) for p in inputs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise LivsegError(f"several inputs share the output name(s) {', '.join(dup)}; "
-                          "segment them into different --out folders")
+        raise LivsegError(
+            f"several inputs share the output name(s) {', '.join(dup)}; "
+            "segment them into different --out folders"
+        )
     for p in inputs:
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
         if dicom_seg and not p.is_dir():
-            raise InputError(f"{p}: --dicom-seg needs a DICOM series folder as input; "
-                             "this is a file")
+            raise InputError(
+                f"{p}: --dicom-seg needs a DICOM series folder as input; this is a file"
+            )
     if outdir.exists() and not outdir.is_dir():
         raise LivsegError(f"{outdir}: output path exists and is not a folder")
     for n in names:
         for p in output_paths(n, outdir, dicom_seg, overlay).values():
             check_writable(p, overwrite)
     if cascade is None:
-        cascade = Cascade.load(model, liver_model=liver_model, tumour_model=tumour_model,
-                               device=device, batch_size=batch_size, tta=tta)
+        cascade = Cascade.load(
+            model,
+            liver_model=liver_model,
+            tumour_model=tumour_model,
+            device=device,
+            batch_size=batch_size,
+            tta=tta,
+        )
     results = []
     for i, (p, n) in enumerate(zip(inputs, names, strict=True)):
         ref = references[i] if references is not None else None
-        results.append(segment_case(cascade, p, outdir, dicom_seg=dicom_seg,
-                                    overwrite=overwrite, overlay=overlay, reference=ref,
-                                    name=n, progress=progress, series_uid=series_uid))
+        results.append(
+            segment_case(
+                cascade,
+                p,
+                outdir,
+                dicom_seg=dicom_seg,
+                overwrite=overwrite,
+                overlay=overlay,
+                reference=ref,
+                name=n,
+                progress=progress,
+                series_uid=series_uid,
+            )
+        )
     return results

@@ -69,7 +69,8 @@ def _check_file_path(path: Path) -> None:
     if not (is_nifti(path) or is_itk(path)):
         raise InputError(
             f"{path}: unsupported file type; livseg reads {', '.join(READABLE_SUFFIXES)} files "
-            "and DICOM series folders (pass the folder, not a single .dcm file)")
+            "and DICOM series folders (pass the folder, not a single .dcm file)"
+        )
 
 
 def guess_kind(path: str | os.PathLike, array: np.ndarray) -> Kind:
@@ -99,8 +100,9 @@ def _whole_numbers(array: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(array)) and np.all(array == np.round(array)))
 
 
-def _make_volume(array: np.ndarray, spacing, origin, direction, kind: Kind | None,
-                 path: Path) -> Volume:
+def _make_volume(
+    array: np.ndarray, spacing, origin, direction, kind: Kind | None, path: Path
+) -> Volume:
     if array.size == 0:
         raise InputError(f"{path}: the volume is empty (shape {array.shape})")
     if kind is None:
@@ -146,8 +148,10 @@ def read_volume(
     path = Path(path)
     if path.is_dir():
         if kind == "label":
-            raise InputError(f"{path}: a DICOM series folder is read as an image; for a "
-                             "DICOM-SEG use read_dicom_seg")
+            raise InputError(
+                f"{path}: a DICOM series folder is read as an image; for a "
+                "DICOM-SEG use read_dicom_seg"
+            )
         return read_dicom_series(path, series_uid)
     _check_file_path(path)
     reader = read_nifti if is_nifti(path) else read_itk
@@ -194,8 +198,9 @@ def read_header(path: str | os.PathLike) -> VolumeHeader:
         raise InputError(f"{path}: header-only reading needs a file, not a DICOM folder")
     _check_file_path(path)
     info = read_nifti_header(path) if is_nifti(path) else read_itk_header(path)
-    return VolumeHeader(path, info["shape"], info["spacing"], info["origin"], info["direction"],
-                        info["dtype"])
+    return VolumeHeader(
+        path, info["shape"], info["spacing"], info["origin"], info["direction"], info["dtype"]
+    )
 
 
 def _storage_array(volume: Volume) -> np.ndarray:
@@ -241,8 +246,9 @@ def write_volume(
     path = Path(path)
     name = path.name.lower()
     if not name.endswith(WRITABLE_SUFFIXES):
-        raise InputError(f"{path}: unsupported output type; livseg writes "
-                         f"{', '.join(WRITABLE_SUFFIXES)}")
+        raise InputError(
+            f"{path}: unsupported output type; livseg writes {', '.join(WRITABLE_SUFFIXES)}"
+        )
     check_writable(path, overwrite)
     ref_header = None
     if reference is not None:
@@ -250,17 +256,20 @@ def write_volume(
             ref_geom = reference
         else:
             ref_path = Path(reference)
-            ref_geom = (read_volume(ref_path) if ref_path.is_dir()
-                        else read_header(ref_path).geometry())
+            ref_geom = (
+                read_volume(ref_path) if ref_path.is_dir() else read_header(ref_path).geometry()
+            )
             if is_nifti(ref_path) and is_nifti(path):
                 import nibabel as nib
 
                 ref_header = nib.load(str(ref_path)).header
         mismatch = volume.geometry_mismatch(ref_geom)
         if mismatch:
-            raise InputError(f"{path}: the volume's geometry differs from the reference "
-                             f"{reference if not isinstance(reference, Volume) else ''}: "
-                             f"{mismatch}")
+            raise InputError(
+                f"{path}: the volume's geometry differs from the reference "
+                f"{reference if not isinstance(reference, Volume) else ''}: "
+                f"{mismatch}"
+            )
     data = _storage_array(volume)
     with atomic_path(path, overwrite) as tmp:
         if is_nifti(path):
@@ -304,7 +313,8 @@ def convert(
     volume = read_volume(source, kind=None if segs else kind, series_uid=series_uid)
     if segs:
         if volume.is_label:
-            raise InputError(f"{source}: the reference for DICOM-SEG must be the CT image, "
-                             "got a label volume")
+            raise InputError(
+                f"{source}: the reference for DICOM-SEG must be the CT image, got a label volume"
+            )
         volume = lits_label_from_segs(volume, segs)
     return write_volume(volume, output, overwrite=overwrite)

@@ -68,8 +68,11 @@ def _strip_suffix(name: str) -> str:
 
 
 def _is_volume_file(path: Path) -> bool:
-    return (path.is_file() and not path.name.startswith(".")
-            and path.name.lower().endswith(READABLE_SUFFIXES))
+    return (
+        path.is_file()
+        and not path.name.startswith(".")
+        and path.name.lower().endswith(READABLE_SUFFIXES)
+    )
 
 
 def _finish(cases: list[Case], require_labels: bool, source: Path) -> list[Case]:
@@ -78,15 +81,18 @@ def _finish(cases: list[Case], require_labels: bool, source: Path) -> list[Case]
     seen: dict[str, Case] = {}
     for case in cases:
         if case.case_id in seen:
-            raise InputError(f"{source}: case id '{case.case_id}' appears twice "
-                             f"({seen[case.case_id].image} and {case.image})")
+            raise InputError(
+                f"{source}: case id '{case.case_id}' appears twice "
+                f"({seen[case.case_id].image} and {case.image})"
+            )
         seen[case.case_id] = case
         if not case.image.exists():
             raise InputError(f"{source}: case '{case.case_id}': image {case.image} not found")
         if case.label is None:
             if require_labels:
-                raise InputError(f"{source}: case '{case.case_id}' has no label "
-                                 f"(image {case.image})")
+                raise InputError(
+                    f"{source}: case '{case.case_id}' has no label (image {case.image})"
+                )
         elif not case.label.exists():
             raise InputError(f"{source}: case '{case.case_id}': label {case.label} not found")
     return sorted(cases, key=lambda c: natural_key(c.case_id))
@@ -125,7 +131,8 @@ def discover_cases(path: str | os.PathLike, require_labels: bool = True) -> list
     raise InputError(
         f"{path}: unknown dataset layout: expected LiTS files (volume-N.nii[.gz] + "
         "segmentation-N.nii[.gz]), an MSD/nnU-Net folder (imagesTr/ + labelsTr/), or a CSV/JSON "
-        "list of image,label pairs")
+        "list of image,label pairs"
+    )
 
 
 def _from_lits(folder: Path) -> list[Case] | None:
@@ -134,8 +141,10 @@ def _from_lits(folder: Path) -> list[Case] | None:
     for f in sorted(folder.rglob("*")):
         if f.name.startswith(".") or not f.is_file():
             continue
-        for pattern, table, what in ((_LITS_IMAGE, images, "volume"),
-                                     (_LITS_LABEL, labels, "segmentation")):
+        for pattern, table, what in (
+            (_LITS_IMAGE, images, "volume"),
+            (_LITS_LABEL, labels, "segmentation"),
+        ):
             m = pattern.match(f.name)
             if m:
                 n = int(m.group(1))
@@ -146,8 +155,10 @@ def _from_lits(folder: Path) -> list[Case] | None:
         return None
     orphans = sorted(set(labels) - set(images))
     if orphans:
-        raise InputError(f"{folder}: segmentation file(s) without a volume: "
-                         + ", ".join(str(labels[n]) for n in orphans))
+        raise InputError(
+            f"{folder}: segmentation file(s) without a volume: "
+            + ", ".join(str(labels[n]) for n in orphans)
+        )
     return [Case(_strip_suffix(images[n].name), images[n], labels.get(n)) for n in images]
 
 
@@ -156,8 +167,10 @@ def _msd_case_id(image: Path) -> str:
     m = _CHANNEL.match(stem)
     if m:
         if m.group("ch") != "0000":
-            raise InputError(f"{image}: channel {m.group('ch')} of a multi-channel case; livseg "
-                             "reads single-channel CT (only _0000)")
+            raise InputError(
+                f"{image}: channel {m.group('ch')} of a multi-channel case; livseg "
+                "reads single-channel CT (only _0000)"
+            )
         return m.group("stem")
     return stem
 
@@ -174,8 +187,9 @@ def _from_msd(folder: Path, require_labels: bool) -> list[Case]:
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
     labels = {}
     if labels_dir.is_dir():
-        labels = {_strip_suffix(f.name): f for f in sorted(labels_dir.iterdir())
-                  if _is_volume_file(f)}
+        labels = {
+            _strip_suffix(f.name): f for f in sorted(labels_dir.iterdir()) if _is_volume_file(f)
+        }
     cases = []
     for f in sorted(images_dir.iterdir()):
         if not _is_volume_file(f):
@@ -184,8 +198,10 @@ def _from_msd(folder: Path, require_labels: bool) -> list[Case]:
         case_id = stem if stem in labels else _msd_case_id(f)
         cases.append(Case(case_id, f, labels.pop(case_id, None)))
     if labels:
-        raise InputError(f"{labels_dir}: label file(s) without an image in {images_dir}: "
-                         + ", ".join(str(p.name) for p in labels.values()))
+        raise InputError(
+            f"{labels_dir}: label file(s) without an image in {images_dir}: "
+            + ", ".join(str(p.name) for p in labels.values())
+        )
     if not labels_dir.is_dir() and require_labels:
         raise InputError(f"{folder}: imagesTr/ without labelsTr/ (no labels for any case)")
     return cases
@@ -211,8 +227,9 @@ def _pairs(entries: list, base: Path, source: Path) -> list[Case]:
         elif isinstance(entry, (list, tuple)) and len(entry) in (1, 2):
             image, label = entry[0], entry[1] if len(entry) == 2 else None
         else:
-            raise InputError(f"{source}: entry {n} must be [image, label] or "
-                             "{'image': ..., 'label': ...}")
+            raise InputError(
+                f"{source}: entry {n} must be [image, label] or {{'image': ..., 'label': ...}}"
+            )
         image_path = _resolve(image, base, source, f"entry {n} image")
         if image_path is None:
             raise InputError(f"{source}: entry {n} has an empty image path")
@@ -228,13 +245,21 @@ def _from_csv(path: Path) -> list[Case]:
             reader = csv.DictReader(fh)
             fields = [f.strip().lower() for f in (reader.fieldnames or [])]
             if "image" not in fields:
-                raise InputError(f"{path}: CSV needs a header with columns image,label"
-                                 f"[,case_id]; found {reader.fieldnames}")
+                raise InputError(
+                    f"{path}: CSV needs a header with columns image,label"
+                    f"[,case_id]; found {reader.fieldnames}"
+                )
             rows = [{(k or "").strip().lower(): v for k, v in row.items()} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read the CSV ({exc})") from exc
-    entries = [{"image": r.get("image"), "label": r.get("label"),
-                "case_id": (r.get("case_id") or "").strip() or None} for r in rows]
+    entries = [
+        {
+            "image": r.get("image"),
+            "label": r.get("label"),
+            "case_id": (r.get("case_id") or "").strip() or None,
+        }
+        for r in rows
+    ]
     return _pairs(entries, path.parent, path)
 
 
@@ -298,6 +323,8 @@ def validate_cases(cases: list[Case], atol: float = 1e-3, raise_error: bool = Tr
     for msg in problems:
         log.warning("%s", msg)
     if problems and raise_error:
-        raise InputError(f"{len(problems)} case(s) with image/label geometry mismatch:\n  "
-                         + "\n  ".join(problems))
+        raise InputError(
+            f"{len(problems)} case(s) with image/label geometry mismatch:\n  "
+            + "\n  ".join(problems)
+        )
     return problems

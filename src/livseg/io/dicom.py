@@ -115,7 +115,9 @@ class DicomSeries:
         """One line: UID, description, modality and counts."""
         desc = f" '{self.description}'" if self.description else ""
         extra = f", {len(self.other)} non-image object(s)" if self.other else ""
-        return f"{self.uid}{desc} [{self.modality or '?'}]: {len(self.slices)} image slice(s){extra}"
+        return (
+            f"{self.uid}{desc} [{self.modality or '?'}]: {len(self.slices)} image slice(s){extra}"
+        )
 
 
 @dataclass
@@ -140,6 +142,7 @@ class SliceStack:
 
 
 # --- scanning ---------------------------------------------------------------------------------
+
 
 def _floats(value, n: int) -> np.ndarray | None:
     try:
@@ -178,8 +181,11 @@ def _slice_header(ds, path: Path) -> SliceHeader | str:
     if ps is None or np.any(ps <= 0):
         return "image without a valid PixelSpacing"
     row, col = iop[:3], iop[3:]
-    if (abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2
-            or abs(float(row @ col)) > 1e-2):
+    if (
+        abs(np.linalg.norm(row) - 1) > 1e-2
+        or abs(np.linalg.norm(col) - 1) > 1e-2
+        or abs(float(row @ col)) > 1e-2
+    ):
         return f"invalid ImageOrientationPatient {list(iop)}"
     row = row / np.linalg.norm(row)
     col = col / np.linalg.norm(col)
@@ -189,9 +195,15 @@ def _slice_header(ds, path: Path) -> SliceHeader | str:
     except (TypeError, ValueError):
         inst = None
     return SliceHeader(
-        path=path, sop_uid=str(ds.get("SOPInstanceUID", path.name)), position=pos,
-        row_cosine=row, col_cosine=col, pixel_spacing=(float(ps[0]), float(ps[1])),
-        rows=int(ds.Rows), columns=int(ds.Columns), instance_number=inst,
+        path=path,
+        sop_uid=str(ds.get("SOPInstanceUID", path.name)),
+        position=pos,
+        row_cosine=row,
+        col_cosine=col,
+        pixel_spacing=(float(ps[0]), float(ps[1])),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        instance_number=inst,
         thickness=_opt_float(ds, "SliceThickness"),
         spacing_between=_opt_float(ds, "SpacingBetweenSlices"),
     )
@@ -222,7 +234,8 @@ def scan_dicom_folder(folder: str | os.PathLike) -> list[DicomSeries]:
         Path(root) / name
         for root, dirs, names in os.walk(folder)
         for name in names
-        if not name.startswith(".") and name.upper() != "DICOMDIR"
+        if not name.startswith(".")
+        and name.upper() != "DICOMDIR"
         and not any(part.startswith(".") for part in Path(root).relative_to(folder).parts)
     )
     if not files:
@@ -237,9 +250,14 @@ def scan_dicom_folder(folder: str | os.PathLike) -> list[DicomSeries]:
             continue
         n_dicom += 1
         uid = str(ds.get("SeriesInstanceUID", "")) or "<no SeriesInstanceUID>"
-        entry = series.setdefault(uid, DicomSeries(
-            uid=uid, description=str(ds.get("SeriesDescription", "") or ""),
-            modality=str(ds.get("Modality", "") or "")))
+        entry = series.setdefault(
+            uid,
+            DicomSeries(
+                uid=uid,
+                description=str(ds.get("SeriesDescription", "") or ""),
+                modality=str(ds.get("Modality", "") or ""),
+            ),
+        )
         header = _slice_header(ds, path)
         if isinstance(header, str):
             entry.other.append((path, header))
@@ -269,32 +287,40 @@ def select_series(
         for s in series:
             if s.uid == series_uid:
                 if not s.slices:
-                    raise InputError(f"{folder}: series {series_uid} holds no image slices "
-                                     f"({', '.join(sorted({r for _, r in s.other}))})")
+                    raise InputError(
+                        f"{folder}: series {series_uid} holds no image slices "
+                        f"({', '.join(sorted({r for _, r in s.other}))})"
+                    )
                 return s
         raise InputError(f"{folder}: no series with UID {series_uid}; found:\n  {listing}")
     if not images:
         reasons = sorted({r for s in series for _, r in s.other})
-        raise InputError(f"{folder}: no DICOM image series, only non-image objects "
-                         f"({', '.join(reasons)})")
+        raise InputError(
+            f"{folder}: no DICOM image series, only non-image objects ({', '.join(reasons)})"
+        )
     if len(images) > 1:
         raise InputError(
             f"{folder}: holds {len(images)} image series; choose one with series_uid "
-            f"(CLI: --series UID):\n  " + "\n  ".join(s.summary() for s in images))
+            f"(CLI: --series UID):\n  " + "\n  ".join(s.summary() for s in images)
+        )
     return images[0]
 
 
 # --- stacking ---------------------------------------------------------------------------------
+
 
 def _orientation_groups(slices: list[SliceHeader]) -> list[list[SliceHeader]]:
     groups: list[list[SliceHeader]] = []
     for sl in slices:
         for g in groups:
             ref = g[0]
-            if (sl.rows == ref.rows and sl.columns == ref.columns
-                    and np.allclose(sl.pixel_spacing, ref.pixel_spacing, rtol=1e-4, atol=1e-5)
-                    and np.allclose(sl.row_cosine, ref.row_cosine, atol=_ORIENTATION_TOL)
-                    and np.allclose(sl.col_cosine, ref.col_cosine, atol=_ORIENTATION_TOL)):
+            if (
+                sl.rows == ref.rows
+                and sl.columns == ref.columns
+                and np.allclose(sl.pixel_spacing, ref.pixel_spacing, rtol=1e-4, atol=1e-5)
+                and np.allclose(sl.row_cosine, ref.row_cosine, atol=_ORIENTATION_TOL)
+                and np.allclose(sl.col_cosine, ref.col_cosine, atol=_ORIENTATION_TOL)
+            ):
                 g.append(sl)
                 break
         else:
@@ -303,8 +329,10 @@ def _orientation_groups(slices: list[SliceHeader]) -> list[list[SliceHeader]]:
 
 
 def _describe(sl: SliceHeader) -> str:
-    return (f"IOP {np.round(np.r_[sl.row_cosine, sl.col_cosine], 4).tolist()}, "
-            f"{sl.rows}x{sl.columns} pixels of {sl.pixel_spacing[0]:g}x{sl.pixel_spacing[1]:g} mm")
+    return (
+        f"IOP {np.round(np.r_[sl.row_cosine, sl.col_cosine], 4).tolist()}, "
+        f"{sl.rows}x{sl.columns} pixels of {sl.pixel_spacing[0]:g}x{sl.pixel_spacing[1]:g} mm"
+    )
 
 
 def _regular_grid(
@@ -347,11 +375,15 @@ def _regular_grid(
             continue
         near = lo if i < lo else hi if i > hi else min(main, key=lambda j: abs(s[j] - s[i]))
         if not on_grid[i]:
-            reason = (f"off the {step:g} mm slice grid ({s[i] - s[near]:+.3f} mm from "
-                      f"{stack[near].path.name})")
+            reason = (
+                f"off the {step:g} mm slice grid ({s[i] - s[near]:+.3f} mm from "
+                f"{stack[near].path.name})"
+            )
         else:
-            reason = (f"detached from the stack by a gap of {abs(s[i] - s[near]):.3f} mm "
-                      f"({abs(k[i] - k[near]) - 1} missing slice(s) of {step:g} mm)")
+            reason = (
+                f"detached from the stack by a gap of {abs(s[i] - s[near]):.3f} mm "
+                f"({abs(k[i] - k[near]) - 1} missing slice(s) of {step:g} mm)"
+            )
         dropped.append((stack[i].path, reason))
     kept = main
     return [stack[i] for i in kept], s[kept], step
@@ -382,17 +414,27 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
         raise InputError(
             f"{where}: inconsistent ImageOrientationPatient/size: {len(groups)} groups of slices "
             f"({'; '.join(f'{len(g)} with {_describe(g[0])}' for g in groups[:4])}); "
-            "not one stack (gantry tilt varying per slice, or mixed reformats)")
+            "not one stack (gantry tilt varying per slice, or mixed reformats)"
+        )
     normal = stack[0].normal
     s = np.array([float(normal @ sl.position) for sl in stack])
     for g in groups[1:]:
         for sl in g:
             along = float(normal @ sl.position)
-            where_along = (f"{along - s.max():.2f} mm beyond the stack" if along > s.max() else
-                           f"{s.min() - along:.2f} mm before the stack" if along < s.min() else
-                           "within the stack")
-            dropped.append((sl.path, f"orientation/size differs from the stack ({_describe(sl)} "
-                                     f"vs {_describe(stack[0])}), {where_along}"))
+            where_along = (
+                f"{along - s.max():.2f} mm beyond the stack"
+                if along > s.max()
+                else f"{s.min() - along:.2f} mm before the stack"
+                if along < s.min()
+                else "within the stack"
+            )
+            dropped.append(
+                (
+                    sl.path,
+                    f"orientation/size differs from the stack ({_describe(sl)} "
+                    f"vs {_describe(stack[0])}), {where_along}",
+                )
+            )
     order = np.argsort(s, kind="stable")
     stack = [stack[i] for i in order]
     s = s[order]
@@ -403,12 +445,15 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
         if keep and abs(s[i] - s[keep[-1]]) < _GRID_TOL_MIN_MM * 10:
             prev = stack[keep[-1]]
             if stack[i].sop_uid == prev.sop_uid:
-                dropped.append((stack[i].path, f"duplicate of {prev.path.name} (same SOP instance)"))
+                dropped.append(
+                    (stack[i].path, f"duplicate of {prev.path.name} (same SOP instance)")
+                )
                 continue
             raise InputError(
                 f"{where}: two different slices at the same position {s[i]:.3f} mm along the "
                 f"normal: {prev.path.name} and {stack[i].path.name} (several acquisitions in "
-                "one series?)")
+                "one series?)"
+            )
         keep.append(i)
     stack = [stack[i] for i in keep]
     s = s[keep]
@@ -417,9 +462,16 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
     if len(stack) == 1:
         sl = stack[0]
         step = sl.spacing_between or sl.thickness or 1.0
-        log.warning("%s: a single slice; slice spacing set to %g mm (%s)", where, step,
-                    "SpacingBetweenSlices" if sl.spacing_between else
-                    "SliceThickness" if sl.thickness else "no thickness given")
+        log.warning(
+            "%s: a single slice; slice spacing set to %g mm (%s)",
+            where,
+            step,
+            "SpacingBetweenSlices"
+            if sl.spacing_between
+            else "SliceThickness"
+            if sl.thickness
+            else "no thickness given",
+        )
     else:
         stack, s, step = _regular_grid(stack, s, dropped)
 
@@ -428,7 +480,8 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
         raise InputError(
             f"{where}: irregular slice spacing or mixed stacks: {len(dropped)} of {n_all} image "
             f"files are not on one regular stack of slices (at most {max_drop} may be dropped); "
-            f"refusing to build a volume with wrong spacing: {reasons}")
+            f"refusing to build a volume with wrong spacing: {reasons}"
+        )
 
     # gantry tilt: in-plane component of the positions must be constant
     pos = np.array([sl.position for sl in stack])
@@ -441,7 +494,8 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
         raise InputError(
             f"{where}: slice positions do not follow the slice normal ({dev[worst]:.3f} mm "
             f"sideways shift at {stack[worst].path.name}, about {angle:.2f} degrees): gantry tilt "
-            "or sheared stack; livseg does not resample such series (resample it first)")
+            "or sheared stack; livseg does not resample such series (resample it first)"
+        )
 
     for path, reason in dropped:
         log.warning("%s: dropped %s: %s", where, path, reason)
@@ -450,7 +504,9 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
     direction_xyz = np.column_stack([row, col, normal])  # columns: array x, y, z (LPS xyz)
     direction = direction_xyz[::-1, ::-1].copy()  # reversed: columns z, y, x in (z, y, x)
     return SliceStack(
-        series=series, slices=stack, dropped=dropped,
+        series=series,
+        slices=stack,
+        dropped=dropped,
         spacing=(float(step), float(row_sp), float(col_sp)),
         origin=tuple(float(v) for v in stack[0].position[::-1]),  # type: ignore[arg-type]
         direction=direction,
@@ -479,8 +535,9 @@ def load_stack(stack: SliceStack) -> Volume:
                 pass
             raise InputError(f"{sl.path}: cannot decode the pixel data{ts}: {exc}") from exc
         if pixels.shape != (sl.rows, sl.columns):
-            raise InputError(f"{sl.path}: pixel data of shape {pixels.shape}, expected "
-                             f"({sl.rows}, {sl.columns})")
+            raise InputError(
+                f"{sl.path}: pixel data of shape {pixels.shape}, expected ({sl.rows}, {sl.columns})"
+            )
         slope = _opt_float(ds, "RescaleSlope")
         intercept = _opt_float(ds, "RescaleIntercept")
         slope = 1.0 if slope is None else slope
@@ -509,6 +566,12 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     series = select_series(scan_dicom_folder(folder), series_uid, folder)
     stack = plan_stack(series, folder)
     volume = load_stack(stack)
-    log.info("%s: read series %s: %d slices (%d dropped), spacing %s mm", folder, series.uid,
-             volume.shape[0], len(stack.dropped), tuple(round(v, 4) for v in volume.spacing))
+    log.info(
+        "%s: read series %s: %d slices (%d dropped), spacing %s mm",
+        folder,
+        series.uid,
+        volume.shape[0],
+        len(stack.dropped),
+        tuple(round(v, 4) for v in volume.spacing),
+    )
     return volume

@@ -65,12 +65,17 @@ def _check_volume(volume: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     col = d[:, 1][::-1]
     slc = d[:, 0][::-1]
     normal = np.cross(row, col)
-    if (abs(float(row @ col)) > 1e-4 or abs(np.linalg.norm(row) - 1) > 1e-4
-            or abs(np.linalg.norm(col) - 1) > 1e-4):
+    if (
+        abs(float(row @ col)) > 1e-4
+        or abs(np.linalg.norm(row) - 1) > 1e-4
+        or abs(np.linalg.norm(col) - 1) > 1e-4
+    ):
         raise InputError("DICOM CT export: the volume's in-plane axes are not orthonormal")
     if abs(abs(float(normal @ slc)) - 1.0) > 1e-4:
-        raise InputError("DICOM CT export: the slice axis is not perpendicular to the slices "
-                         "(sheared or tilted volume); resample it first")
+        raise InputError(
+            "DICOM CT export: the slice axis is not perpendicular to the slices "
+            "(sheared or tilted volume); resample it first"
+        )
     return row, col, slc
 
 
@@ -123,16 +128,21 @@ def write_dicom_series(
     if folder.exists():
         if not overwrite:
             raise OutputExistsError(f"{folder}: output exists (use --overwrite to replace it)")
-        if not folder.is_dir() or any(not p.is_file() or p.suffix.lower() != ".dcm"
-                                      for p in folder.iterdir()):
-            raise OutputExistsError(f"{folder}: exists and is not a DICOM series folder written "
-                                    "before (holds other files); refusing to replace it")
+        if not folder.is_dir() or any(
+            not p.is_file() or p.suffix.lower() != ".dcm" for p in folder.iterdir()
+        ):
+            raise OutputExistsError(
+                f"{folder}: exists and is not a DICOM series folder written "
+                "before (holds other files); refusing to replace it"
+            )
 
     hu = np.rint(np.asarray(volume.array, dtype=np.float64))
     stored = (hu - RESCALE_INTERCEPT) / RESCALE_SLOPE
     if stored.size and (stored.min() < _INT16.min or stored.max() > _INT16.max):
-        raise InputError(f"{folder}: HU range [{hu.min():.0f}, {hu.max():.0f}] does not fit int16 "
-                         f"stored values with intercept {RESCALE_INTERCEPT:.0f}")
+        raise InputError(
+            f"{folder}: HU range [{hu.min():.0f}, {hu.max():.0f}] does not fit int16 "
+            f"stored values with intercept {RESCALE_INTERCEPT:.0f}"
+        )
     stored = stored.astype(np.int16)
 
     if study_date is None:

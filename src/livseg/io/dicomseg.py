@@ -34,7 +34,8 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 _POSITION_TOL_VOXELS = 0.05
 _LIVER_WORDS = re.compile(r"\bliver\b|\bhepar\b|\bhepatic parenchyma\b", re.I)
 _TUMOUR_WORDS = re.compile(
-    r"tumou?r|neoplasm|lesion|carcinoma|metasta|\bmass\b|\bhcc\b|cancer|nodule", re.I)
+    r"tumou?r|neoplasm|lesion|carcinoma|metasta|\bmass\b|\bhcc\b|cancer|nodule", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ def _read(path: Path, pixels: bool = True):
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{path}: not a readable DICOM file ({exc})") from exc
     if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
-        raise InputError(f"{path}: not a DICOM-SEG object (SOP class "
-                         f"{ds.get('SOPClassUID', 'missing')})")
+        raise InputError(
+            f"{path}: not a DICOM-SEG object (SOP class {ds.get('SOPClassUID', 'missing')})"
+        )
     return ds
 
 
@@ -93,10 +95,12 @@ def read_segments(path: str | os.PathLike) -> list[SegmentInfo]:
     for item in ds.SegmentSequence:
         prop = ""
         if "SegmentedPropertyTypeCodeSequence" in item and len(
-                item.SegmentedPropertyTypeCodeSequence):
+            item.SegmentedPropertyTypeCodeSequence
+        ):
             prop = str(item.SegmentedPropertyTypeCodeSequence[0].get("CodeMeaning", ""))
-        out.append(SegmentInfo(int(item.SegmentNumber), str(item.get("SegmentLabel", "") or ""),
-                               prop))
+        out.append(
+            SegmentInfo(int(item.SegmentNumber), str(item.get("SegmentLabel", "") or ""), prop)
+        )
     return out
 
 
@@ -114,7 +118,8 @@ def guess_lits_segment_labels(path: str | os.PathLike) -> dict[int, int]:
             raise InputError(
                 f"{path}: cannot tell whether segment {seg.number} ('{seg.label}', "
                 f"'{seg.property_type}') is liver or tumour; name it explicitly "
-                "(CLI: --seg liver=FILE or --seg tumour=FILE)")
+                "(CLI: --seg liver=FILE or --seg tumour=FILE)"
+            )
         mapping[seg.number] = value
     return mapping
 
@@ -122,12 +127,15 @@ def guess_lits_segment_labels(path: str | os.PathLike) -> dict[int, int]:
 def _frame_geometry(ds, path: Path):
     """Per-frame (position (3,), segment number) and the shared orientation/spacing."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds \
-        else None
+    shared = (
+        ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    )
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != n_frames:
-        raise InputError(f"{path}: DICOM-SEG without one PerFrameFunctionalGroupsSequence item "
-                         f"per frame ({n_frames} frames)")
+        raise InputError(
+            f"{path}: DICOM-SEG without one PerFrameFunctionalGroupsSequence item "
+            f"per frame ({n_frames} frames)"
+        )
 
     def group(item, name):
         for source in (item, shared):
@@ -154,8 +162,12 @@ def _frame_geometry(ds, path: Path):
             iop, spacing = f_iop, f_sp
         elif not (np.allclose(f_iop, iop, atol=1e-4) and np.allclose(f_sp, spacing, rtol=1e-4)):
             raise InputError(f"{path}: frames with different orientations or pixel spacings")
-        frames.append((np.array([float(v) for v in pos.ImagePositionPatient]),
-                       int(seg.ReferencedSegmentNumber)))
+        frames.append(
+            (
+                np.array([float(v) for v in pos.ImagePositionPatient]),
+                int(seg.ReferencedSegmentNumber),
+            )
+        )
     return frames, iop, spacing
 
 
@@ -194,8 +206,9 @@ def read_dicom_seg(
     if pixels.ndim == 2:
         pixels = pixels[None]
     if pixels.shape[0] != len(frames):
-        raise InputError(f"{path}: {pixels.shape[0]} frames of pixel data for {len(frames)} "
-                         "frame descriptions")
+        raise InputError(
+            f"{path}: {pixels.shape[0]} frames of pixel data for {len(frames)} frame descriptions"
+        )
     if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
         threshold = float(ds.get("MaximumFractionalValue", 255)) / 2.0
         masks = pixels > threshold
@@ -208,10 +221,13 @@ def read_dicom_seg(
     if not (np.allclose(iop[:3], ref_x, atol=1e-4) and np.allclose(iop[3:], ref_y, atol=1e-4)):
         raise InputError(
             f"{path}: SEG frame orientation {iop.tolist()} differs from the reference's axial "
-            f"plane {np.r_[ref_x, ref_y].round(6).tolist()}; resampling SEGs is not supported")
+            f"plane {np.r_[ref_x, ref_y].round(6).tolist()}; resampling SEGs is not supported"
+        )
     if not np.allclose(ps, reference.spacing[1:], rtol=1e-4, atol=1e-5):
-        raise InputError(f"{path}: SEG pixel spacing {ps.tolist()} mm differs from the "
-                         f"reference's {list(reference.spacing[1:])} mm")
+        raise InputError(
+            f"{path}: SEG pixel spacing {ps.tolist()} mm differs from the "
+            f"reference's {list(reference.spacing[1:])} mm"
+        )
 
     inv = np.linalg.inv(reference.affine_lps())
     out = np.zeros(reference.shape, dtype=np.uint8)
@@ -229,18 +245,29 @@ def read_dicom_seg(
         if np.any(np.abs(kji - idx) > _POSITION_TOL_VOXELS):
             raise InputError(
                 f"{path}: frame {f + 1} at {pos.round(4).tolist()} mm is off the reference grid "
-                f"(index {kji.round(3).tolist()} in (z, y, x)); was it drawn on another series?")
+                f"(index {kji.round(3).tolist()} in (z, y, x)); was it drawn on another series?"
+            )
         k, j, i = (int(v) for v in idx)
-        if not (0 <= k < out.shape[0] and 0 <= j and j + rows <= out.shape[1]
-                and 0 <= i and i + cols <= out.shape[2]):
+        if not (
+            0 <= k < out.shape[0]
+            and 0 <= j
+            and j + rows <= out.shape[1]
+            and 0 <= i
+            and i + cols <= out.shape[2]
+        ):
             raise InputError(
                 f"{path}: frame {f + 1} at {pos.round(4).tolist()} mm falls outside the reference "
-                f"volume (index {[k, j, i]}, frame {rows}x{cols}, volume {out.shape})")
-        region = out[k, j:j + rows, i:i + cols]
+                f"volume (index {[k, j, i]}, frame {rows}x{cols}, volume {out.shape})"
+            )
+        region = out[k, j : j + rows, i : i + cols]
         np.maximum(region, np.where(mask, np.uint8(value), np.uint8(0)), out=region)
     if ignored:
-        log.warning("%s: segment(s) %s ignored (not in the segment -> label mapping %s)",
-                    path, sorted(ignored), mapping)
+        log.warning(
+            "%s: segment(s) %s ignored (not in the segment -> label mapping %s)",
+            path,
+            sorted(ignored),
+            mapping,
+        )
     log.info("%s: %d voxels labelled", path, int(np.count_nonzero(out)))
     return reference.with_array(out, kind="label")
 

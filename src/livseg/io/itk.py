@@ -41,13 +41,16 @@ def _reader(path: Path):
     dim = reader.GetDimension()
     size = reader.GetSize()
     if reader.GetNumberOfComponents() != 1:
-        raise InputError(f"{path}: {reader.GetNumberOfComponents()} components per voxel; "
-                         "a scalar 3-D volume is needed")
+        raise InputError(
+            f"{path}: {reader.GetNumberOfComponents()} components per voxel; "
+            "a scalar 3-D volume is needed"
+        )
     if dim < 3:
         raise InputError(f"{path}: {dim}-D image of size {size}; a 3-D CT volume is needed")
     if dim > 3 and any(s != 1 for s in size[3:]):
-        raise InputError(f"{path}: {dim}-D image of size {size} (several volumes); "
-                         "a single 3-D volume is needed")
+        raise InputError(
+            f"{path}: {dim}-D image of size {size} (several volumes); a single 3-D volume is needed"
+        )
     return reader
 
 
@@ -71,8 +74,9 @@ def read_itk_header(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     reader = _reader(path)
-    spacing, origin, direction = _geometry(reader.GetSpacing(), reader.GetOrigin(),
-                                           reader.GetDirection(), reader.GetDimension())
+    spacing, origin, direction = _geometry(
+        reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), reader.GetDimension()
+    )
     size = reader.GetSize()
     return {
         "shape": (int(size[2]), int(size[1]), int(size[0])),
@@ -101,8 +105,9 @@ def read_itk(path: str | os.PathLike):
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the voxel data ({_short(exc)})") from exc
     dim = img.GetDimension()
-    spacing, origin, direction = _geometry(img.GetSpacing(), img.GetOrigin(),
-                                           img.GetDirection(), dim)
+    spacing, origin, direction = _geometry(
+        img.GetSpacing(), img.GetOrigin(), img.GetDirection(), dim
+    )
     array = sitk.GetArrayFromImage(img)
     if array.ndim > 3:
         array = array[(0,) * (array.ndim - 3)]

@@ -109,7 +109,9 @@ def _load(path: Path):
 def _spatial_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     """The 3-D (x, y, z) shape of a NIfTI data shape; trailing singleton dims are accepted."""
     if len(shape) < 3:
-        raise InputError(f"{path}: {len(shape)}-D image of shape {shape}; a 3-D CT volume is needed")
+        raise InputError(
+            f"{path}: {len(shape)}-D image of shape {shape}; a 3-D CT volume is needed"
+        )
     if len(shape) > 3 and any(int(s) != 1 for s in shape[3:]):
         raise InputError(
             f"{path}: {len(shape)}-D image of shape {shape} (several volumes or channels); "

@@ -123,8 +123,7 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[
         # A LiTS folder holds the CT images (volume-N) beside the references: skip the images.
         refs = {p: s for p, s in refs.items() if not _is_lits(s, "volume")}
     if not refs:
-        raise InputError(f"{ref_dir}: no reference label file "
-                         f"({', '.join(READABLE_SUFFIXES)})")
+        raise InputError(f"{ref_dir}: no reference label file ({', '.join(READABLE_SUFFIXES)})")
     preds = _volume_files(pred_dir)
     by_stem: dict[str, list[Path]] = {}
     for path, stem in preds.items():
@@ -138,18 +137,26 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[
             wanted.append(f"{other}-{m.group(2)}")
         found = [p for w in wanted for p in by_stem.get(w.lower(), [])]
         if not found:
-            raise InputError(f"{pred_dir}: no prediction for reference {ref.name} (looked for "
-                             f"{' or '.join(wanted)} with extension "
-                             f"{', '.join(READABLE_SUFFIXES)})")
+            raise InputError(
+                f"{pred_dir}: no prediction for reference {ref.name} (looked for "
+                f"{' or '.join(wanted)} with extension "
+                f"{', '.join(READABLE_SUFFIXES)})"
+            )
         if len(found) > 1:
-            raise InputError(f"{pred_dir}: several predictions for reference {ref.name}: "
-                             f"{', '.join(p.name for p in found)}")
+            raise InputError(
+                f"{pred_dir}: several predictions for reference {ref.name}: "
+                f"{', '.join(p.name for p in found)}"
+            )
         pairs.append(CasePair(stem, found[0], ref))
         used.add(found[0])
     unused = sorted(p.name for p in preds if p not in used)
     if unused:
-        log.warning("%s: %d prediction file(s) without a reference ignored: %s", pred_dir,
-                    len(unused), ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
+        log.warning(
+            "%s: %d prediction file(s) without a reference ignored: %s",
+            pred_dir,
+            len(unused),
+            ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""),
+        )
     pairs.sort(key=lambda p: _natural(p.case_id))
     return pairs
 
@@ -171,19 +178,25 @@ def load_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
     if pred.shape != ref.shape:
         raise InputError(f"{what}: shape {pred.shape} != reference shape {ref.shape}")
     if not np.allclose(pred.spacing, ref.spacing, rtol=0, atol=1e-3):
-        raise InputError(f"{what}: spacing {pred.spacing} mm != reference spacing "
-                         f"{ref.spacing} mm")
+        raise InputError(f"{what}: spacing {pred.spacing} mm != reference spacing {ref.spacing} mm")
     if not np.allclose(pred.direction, ref.direction, rtol=0, atol=1e-3):
-        raise InputError(f"{what}: orientation (direction matrix) differs from the reference; "
-                         "resample or reorient the prediction onto the reference grid")
+        raise InputError(
+            f"{what}: orientation (direction matrix) differs from the reference; "
+            "resample or reorient the prediction onto the reference grid"
+        )
     if not np.allclose(pred.origin, ref.origin, rtol=0, atol=1e-2):
-        log.warning("%s: origin %s differs from the reference's %s; comparing voxel by voxel",
-                    what, pred.origin, ref.origin)
+        log.warning(
+            "%s: origin %s differs from the reference's %s; comparing voxel by voxel",
+            what,
+            pred.origin,
+            ref.origin,
+        )
     for vol, path in ((pred, pair.pred), (ref, pair.ref)):
         top = int(vol.array.max(initial=0))
         if top > 2:
-            raise InputError(f"{path}: label value {top} found; expected 0 background, "
-                             "1 liver, 2 tumour")
+            raise InputError(
+                f"{path}: label value {top} found; expected 0 background, 1 liver, 2 tumour"
+            )
     return pred.array, ref.array, ref.spacing
 
 
@@ -239,8 +252,12 @@ def evaluate_folders(
                     f.cancel()
                 raise
     cases = tuple(results[p.case_id] for p in pairs)
-    return EvaluationResult(cases=cases, summary=summarize(cases, penalty), penalty=float(penalty),
-                            pairs=tuple((str(p.pred), str(p.ref)) for p in pairs))
+    return EvaluationResult(
+        cases=cases,
+        summary=summarize(cases, penalty),
+        penalty=float(penalty),
+        pairs=tuple((str(p.pred), str(p.ref)) for p in pairs),
+    )
 
 
 def _csv_value(value: object) -> object:
@@ -264,19 +281,28 @@ def results_csv(result: EvaluationResult) -> str:
 
 def results_json(result: EvaluationResult) -> str:
     """The summary JSON text (keys documented in the module docstring)."""
-    doc: dict[str, object] = {"definitions_version": result.definitions_version,
-                              "penalty": result.penalty}
+    doc: dict[str, object] = {
+        "definitions_version": result.definitions_version,
+        "penalty": result.penalty,
+    }
     doc.update(result.summary)
     doc["cases"] = [
-        {"case": c.case_id, **({"prediction": result.pairs[k][0], "reference": result.pairs[k][1]}
-                               if result.pairs else {})}
+        {
+            "case": c.case_id,
+            **(
+                {"prediction": result.pairs[k][0], "reference": result.pairs[k][1]}
+                if result.pairs
+                else {}
+            ),
+        }
         for k, c in enumerate(result.cases)
     ]
     return json.dumps(doc, indent=2) + "\n"
 
 
-def write_results(result: EvaluationResult, out_dir: str | os.PathLike,
-                  overwrite: bool = False) -> tuple[Path, Path]:
+def write_results(
+    result: EvaluationResult, out_dir: str | os.PathLike, overwrite: bool = False
+) -> tuple[Path, Path]:
     """Write ``per_case.csv`` and ``summary.json`` into ``out_dir`` (created if needed).
 
     Raises:
@@ -294,18 +320,24 @@ def write_results(result: EvaluationResult, out_dir: str | os.PathLike,
 
 def format_table(result: EvaluationResult) -> str:
     """A readable text table: one line per case, then the summary."""
-    head = (f"{'case':<20} {'liver Dice':>10} {'ASSD mm':>8} {'MSD mm':>8} {'tumour Dice':>11} "
-            f"{'lesions ref/pred':>16} {'TP':>4} {'FP':>4} {'FN':>4}")
+    head = (
+        f"{'case':<20} {'liver Dice':>10} {'ASSD mm':>8} {'MSD mm':>8} {'tumour Dice':>11} "
+        f"{'lesions ref/pred':>16} {'TP':>4} {'FP':>4} {'FN':>4}"
+    )
     lines = [head, "-" * len(head)]
     for c in result.cases:
         m = c.lesion_matching
-        lines.append(f"{c.case_id[:20]:<20} {c.liver.dice:>10.4f} {c.liver.assd:>8.2f} "
-                     f"{c.liver.msd:>8.2f} {c.tumor.dice:>11.4f} "
-                     f"{f'{m.n_ref}/{m.n_pred}':>16} {c.detection.tp:>4} {c.detection.fp:>4} "
-                     f"{c.detection.fn:>4}")
+        lines.append(
+            f"{c.case_id[:20]:<20} {c.liver.dice:>10.4f} {c.liver.assd:>8.2f} "
+            f"{c.liver.msd:>8.2f} {c.tumor.dice:>11.4f} "
+            f"{f'{m.n_ref}/{m.n_pred}':>16} {c.detection.tp:>4} {c.detection.fp:>4} "
+            f"{c.detection.fn:>4}"
+        )
     lines.append("")
-    lines.append(f"summary over {len(result.cases)} case(s) ({result.definitions_version}, "
-                 f"penalty {result.penalty:g}):")
+    lines.append(
+        f"summary over {len(result.cases)} case(s) ({result.definitions_version}, "
+        f"penalty {result.penalty:g}):"
+    )
     for key in SUMMARY_KEYS:
         lines.append(f"  {key:<32} {result.summary[key]:.4f}")
     return "\n".join(lines)

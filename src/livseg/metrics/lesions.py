@@ -61,8 +61,7 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
         (labels, n): (Z, Y, X) int32 component ids 1..n in raster order (0 = background), and n.
         An empty mask gives all zeros and n = 0.
     """
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=STRUCTURE_6,
-                              output=np.int32)
+    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=STRUCTURE_6, output=np.int32)
     return labels, int(n)
 
 
@@ -143,12 +142,17 @@ class LesionMatching:
         if not 0.0 <= min_overlap < 1.0:
             raise ValueError(f"min_overlap must lie in [0, 1), got {min_overlap}")
         tp = len(self.detected_pairs(min_overlap))
-        return DetectionCounts(tp=tp, fp=self.n_pred - self.n_pred_merged - tp,
-                               fn=self.n_ref - self.n_ref_merged - tp)
+        return DetectionCounts(
+            tp=tp, fp=self.n_pred - self.n_pred_merged - tp, fn=self.n_ref - self.n_ref_merged - tp
+        )
 
 
-def match_lesions(pred_labels: np.ndarray, ref_labels: np.ndarray,
-                  n_pred: int | None = None, n_ref: int | None = None) -> LesionMatching:
+def match_lesions(
+    pred_labels: np.ndarray,
+    ref_labels: np.ndarray,
+    n_pred: int | None = None,
+    n_ref: int | None = None,
+) -> LesionMatching:
     """Merge and match predicted and reference lesions (official LiTS rule, module docstring).
 
     Args:
@@ -212,13 +216,20 @@ def match_lesions(pred_labels: np.ndarray, ref_labels: np.ndarray,
         n_pred_merged += rows.size - 1
         p_group = tuple(int(p_ids[r]) for r in rows)
         g_sorted = tuple(sorted(g_group))
-        pairs.append(LesionPair(
-            pred_ids=p_group,
-            ref_ids=g_sorted,
-            intersection=int(inter[rows, c].sum()),
-            n_pred=int(pred_sizes[list(p_group)].sum()),
-            n_ref=int(ref_sizes[list(g_sorted)].sum()),
-        ))
+        pairs.append(
+            LesionPair(
+                pred_ids=p_group,
+                ref_ids=g_sorted,
+                intersection=int(inter[rows, c].sum()),
+                n_pred=int(pred_sizes[list(p_group)].sum()),
+                n_ref=int(ref_sizes[list(g_sorted)].sum()),
+            )
+        )
     pairs.sort(key=lambda p: p.ref_ids[0])
-    return LesionMatching(n_pred=n_pred, n_ref=n_ref, n_pred_merged=n_pred_merged,
-                          n_ref_merged=n_ref_merged, pairs=tuple(pairs))
+    return LesionMatching(
+        n_pred=n_pred,
+        n_ref=n_ref,
+        n_pred_merged=n_pred_merged,
+        n_ref_merged=n_ref_merged,
+        pairs=tuple(pairs),
+    )

@@ -73,14 +73,29 @@ DETECTION_IOU = 0.5
 SEGMENTATION_METRICS = ("dice", "jaccard", "voe", "rvd", "assd", "rmsd", "msd")
 
 SUMMARY_KEYS = (
-    "liver_dice_per_case", "liver_dice_global", "liver_jaccard", "liver_voe", "liver_rvd",
-    "liver_assd", "liver_rmsd", "liver_msd",
-    "tumor_dice_per_case", "tumor_dice_global",
-    "lesion_precision", "lesion_recall", "lesion_precision_greater_zero",
+    "liver_dice_per_case",
+    "liver_dice_global",
+    "liver_jaccard",
+    "liver_voe",
+    "liver_rvd",
+    "liver_assd",
+    "liver_rmsd",
+    "liver_msd",
+    "tumor_dice_per_case",
+    "tumor_dice_global",
+    "lesion_precision",
+    "lesion_recall",
+    "lesion_precision_greater_zero",
     "lesion_recall_greater_zero",
-    "lesion_dice", "lesion_jaccard", "lesion_voe", "lesion_rvd", "lesion_assd", "lesion_rmsd",
+    "lesion_dice",
+    "lesion_jaccard",
+    "lesion_voe",
+    "lesion_rvd",
+    "lesion_assd",
+    "lesion_rmsd",
     "lesion_msd",
-    "tumor_burden_rmse", "tumor_burden_max_abs_error",
+    "tumor_burden_rmse",
+    "tumor_burden_max_abs_error",
 )
 
 
@@ -107,9 +122,14 @@ class SegmentationScores:
     n_ref: int = 0
 
 
-def segmentation_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *,
-                        penalty: float = DEFAULT_PENALTY,
-                        both_empty_is_perfect: bool = False) -> SegmentationScores:
+def segmentation_scores(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    penalty: float = DEFAULT_PENALTY,
+    both_empty_is_perfect: bool = False,
+) -> SegmentationScores:
     """Dice, Jaccard, VOE, RVD, ASSD, RMSD, MSD of one mask pair.
 
     Args:
@@ -127,14 +147,32 @@ def segmentation_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[flo
     if counts.n_pred and counts.n_ref:
         sd = surface_distances(pred, ref, spacing)
         return SegmentationScores(
-            dice=counts.dice(), jaccard=counts.jaccard(), voe=counts.voe(), rvd=counts.rvd(),
-            assd=sd.assd, rmsd=sd.rmsd, msd=sd.msd, intersection=counts.intersection,
-            n_pred=counts.n_pred, n_ref=counts.n_ref)
+            dice=counts.dice(),
+            jaccard=counts.jaccard(),
+            voe=counts.voe(),
+            rvd=counts.rvd(),
+            assd=sd.assd,
+            rmsd=sd.rmsd,
+            msd=sd.msd,
+            intersection=counts.intersection,
+            n_pred=counts.n_pred,
+            n_ref=counts.n_ref,
+        )
     if counts.n_pred == 0 and counts.n_ref == 0 and both_empty_is_perfect:
         nan = float("nan")
         return SegmentationScores(1.0, 1.0, 0.0, 0.0, nan, nan, nan, 0, 0, 0)
-    return SegmentationScores(0.0, 0.0, 1.0, float(penalty), float(penalty), float(penalty),
-                              float(penalty), counts.intersection, counts.n_pred, counts.n_ref)
+    return SegmentationScores(
+        0.0,
+        0.0,
+        1.0,
+        float(penalty),
+        float(penalty),
+        float(penalty),
+        float(penalty),
+        counts.intersection,
+        counts.n_pred,
+        counts.n_ref,
+    )
 
 
 @dataclass(frozen=True)
@@ -168,9 +206,12 @@ class CaseResult:
 
     def row(self) -> dict[str, object]:
         """A flat dict for the per-case CSV (column meanings: :data:`CASE_COLUMNS`)."""
-        row: dict[str, object] = {"case": self.case_id,
-                                  "spacing_z": self.spacing[0], "spacing_y": self.spacing[1],
-                                  "spacing_x": self.spacing[2]}
+        row: dict[str, object] = {
+            "case": self.case_id,
+            "spacing_z": self.spacing[0],
+            "spacing_y": self.spacing[1],
+            "spacing_x": self.spacing[2],
+        }
         for prefix, scores in (("liver", self.liver), ("tumor", self.tumor)):
             for key in SEGMENTATION_METRICS:
                 row[f"{prefix}_{key}"] = getattr(scores, key)
@@ -178,17 +219,23 @@ class CaseResult:
             row[f"{prefix}_voxels_pred"] = scores.n_pred
             row[f"{prefix}_voxels_ref"] = scores.n_ref
         m = self.lesion_matching
-        row.update({
-            "lesions_pred": m.n_pred, "lesions_ref": m.n_ref,
-            "lesions_pred_merged": m.n_pred_merged, "lesions_ref_merged": m.n_ref_merged,
-            "lesion_tp": self.detection.tp, "lesion_fp": self.detection.fp,
-            "lesion_fn": self.detection.fn,
-            "lesion_tp_greater_zero": self.detection_greater_zero.tp,
-            "lesion_fp_greater_zero": self.detection_greater_zero.fp,
-            "lesion_fn_greater_zero": self.detection_greater_zero.fn,
-            "tumor_burden_pred": self.tumor_burden_pred, "tumor_burden_ref": self.tumor_burden_ref,
-            "tumor_burden_error": self.tumor_burden_error,
-        })
+        row.update(
+            {
+                "lesions_pred": m.n_pred,
+                "lesions_ref": m.n_ref,
+                "lesions_pred_merged": m.n_pred_merged,
+                "lesions_ref_merged": m.n_ref_merged,
+                "lesion_tp": self.detection.tp,
+                "lesion_fp": self.detection.fp,
+                "lesion_fn": self.detection.fn,
+                "lesion_tp_greater_zero": self.detection_greater_zero.tp,
+                "lesion_fp_greater_zero": self.detection_greater_zero.fp,
+                "lesion_fn_greater_zero": self.detection_greater_zero.fn,
+                "tumor_burden_pred": self.tumor_burden_pred,
+                "tumor_burden_ref": self.tumor_burden_ref,
+                "tumor_burden_error": self.tumor_burden_error,
+            }
+        )
         return row
 
 
@@ -199,11 +246,26 @@ class CaseResult:
 #: 0.5) and ``lesion_{tp,fp,fn}_greater_zero``; ``tumor_burden_{pred,ref,error}``.
 CASE_COLUMNS = tuple(
     ["case", "spacing_z", "spacing_y", "spacing_x"]
-    + [f"{s}_{k}" for s in ("liver", "tumor") for k in SEGMENTATION_METRICS
-       + ("voxels_intersection", "voxels_pred", "voxels_ref")]
-    + ["lesions_pred", "lesions_ref", "lesions_pred_merged", "lesions_ref_merged",
-       "lesion_tp", "lesion_fp", "lesion_fn", "lesion_tp_greater_zero", "lesion_fp_greater_zero",
-       "lesion_fn_greater_zero", "tumor_burden_pred", "tumor_burden_ref", "tumor_burden_error"]
+    + [
+        f"{s}_{k}"
+        for s in ("liver", "tumor")
+        for k in SEGMENTATION_METRICS + ("voxels_intersection", "voxels_pred", "voxels_ref")
+    ]
+    + [
+        "lesions_pred",
+        "lesions_ref",
+        "lesions_pred_merged",
+        "lesions_ref_merged",
+        "lesion_tp",
+        "lesion_fp",
+        "lesion_fn",
+        "lesion_tp_greater_zero",
+        "lesion_fp_greater_zero",
+        "lesion_fn_greater_zero",
+        "tumor_burden_pred",
+        "tumor_burden_ref",
+        "tumor_burden_error",
+    ]
 )
 
 
@@ -211,9 +273,13 @@ def _burden(tumour_voxels: int, liver_voxels: int) -> float:
     return tumour_voxels / liver_voxels if liver_voxels else float("nan")
 
 
-def _lesion_pair_scores(pred_labels: np.ndarray, ref_labels: np.ndarray,
-                        matching: LesionMatching, spacing: Sequence[float],
-                        penalty: float) -> tuple[SegmentationScores, ...]:
+def _lesion_pair_scores(
+    pred_labels: np.ndarray,
+    ref_labels: np.ndarray,
+    matching: LesionMatching,
+    spacing: Sequence[float],
+    penalty: float,
+) -> tuple[SegmentationScores, ...]:
     """Segmentation scores of every detected (IoU > 0.5) lesion pair, each in its own box."""
     detected = matching.detected_pairs(DETECTION_IOU)
     if not detected:
@@ -224,17 +290,26 @@ def _lesion_pair_scores(pred_labels: np.ndarray, ref_labels: np.ndarray,
     ref_boxes = ndimage.find_objects(ref_labels)
     out = []
     for pair in detected:
-        boxes = [pred_boxes[i - 1] for i in pair.pred_ids] + [ref_boxes[i - 1] for i in pair.ref_ids]
-        box = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
-                    for a in range(3))
+        boxes = [pred_boxes[i - 1] for i in pair.pred_ids] + [
+            ref_boxes[i - 1] for i in pair.ref_ids
+        ]
+        box = tuple(
+            slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3)
+        )
         p = np.isin(pred_labels[box], pair.pred_ids)
         r = np.isin(ref_labels[box], pair.ref_ids)
         out.append(segmentation_scores(p, r, spacing, penalty=penalty))
     return tuple(out)
 
 
-def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *,
-                  penalty: float = DEFAULT_PENALTY, case_id: str = "") -> CaseResult:
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    penalty: float = DEFAULT_PENALTY,
+    case_id: str = "",
+) -> CaseResult:
     """The LiTS metric set of one case.
 
     Args:
@@ -254,8 +329,10 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *
     pred = np.asarray(pred)
     ref = np.asarray(ref)
     if pred.shape != ref.shape or pred.ndim != 3:
-        raise ValueError(f"case {case_id!r}: prediction shape {pred.shape} != reference shape "
-                         f"{ref.shape} (both must be 3-D and equal)")
+        raise ValueError(
+            f"case {case_id!r}: prediction shape {pred.shape} != reference shape "
+            f"{ref.shape} (both must be 3-D and equal)"
+        )
     spacing_t = tuple(float(s) for s in spacing)
     if len(spacing_t) != 3 or not all(s > 0 and math.isfinite(s) for s in spacing_t):
         raise ValueError(f"case {case_id!r}: spacing must be three positive numbers, got {spacing}")
@@ -270,8 +347,9 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *
     tum_p, tum_r = p == 2, r == 2
 
     liver = segmentation_scores(liver_p, liver_r, spacing_t, penalty=penalty)
-    tumor = segmentation_scores(tum_p, tum_r, spacing_t, penalty=penalty,
-                                both_empty_is_perfect=True)
+    tumor = segmentation_scores(
+        tum_p, tum_r, spacing_t, penalty=penalty, both_empty_is_perfect=True
+    )
 
     tbox = bounding_box(tum_p | tum_r)
     if tbox is None:
@@ -293,13 +371,27 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *
         burden_err = float(penalty)
 
     result = CaseResult(
-        case_id=case_id, spacing=spacing_t, liver=liver, tumor=tumor, lesion_matching=matching,
-        detection=matching.counts(DETECTION_IOU), detection_greater_zero=matching.counts(0.0),
-        lesion_scores=lesion_scores, tumor_burden_pred=burden_p, tumor_burden_ref=burden_r,
-        tumor_burden_error=burden_err)
-    log.debug("case %s: liver dice %.4f, tumour dice %.4f, lesions TP %d FP %d FN %d", case_id,
-              liver.dice, tumor.dice, result.detection.tp, result.detection.fp,
-              result.detection.fn)
+        case_id=case_id,
+        spacing=spacing_t,
+        liver=liver,
+        tumor=tumor,
+        lesion_matching=matching,
+        detection=matching.counts(DETECTION_IOU),
+        detection_greater_zero=matching.counts(0.0),
+        lesion_scores=lesion_scores,
+        tumor_burden_pred=burden_p,
+        tumor_burden_ref=burden_r,
+        tumor_burden_error=burden_err,
+    )
+    log.debug(
+        "case %s: liver dice %.4f, tumour dice %.4f, lesions TP %d FP %d FN %d",
+        case_id,
+        liver.dice,
+        tumor.dice,
+        result.detection.tp,
+        result.detection.fp,
+        result.detection.fn,
+    )
     return result
 
 
@@ -343,20 +435,36 @@ def summarize(cases: Sequence[CaseResult], penalty: float = DEFAULT_PENALTY) -> 
     out["lesion_recall_greater_zero"] = det0.recall
 
     lesions = [s for c in cases for s in c.lesion_scores]
-    defaults = {"dice": 0.0, "jaccard": 0.0, "voe": 1.0, "rvd": float(penalty),
-                "assd": float(penalty), "rmsd": float(penalty), "msd": float(penalty)}
+    defaults = {
+        "dice": 0.0,
+        "jaccard": 0.0,
+        "voe": 1.0,
+        "rvd": float(penalty),
+        "assd": float(penalty),
+        "rmsd": float(penalty),
+        "msd": float(penalty),
+    }
     for key in SEGMENTATION_METRICS:
-        out[f"lesion_{key}"] = (float(np.mean([getattr(s, key) for s in lesions]))
-                                if lesions else defaults[key])
+        out[f"lesion_{key}"] = (
+            float(np.mean([getattr(s, key) for s in lesions])) if lesions else defaults[key]
+        )
 
     err = np.array([c.tumor_burden_error for c in cases], dtype=np.float64)
     out["tumor_burden_rmse"] = float(np.sqrt(np.mean(err**2)))
     out["tumor_burden_max_abs_error"] = float(np.max(np.abs(err)))
 
     out["n_cases"] = len(cases)
-    out.update({"lesion_tp": det.tp, "lesion_fp": det.fp, "lesion_fn": det.fn,
-                "lesion_tp_greater_zero": det0.tp, "lesion_fp_greater_zero": det0.fp,
-                "lesion_fn_greater_zero": det0.fn, "lesions_detected": len(lesions)})
+    out.update(
+        {
+            "lesion_tp": det.tp,
+            "lesion_fp": det.fp,
+            "lesion_fn": det.fn,
+            "lesion_tp_greater_zero": det0.tp,
+            "lesion_fp_greater_zero": det0.fp,
+            "lesion_fn_greater_zero": det0.fn,
+            "lesions_detected": len(lesions),
+        }
+    )
     return out
 
 
@@ -383,9 +491,12 @@ class EvaluationResult:
         return [c.row() for c in self.cases]
 
 
-def evaluate_cases(cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]], *,
-                   penalty: float = DEFAULT_PENALTY,
-                   case_ids: Sequence[str] | None = None) -> EvaluationResult:
+def evaluate_cases(
+    cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    *,
+    penalty: float = DEFAULT_PENALTY,
+    case_ids: Sequence[str] | None = None,
+) -> EvaluationResult:
     """Evaluate several in-memory cases and summarise them.
 
     Args:
@@ -400,5 +511,6 @@ def evaluate_cases(cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]
     for k, (pred, ref, spacing) in enumerate(cases):
         cid = case_ids[k] if case_ids is not None else str(k)
         results.append(evaluate_case(pred, ref, spacing, penalty=penalty, case_id=cid))
-    return EvaluationResult(cases=tuple(results), summary=summarize(results, penalty),
-                            penalty=float(penalty))
+    return EvaluationResult(
+        cases=tuple(results), summary=summarize(results, penalty), penalty=float(penalty)
+    )

@@ -45,8 +45,11 @@ class OverlapCounts:
         ref = np.asarray(ref, dtype=bool)
         if pred.shape != ref.shape:
             raise ValueError(f"mask shapes differ: {pred.shape} vs {ref.shape}")
-        return cls(int(np.count_nonzero(pred & ref)), int(np.count_nonzero(pred)),
-                   int(np.count_nonzero(ref)))
+        return cls(
+            int(np.count_nonzero(pred & ref)),
+            int(np.count_nonzero(pred)),
+            int(np.count_nonzero(ref)),
+        )
 
     def dice(self, empty: float = 1.0) -> float:
         """Dice coefficient in [0, 1]; ``empty`` when both masks are empty."""

@@ -76,7 +76,9 @@ def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
         idx = np.flatnonzero(proj)
         if idx.size == 0:
             return None
-        slices.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[axis])))
+        slices.append(
+            slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[axis]))
+        )
     return tuple(slices)
 
 
@@ -175,8 +177,9 @@ class SurfaceDistances:
 
     def hausdorff_percentile(self, q: float = 95.0) -> float:
         """Symmetric q-th percentile Hausdorff distance (mm), as MedPy's ``hd95`` (q=95)."""
-        return max(float(np.percentile(self.pred_to_ref, q)),
-                   float(np.percentile(self.ref_to_pred, q)))
+        return max(
+            float(np.percentile(self.pred_to_ref, q)), float(np.percentile(self.ref_to_pred, q))
+        )
 
 
 def _directed_kdtree(src_pts: np.ndarray, dst_pts: np.ndarray) -> np.ndarray:
@@ -221,11 +224,15 @@ def surface_distances(
     box_p = bounding_box(pred)
     box_r = bounding_box(ref)
     if box_p is None or box_r is None:
-        which = "prediction and reference" if box_p is None and box_r is None else (
-            "prediction" if box_p is None else "reference")
+        which = (
+            "prediction and reference"
+            if box_p is None and box_r is None
+            else ("prediction" if box_p is None else "reference")
+        )
         raise EmptyMaskError(f"surface distances are undefined: the {which} mask is empty")
-    box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
-                for a, b in zip(box_p, box_r, strict=True))
+    box = tuple(
+        slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_p, box_r, strict=True)
+    )
     bp = _boundary_of_padded(_padded_crop(pred, box))
     br = _boundary_of_padded(_padded_crop(ref, box))
     if method == "kdtree":
@@ -246,5 +253,7 @@ def surface_distances(
         d_rp = dt_p[br]
     else:
         raise ValueError(f"method must be 'kdtree' or 'edt', got {method!r}")
-    return SurfaceDistances(pred_to_ref=np.asarray(d_pr, dtype=np.float64),
-                            ref_to_pred=np.asarray(d_rp, dtype=np.float64))
+    return SurfaceDistances(
+        pred_to_ref=np.asarray(d_pr, dtype=np.float64),
+        ref_to_pred=np.asarray(d_rp, dtype=np.float64),
+    )

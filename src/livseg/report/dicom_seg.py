@@ -64,8 +64,12 @@ def frame_indices(ds, labels: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarra
     base = to_index(ipp)
     step_c = inv @ (row_cos * dc)[::-1]  # one column to the right
     step_r = inv @ (col_cos * dr)[::-1]  # one row down
-    corners = [base, base + step_c * (cols - 1), base + step_r * (rows - 1),
-               base + step_c * (cols - 1) + step_r * (rows - 1)]
+    corners = [
+        base,
+        base + step_c * (cols - 1),
+        base + step_r * (rows - 1),
+        base + step_c * (cols - 1) + step_r * (rows - 1),
+    ]
     for c in corners:
         if np.abs(c - np.round(c)).max() > _TOL_VOXEL:
             return None
@@ -80,9 +84,16 @@ def frame_indices(ds, labels: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return idx[0], idx[1], idx[2]
 
 
-def write_dicom_seg(labels: Volume, series_dir: str | Path, path: str | Path, *,
-                    overwrite: bool = False, series_description: str = "livseg liver/tumour",
-                    series_number: int = 901, series_uid: str | None = None) -> Path:
+def write_dicom_seg(
+    labels: Volume,
+    series_dir: str | Path,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    series_description: str = "livseg liver/tumour",
+    series_number: int = 901,
+    series_uid: str | None = None,
+) -> Path:
     """Write a DICOM-SEG of ``labels`` referencing the CT series in ``series_dir``.
 
     Args:
@@ -110,8 +121,9 @@ def write_dicom_seg(labels: Volume, series_dir: str | Path, path: str | Path, *,
         import highdicom as hd
         from pydicom.sr.codedict import codes
     except ImportError as exc:  # pragma: no cover - optional dependency
-        raise LivsegError(f"{path}: writing DICOM-SEG needs highdicom "
-                          "(pip install 'livseg[dicomseg]')") from exc
+        raise LivsegError(
+            f"{path}: writing DICOM-SEG needs highdicom (pip install 'livseg[dicomseg]')"
+        ) from exc
     if not series_dir.is_dir():
         raise InputError(f"{series_dir}: --dicom-seg needs a DICOM series folder as input")
     groups = _read_series(series_dir)
@@ -133,36 +145,52 @@ def write_dicom_seg(labels: Volume, series_dir: str | Path, path: str | Path, *,
         if len(matched) > len(best):
             best, skipped = matched, miss
     if not best:
-        raise InputError(f"{series_dir}: no DICOM image of this folder lies on the label grid; "
-                         "cannot write a DICOM-SEG referencing it")
+        raise InputError(
+            f"{series_dir}: no DICOM image of this folder lies on the label grid; "
+            "cannot write a DICOM-SEG referencing it"
+        )
     if skipped:
-        log.warning("%s: %d image(s) of the series are not on the label grid and are not "
-                    "referenced by the DICOM-SEG", series_dir, skipped)
+        log.warning(
+            "%s: %d image(s) of the series are not on the label grid and are not "
+            "referenced by the DICOM-SEG",
+            series_dir,
+            skipped,
+        )
     arr = labels.array
     frames = np.stack([arr[k, j, i] for _ds, (k, j, i) in best])  # (F, R, C)
     masks = {1: frames >= 1, 2: frames == 2}
     algo = hd.AlgorithmIdentificationSequence(
-        name="livseg", family=codes.cid7162.ArtificialIntelligence, version=__version__)
+        name="livseg", family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
     descs = []
     seg_arrays = []
-    names = {1: ("Liver", codes.SCT.Organ, codes.SCT.Liver),
-             2: ("Liver tumour", codes.SCT.MorphologicallyAbnormalStructure,
-                 codes.SCT.Neoplasm)}
+    names = {
+        1: ("Liver", codes.SCT.Organ, codes.SCT.Liver),
+        2: ("Liver tumour", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm),
+    }
     for number in (1, 2):
         if not masks[number].any():
-            log.info("%s: segment %r is empty and left out of the DICOM-SEG", path,
-                     names[number][0])
+            log.info(
+                "%s: segment %r is empty and left out of the DICOM-SEG", path, names[number][0]
+            )
             continue
         label, cat, typ = names[number]
-        descs.append(hd.seg.SegmentDescription(
-            segment_number=len(descs) + 1, segment_label=label,
-            segmented_property_category=cat, segmented_property_type=typ,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo))
+        descs.append(
+            hd.seg.SegmentDescription(
+                segment_number=len(descs) + 1,
+                segment_label=label,
+                segmented_property_category=cat,
+                segmented_property_type=typ,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
         seg_arrays.append(masks[number])
     if not descs:
-        raise LivsegError(f"{path}: no liver was found, so there is nothing to store in a "
-                          "DICOM-SEG (the label NIfTI and measurements are still written)")
+        raise LivsegError(
+            f"{path}: no liver was found, so there is nothing to store in a "
+            "DICOM-SEG (the label NIfTI and measurements are still written)"
+        )
     pixel_array = np.stack(seg_arrays, axis=-1).astype(np.uint8)  # (F, R, C, S)
     seg = hd.seg.Segmentation(
         source_images=[ds for ds, _ in best],

@@ -51,8 +51,12 @@ def _rows(pairs: list[tuple[str, str]]) -> str:
     return "".join(f"<tr><th>{_e(k)}</th><td class='num'>{v}</td></tr>" for k, v in pairs)
 
 
-def report_html(name: str, m: Measurements, meta: Mapping[str, Any] | None = None,
-                overlay_png: bytes | None = None) -> str:
+def report_html(
+    name: str,
+    m: Measurements,
+    meta: Mapping[str, Any] | None = None,
+    overlay_png: bytes | None = None,
+) -> str:
     """The HTML text of one case's report.
 
     Args:
@@ -69,71 +73,103 @@ def report_html(name: str, m: Measurements, meta: Mapping[str, Any] | None = Non
     from livseg import __version__
 
     meta = dict(meta or {})
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>livseg: {_e(name)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>livseg report: {_e(name)}</h1>",
-             f"<p class='muted'>{_e(meta.get('input', ''))}</p>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>livseg: {_e(name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>livseg report: {_e(name)}</h1>",
+        f"<p class='muted'>{_e(meta.get('input', ''))}</p>",
+    ]
 
     flags = []
     if not m.liver_found:
         flags.append(("bad", "No liver was found: the label file is all background."))
     elif m.incomplete_coverage:
-        flags.append(("", "The liver touches the first or last slice of the scan: coverage is "
-                          "incomplete and the liver volume is a lower bound."))
+        flags.append(
+            (
+                "",
+                "The liver touches the first or last slice of the scan: coverage is "
+                "incomplete and the liver volume is a lower bound.",
+            )
+        )
     flags += [("", w) for w in meta.get("warnings", [])]
     parts += [f"<div class='flag {cls}'>{_e(text)}</div>" for cls, text in flags]
 
     burden = None if m.tumour_burden is None else 100.0 * m.tumour_burden
-    parts += ["<h2>Measurements</h2><table>", _rows([
-        ("Liver volume (ml)", _num(m.liver_volume_ml, ".1f")),
-        ("Tumour volume (ml)", _num(m.tumour_volume_ml, ".2f")),
-        ("Tumour burden (% of liver)", _num(burden, ".2f")),
-        ("Lesions", str(m.lesion_count)),
-    ]), "</table>"]
+    parts += [
+        "<h2>Measurements</h2><table>",
+        _rows(
+            [
+                ("Liver volume (ml)", _num(m.liver_volume_ml, ".1f")),
+                ("Tumour volume (ml)", _num(m.tumour_volume_ml, ".2f")),
+                ("Tumour burden (% of liver)", _num(burden, ".2f")),
+                ("Lesions", str(m.lesion_count)),
+            ]
+        ),
+        "</table>",
+    ]
 
     if m.lesions:
-        parts.append("<h2>Lesions</h2><table><tr><th>#</th><th>volume (ml)</th>"
-                     "<th>longest axial diameter (mm)</th><th>centroid x, y, z (mm, LPS)</th>"
-                     "<th>axial slice</th></tr>")
+        parts.append(
+            "<h2>Lesions</h2><table><tr><th>#</th><th>volume (ml)</th>"
+            "<th>longest axial diameter (mm)</th><th>centroid x, y, z (mm, LPS)</th>"
+            "<th>axial slice</th></tr>"
+        )
         for les in m.lesions:
             x, y, z = les.centroid_lps_mm
-            parts.append(f"<tr><td class='num'>{les.lesion}</td>"
-                         f"<td class='num'>{les.volume_ml:.3f}</td>"
-                         f"<td class='num'>{les.longest_axial_diameter_mm:.1f}</td>"
-                         f"<td class='num'>{x:.1f}, {y:.1f}, {z:.1f}</td>"
-                         f"<td class='num'>{les.axial_slice}</td></tr>")
+            parts.append(
+                f"<tr><td class='num'>{les.lesion}</td>"
+                f"<td class='num'>{les.volume_ml:.3f}</td>"
+                f"<td class='num'>{les.longest_axial_diameter_mm:.1f}</td>"
+                f"<td class='num'>{x:.1f}, {y:.1f}, {z:.1f}</td>"
+                f"<td class='num'>{les.axial_slice}</td></tr>"
+            )
         parts.append("</table>")
 
     if overlay_png:
         data = base64.b64encode(overlay_png).decode("ascii")
-        parts.append("<h2>Axial slices through the liver</h2><p class='muted'>Radiological "
-                     "convention (patient's right on the left); the legend is in the picture.</p>"
-                     f"<img alt='overlay montage of {_e(name)}' src='data:image/png;base64,"
-                     f"{data}'>")
+        parts.append(
+            "<h2>Axial slices through the liver</h2><p class='muted'>Radiological "
+            "convention (patient's right on the left); the legend is in the picture.</p>"
+            f"<img alt='overlay montage of {_e(name)}' src='data:image/png;base64,"
+            f"{data}'>"
+        )
 
     sz, sy, sx = m.spacing_mm
-    scan = [("Shape (z, y, x)", _e(" x ".join(str(v) for v in meta["shape_zyx"]))
-             if "shape_zyx" in meta else "-"),
-            ("Spacing (mm, z y x)", f"{sz:.3g} x {sy:.3g} x {sx:.3g}"),
-            ("Orientation", _e(meta.get("orientation", "-"))),
-            ("Input kind", _e(meta.get("input_kind", "-"))),
-            ("Liver model", _e(meta.get("liver_model", "-"))),
-            ("Tumour model", _e(meta.get("tumour_model") or "none")),
-            ("Flip TTA", _e(meta.get("tta", "-")))]
+    scan = [
+        (
+            "Shape (z, y, x)",
+            _e(" x ".join(str(v) for v in meta["shape_zyx"])) if "shape_zyx" in meta else "-",
+        ),
+        ("Spacing (mm, z y x)", f"{sz:.3g} x {sy:.3g} x {sx:.3g}"),
+        ("Orientation", _e(meta.get("orientation", "-"))),
+        ("Input kind", _e(meta.get("input_kind", "-"))),
+        ("Liver model", _e(meta.get("liver_model", "-"))),
+        ("Tumour model", _e(meta.get("tumour_model") or "none")),
+        ("Flip TTA", _e(meta.get("tta", "-"))),
+    ]
     parts += ["<h2>Scan and models</h2><table>", _rows(scan), "</table>"]
     timings = meta.get("timings_s") or {}
     if timings:
-        parts += ["<h2>Timings (s)</h2><table>",
-                  _rows([(k, f"{float(v):.2f}") for k, v in timings.items()]), "</table>"]
-    parts.append(f"<p class='muted'>livseg {_e(__version__)}. Research use only; not a medical "
-                 "device. Check every result before using it.</p></body></html>\n")
+        parts += [
+            "<h2>Timings (s)</h2><table>",
+            _rows([(k, f"{float(v):.2f}") for k, v in timings.items()]),
+            "</table>",
+        ]
+    parts.append(
+        f"<p class='muted'>livseg {_e(__version__)}. Research use only; not a medical "
+        "device. Check every result before using it.</p></body></html>\n"
+    )
     return "".join(parts)
 
 
-def write_html_report(path: str | Path, name: str, m: Measurements,
-                      meta: Mapping[str, Any] | None = None,
-                      overlay_png: str | Path | bytes | None = None,
-                      overwrite: bool = False) -> Path:
+def write_html_report(
+    path: str | Path,
+    name: str,
+    m: Measurements,
+    meta: Mapping[str, Any] | None = None,
+    overlay_png: str | Path | bytes | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write :func:`report_html` to ``path`` atomically.
 
     Args:

@@ -36,8 +36,16 @@ from livseg.volume import Volume
 log = logging.getLogger("livseg.report.measurements")
 
 MEASUREMENTS_VERSION = "livseg-measurements-1"
-LESION_CSV_FIELDS = ("lesion", "volume_ml", "longest_axial_diameter_mm", "voxels",
-                     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "axial_slice")
+LESION_CSV_FIELDS = (
+    "lesion",
+    "volume_ml",
+    "longest_axial_diameter_mm",
+    "voxels",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "axial_slice",
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,7 @@ def max_feret_diameter(mask2d: np.ndarray, spacing_rc: tuple[float, float]) -> f
         except Exception:  # degenerate (collinear) point sets: use them all
             pass
     diff = pts[:, None, :] - pts[None, :, :]
-    return float(np.sqrt((diff ** 2).sum(-1)).max())
+    return float(np.sqrt((diff**2).sum(-1)).max())
 
 
 def measure(labels: Volume) -> Measurements:
@@ -150,8 +158,10 @@ def measure(labels: Volume) -> Measurements:
     lesions: list[Lesion] = []
     if n_tumour:
         # label inside the tumour bounding box only (memory bounded by the tumours, not the scan)
-        nz = [np.flatnonzero(np.any(tumour, axis=tuple(b for b in range(3) if b != a)))
-              for a in range(3)]
+        nz = [
+            np.flatnonzero(np.any(tumour, axis=tuple(b for b in range(3) if b != a)))
+            for a in range(3)
+        ]
         box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
         comp, n = ndimage.label(tumour[box], structure=ndimage.generate_binary_structure(3, 1))
         offset = np.array([b.start for b in box])
@@ -167,8 +177,16 @@ def measure(labels: Volume) -> Measurements:
             section = np.take(sub, best, axis=ax)
             diam = max_feret_diameter(section, sp_rc)
             lps = labels.index_to_lps(idx)
-            lesions.append(Lesion(0, count, count * vox_ml, diam,
-                                  tuple(float(v) for v in lps), best + int(start[ax])))
+            lesions.append(
+                Lesion(
+                    0,
+                    count,
+                    count * vox_ml,
+                    diam,
+                    tuple(float(v) for v in lps),
+                    best + int(start[ax]),
+                )
+            )
         lesions.sort(key=lambda les: (-les.voxels, les.axial_slice))
         lesions = [replace(les, lesion=k) for k, les in enumerate(lesions, start=1)]
     return Measurements(
@@ -191,13 +209,28 @@ def lesions_csv(m: Measurements) -> str:
     w.writerow(LESION_CSV_FIELDS)
     for les in m.lesions:
         x, y, z = les.centroid_lps_mm
-        w.writerow([les.lesion, f"{les.volume_ml:.4f}", f"{les.longest_axial_diameter_mm:.2f}",
-                    les.voxels, f"{x:.2f}", f"{y:.2f}", f"{z:.2f}", les.axial_slice])
+        w.writerow(
+            [
+                les.lesion,
+                f"{les.volume_ml:.4f}",
+                f"{les.longest_axial_diameter_mm:.2f}",
+                les.voxels,
+                f"{x:.2f}",
+                f"{y:.2f}",
+                f"{z:.2f}",
+                les.axial_slice,
+            ]
+        )
     return buf.getvalue()
 
 
-def write_measurements(m: Measurements, json_path: str | Path, csv_path: str | Path,
-                       overwrite: bool = False, extra: dict | None = None) -> tuple[Path, Path]:
+def write_measurements(
+    m: Measurements,
+    json_path: str | Path,
+    csv_path: str | Path,
+    overwrite: bool = False,
+    extra: dict | None = None,
+) -> tuple[Path, Path]:
     """Write the measurements JSON and the lesion CSV atomically.
 
     Args:

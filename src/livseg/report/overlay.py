@@ -27,8 +27,7 @@ log = logging.getLogger("livseg.report.overlay")
 SOFT_TISSUE_WINDOW: tuple[float, float] = (-160.0, 240.0)
 """(lo, hi) HU display window: width 400, level 40."""
 
-COLOURS = {"liver": "#33dd33", "tumour": "#ff3030", "ref_liver": "#30c0ff",
-           "ref_tumour": "#ffd000"}
+COLOURS = {"liver": "#33dd33", "tumour": "#ff3030", "ref_liver": "#30c0ff", "ref_tumour": "#ffd000"}
 
 
 def choose_slices(liver: np.ndarray, n_slices: int) -> list[int]:
@@ -49,10 +48,19 @@ def choose_slices(liver: np.ndarray, n_slices: int) -> list[int]:
     return sorted((int(p) for p in picks), reverse=True)
 
 
-def write_overlay(image: Volume, labels: Volume, path: str | Path, *,
-                  reference: Volume | None = None, n_slices: int = 12, columns: int = 4,
-                  window: tuple[float, float] = SOFT_TISSUE_WINDOW, title: str | None = None,
-                  overwrite: bool = False, dpi: int = 100) -> Path:
+def write_overlay(
+    image: Volume,
+    labels: Volume,
+    path: str | Path,
+    *,
+    reference: Volume | None = None,
+    n_slices: int = 12,
+    columns: int = 4,
+    window: tuple[float, float] = SOFT_TISSUE_WINDOW,
+    title: str | None = None,
+    overwrite: bool = False,
+    dpi: int = 100,
+) -> Path:
     """Write a PNG montage of axial slices through the liver with contours.
 
     Args:
@@ -78,8 +86,9 @@ def write_overlay(image: Volume, labels: Volume, path: str | Path, *,
         if other is not None:
             why = image.geometry_mismatch(other)
             if why:
-                raise InputError(f"{path}: cannot draw overlay, {name} geometry differs from "
-                                 f"the image ({why})")
+                raise InputError(
+                    f"{path}: cannot draw overlay, {name} geometry differs from the image ({why})"
+                )
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -102,27 +111,40 @@ def write_overlay(image: Volume, labels: Volume, path: str | Path, *,
     fig.patch.set_facecolor("black")
     for n, k in enumerate(picks):
         ax = fig.add_subplot(nrow, ncol, n + 1)
-        ax.imshow(np.asarray(img[k], dtype=np.float32), cmap="gray", vmin=window[0],
-                  vmax=window[1], aspect=sp_y / sp_x, interpolation="nearest")
+        ax.imshow(
+            np.asarray(img[k], dtype=np.float32),
+            cmap="gray",
+            vmin=window[0],
+            vmax=window[1],
+            aspect=sp_y / sp_x,
+            interpolation="nearest",
+        )
         _contour(ax, lab[k] >= 1, COLOURS["liver"], "solid")
         _contour(ax, lab[k] == 2, COLOURS["tumour"], "solid")
         if ref is not None:
             _contour(ax, ref[k] >= 1, COLOURS["ref_liver"], "dashed")
             _contour(ax, ref[k] == 2, COLOURS["ref_tumour"], "dashed")
         input_k = (reo.input_shape[reo.perm[0]] - 1 - k) if reo.flip[0] else k
-        ax.set_title(f"slice {input_k}  S {origin_z + k * sp_z:.0f} mm", color="white",
-                     fontsize=8)
-        ax.text(0.02, 0.5, "R", color="yellow", fontsize=7, transform=ax.transAxes,
-                va="center")
-        ax.text(0.98, 0.5, "L", color="yellow", fontsize=7, transform=ax.transAxes,
-                ha="right", va="center")
+        ax.set_title(f"slice {input_k}  S {origin_z + k * sp_z:.0f} mm", color="white", fontsize=8)
+        ax.text(0.02, 0.5, "R", color="yellow", fontsize=7, transform=ax.transAxes, va="center")
+        ax.text(
+            0.98,
+            0.5,
+            "L",
+            color="yellow",
+            fontsize=7,
+            transform=ax.transAxes,
+            ha="right",
+            va="center",
+        )
         ax.set_axis_off()
     legend = "liver green, tumour red"
     if ref is not None:
         legend += "; reference dashed: liver blue, tumour yellow"
     fig.suptitle(f"{title}\n{legend}" if title else legend, color="white", fontsize=9)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92 if title else 0.95,
-                        wspace=0.03, hspace=0.12)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=0.92 if title else 0.95, wspace=0.03, hspace=0.12
+    )
     with atomic_path(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", facecolor="black")
     log.debug("overlay %s: %d slices", path, len(picks))
@@ -132,5 +154,6 @@ def write_overlay(image: Volume, labels: Volume, path: str | Path, *,
 def _contour(ax, mask: np.ndarray, colour: str, style: str) -> None:
     mask = np.asarray(mask)
     if mask.any():
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.8,
-                   linestyles=style)
+        ax.contour(
+            mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.8, linestyles=style
+        )

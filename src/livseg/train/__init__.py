@@ -32,11 +32,17 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Config": "config", "load_config": "config", "apply_overrides": "config",
+    "Config": "config",
+    "load_config": "config",
+    "apply_overrides": "config",
     "bundled_configs": "config",
-    "train": "trainer", "TrainProgress": "trainer", "TrainResult": "trainer",
-    "cross_validate": "cv", "CVResult": "cv",
-    "load_model": "checkpoint", "save_checkpoint": "checkpoint",
+    "train": "trainer",
+    "TrainProgress": "trainer",
+    "TrainResult": "trainer",
+    "cross_validate": "cv",
+    "CVResult": "cv",
+    "load_model": "checkpoint",
+    "save_checkpoint": "checkpoint",
     "resolve_device": "device",
 }
 

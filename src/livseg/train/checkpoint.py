@@ -67,8 +67,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": [list(random.getstate()[1]), random.getstate()[0]],
     }
     if torch.cuda.is_available():
@@ -82,8 +86,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"].cpu())
     if "numpy" in state:
         n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                             n["has_gauss"], n["cached_gaussian"]))
+        np.random.set_state(
+            (
+                "MT19937",
+                n["keys"].numpy().astype(np.uint32),
+                n["pos"],
+                n["has_gauss"],
+                n["cached_gaussian"],
+            )
+        )
     if "python" in state:
         internal, version = state["python"]
         random.setstate((version, tuple(internal), None))
@@ -119,13 +130,21 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / MODEL_FILE), metadata={"format": "livseg-checkpoint-1",
-                                                            "model": config.model.name})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=1) + "\n",
-                                       encoding="utf-8")
+        save_file(
+            weights,
+            str(tmp / MODEL_FILE),
+            metadata={"format": "livseg-checkpoint-1", "model": config.model.name},
+        )
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps(config_to_dict(config), indent=1) + "\n", encoding="utf-8"
+        )
         (tmp / INFO_FILE).write_text(
-            json.dumps({"livseg_version": __version__, **(info or {})}, indent=1,
-                       default=_json_default) + "\n", encoding="utf-8")
+            json.dumps(
+                {"livseg_version": __version__, **(info or {})}, indent=1, default=_json_default
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         if state is not None:
             torch.save(state, tmp / STATE_FILE)
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
@@ -174,8 +193,9 @@ def find_checkpoint(folder: str | os.PathLike) -> Path | None:
 def _require(folder: str | os.PathLike) -> Path:
     found = find_checkpoint(folder)
     if found is None:
-        raise InputError(f"{folder}: not a livseg checkpoint folder (needs {MODEL_FILE} and "
-                         f"{CONFIG_FILE})")
+        raise InputError(
+            f"{folder}: not a livseg checkpoint folder (needs {MODEL_FILE} and {CONFIG_FILE})"
+        )
     return found
 
 
@@ -198,8 +218,7 @@ def load_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_weights(model: nn.Module, checkpoint_dir: str | os.PathLike,
-                 prefix: str = "") -> None:
+def load_weights(model: nn.Module, checkpoint_dir: str | os.PathLike, prefix: str = "") -> None:
     """Load ``model.safetensors`` into ``model`` (strict).
 
     Args:
@@ -214,7 +233,7 @@ def load_weights(model: nn.Module, checkpoint_dir: str | os.PathLike,
     path = _require(checkpoint_dir) / MODEL_FILE
     weights = load_file(str(path))
     if prefix:
-        weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -232,8 +251,9 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: cannot read the training state ({exc})") from exc
 
 
-def load_model(checkpoint_dir: str | os.PathLike,
-               device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+def load_model(
+    checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config]:
     """Rebuild a trained model from its checkpoint folder alone.
 
     Args:

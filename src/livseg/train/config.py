@@ -271,7 +271,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _convert(v, a, f"{where}[{i}]")
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {value!r}")
@@ -321,8 +324,9 @@ def _dataclass_from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
 
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.init}
+        return {
+            f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init
+        }
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -365,8 +369,9 @@ def _option_specs(kind: str, name: str) -> dict[str, tuple[Any, Any]]:
 
         registry = LOSSES
     if name not in registry:
-        raise ConfigError(f"{kind}.name: unknown {kind} {name!r}; valid names: "
-                          f"{', '.join(sorted(registry))}")
+        raise ConfigError(
+            f"{kind}.name: unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}"
+        )
     target = registry[name]
     init = target.__init__ if inspect.isclass(target) else target
     try:
@@ -389,8 +394,10 @@ def _check_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, A
     out = {}
     for key, value in options.items():
         if key not in specs:
-            raise ConfigError(f"{kind}.{key}: unknown option of {kind} {name!r}; valid options: "
-                              f"{', '.join(specs)}")
+            raise ConfigError(
+                f"{kind}.{key}: unknown option of {kind} {name!r}; valid options: "
+                f"{', '.join(specs)}"
+            )
         tp = specs[key][0]
         out[key] = value if tp is None else _convert(value, tp, f"{kind}.{key}")
     return out
@@ -398,34 +405,42 @@ def _check_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, A
 
 def _validate(cfg: Config) -> None:
     """Cross-field checks of a complete configuration."""
-    object.__setattr__(cfg.model, "options", _check_options("model", cfg.model.name,
-                                                            cfg.model.options))
-    object.__setattr__(cfg.loss, "options", _check_options("loss", cfg.loss.name,
-                                                           cfg.loss.options))
+    object.__setattr__(
+        cfg.model, "options", _check_options("model", cfg.model.name, cfg.model.options)
+    )
+    object.__setattr__(cfg.loss, "options", _check_options("loss", cfg.loss.name, cfg.loss.options))
     t, o, s = cfg.train, cfg.optimizer, cfg.schedule
-    for key, value, minimum in (("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
-                                ("train.iterations_per_epoch", t.iterations_per_epoch, 0),
-                                ("train.val_batch_size", t.val_batch_size, 1),
-                                ("train.val_every", t.val_every, 1),
-                                ("train.patience", t.patience, 0),
-                                ("train.num_workers", t.num_workers, 0),
-                                ("schedule.step_epochs", s.step_epochs, 1),
-                                ("schedule.warmup_epochs", s.warmup_epochs, 0)):
+    for key, value, minimum in (
+        ("train.epochs", t.epochs, 1),
+        ("train.batch_size", t.batch_size, 1),
+        ("train.iterations_per_epoch", t.iterations_per_epoch, 0),
+        ("train.val_batch_size", t.val_batch_size, 1),
+        ("train.val_every", t.val_every, 1),
+        ("train.patience", t.patience, 0),
+        ("train.num_workers", t.num_workers, 0),
+        ("schedule.step_epochs", s.step_epochs, 1),
+        ("schedule.warmup_epochs", s.warmup_epochs, 0),
+    ):
         if value < minimum:
             raise ConfigError(f"{key} must be >= {minimum}, got {value}")
     if not 0.0 <= t.foreground_fraction < 1.0:
-        raise ConfigError(f"train.foreground_fraction must be in [0, 1), got "
-                          f"{t.foreground_fraction}")
+        raise ConfigError(
+            f"train.foreground_fraction must be in [0, 1), got {t.foreground_fraction}"
+        )
     if o.lr <= 0:
         raise ConfigError(f"optimizer.lr must be > 0, got {o.lr}")
     if o.weight_decay < 0 or o.grad_clip < 0:
         raise ConfigError("optimizer.weight_decay and optimizer.grad_clip must be >= 0")
     if s.name == "exponential" and not 0 < s.final_lr <= o.lr:
-        raise ConfigError(f"schedule.final_lr must be in (0, optimizer.lr] for the exponential "
-                          f"schedule, got {s.final_lr}")
+        raise ConfigError(
+            f"schedule.final_lr must be in (0, optimizer.lr] for the exponential "
+            f"schedule, got {s.final_lr}"
+        )
     if t.stage != "all" and cfg.model.name != "crunet":
-        raise ConfigError(f"train.stage={t.stage!r} applies to the crunet model only "
-                          f"(model.name is {cfg.model.name!r}); use 'all'")
+        raise ConfigError(
+            f"train.stage={t.stage!r} applies to the crunet model only "
+            f"(model.name is {cfg.model.name!r}); use 'all'"
+        )
     from livseg.train.device import parse_device
 
     parse_device(t.device, "train.device")
@@ -485,13 +500,15 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
             raise ConfigError(f"--set {item!r}: empty key")
         sections = {f.name: f for f in dataclasses.fields(Config)}
         if parts[0] not in sections:
-            raise ConfigError(f"--set {key}: unknown section {parts[0]!r}; valid: "
-                              f"{', '.join(sections)}")
+            raise ConfigError(
+                f"--set {key}: unknown section {parts[0]!r}; valid: {', '.join(sections)}"
+            )
         section_cls = _dataclass_in(_fields(Config)[parts[0]])
         if len(parts) == 1:
             if section_cls is not None and not (value is None or isinstance(value, dict)):
-                raise ConfigError(f"--set {key}: give a key inside {parts[0]!r}, e.g. "
-                                  f"{parts[0]}.<key>=value")
+                raise ConfigError(
+                    f"--set {key}: give a key inside {parts[0]!r}, e.g. {parts[0]}.<key>=value"
+                )
             d[parts[0]] = value
             continue
         if d[parts[0]] is None:  # e.g. augment was null: start from the defaults
@@ -510,8 +527,10 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
             raise ConfigError(f"--set {key}: {parts[0]!r} has no keys; use {parts[0]}=value")
         valid = list(_fields(section_cls))
         if parts[1] not in valid:
-            raise ConfigError(f"--set {key}: unknown key {parts[1]!r} in {parts[0]!r}; valid keys: "
-                              f"{', '.join(valid)}")
+            raise ConfigError(
+                f"--set {key}: unknown key {parts[1]!r} in {parts[0]!r}; valid keys: "
+                f"{', '.join(valid)}"
+            )
         section[parts[1]] = value
     return config_from_dict(d, "--set")
 
@@ -554,8 +573,10 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         name = str(name_or_path)
         names = bundled_configs()
         if name not in names:
-            raise ConfigError(f"{name_or_path}: no such configuration file, and not a bundled "
-                              f"configuration name; bundled: {', '.join(names)}")
+            raise ConfigError(
+                f"{name_or_path}: no such configuration file, and not a bundled "
+                f"configuration name; bundled: {', '.join(names)}"
+            )
         res = resources.files("livseg") / "configs" / f"{name}.json"
         cfg = config_from_dict(_read_json(res, f"bundled configuration {name}"), name)
     if overrides:

@@ -127,16 +127,19 @@ def cross_validate(
         if not resume:
             from livseg.errors import OutputExistsError
 
-            raise OutputExistsError(f"{out}: holds a cross-validation (splits.json); use "
-                                    "--resume to continue it or choose another --out")
+            raise OutputExistsError(
+                f"{out}: holds a cross-validation (splits.json); use "
+                "--resume to continue it or choose another --out"
+            )
         saved = load_splits(split_file)
         if saved != splits:
-            raise InputError(f"{split_file}: the saved folds differ from the folds of this "
-                             "dataset, --folds and train.seed; use another --out")
+            raise InputError(
+                f"{split_file}: the saved folds differ from the folds of this "
+                "dataset, --folds and train.seed; use another --out"
+            )
     elif main:
         out.mkdir(parents=True, exist_ok=True)
-        save_splits(splits, split_file, seed=config.train.seed, n_folds=folds,
-                    config=config.name)
+        save_splits(splits, split_file, seed=config.train.seed, n_folds=folds, config=config.name)
     barrier()
     cache_root = Path(cache) if cache is not None else out / "cache"
 
@@ -144,11 +147,26 @@ def cross_validate(
     for k, split in enumerate(splits):
         if fold_callback is not None:
             fold_callback(k, folds)
-        logger.info("fold %d/%d: %d training cases, validation on %s", k + 1, folds,
-                    len(split["train"]), ", ".join(split["val"]))
-        results.append(train(config, cases, out / f"fold{k}", split=split, cache=cache_root,
-                             device=device, resume=resume, progress=progress,
-                             cache_progress=cache_progress))
+        logger.info(
+            "fold %d/%d: %d training cases, validation on %s",
+            k + 1,
+            folds,
+            len(split["train"]),
+            ", ".join(split["val"]),
+        )
+        results.append(
+            train(
+                config,
+                cases,
+                out / f"fold{k}",
+                split=split,
+                cache=cache_root,
+                device=device,
+                resume=resume,
+                progress=progress,
+                cache_progress=cache_progress,
+            )
+        )
 
     summary: dict[str, dict[str, Any]] = {}
     fold_rows: list[dict[str, Any]] = []
@@ -156,19 +174,25 @@ def cross_validate(
     for k, r in enumerate(results):
         fold_rows.append({"fold": k, "best_epoch": r.final.best_epoch, **r.final.summary})
         case_rows.extend({"fold": k, **row} for row in r.final.cases)
-    keys = [k for k in results[0].final.summary
-            if all(isinstance(r.final.summary.get(k), int | float) for r in results)]
+    keys = [
+        k
+        for k in results[0].final.summary
+        if all(isinstance(r.final.summary.get(k), int | float) for r in results)
+    ]
     for key in keys:
         per_fold = [float(r.final.summary[key]) for r in results]
         m, s = mean_sd(per_fold)
         summary[key] = {"mean": m, "sd": s, "per_fold": per_fold}
     if main:
         columns = ["fold", "best_epoch", *keys]
-        rows = fold_rows + [{"fold": "mean", **{k: summary[k]["mean"] for k in keys}},
-                            {"fold": "sd", **{k: summary[k]["sd"] for k in keys}}]
+        rows = fold_rows + [
+            {"fold": "mean", **{k: summary[k]["mean"] for k in keys}},
+            {"fold": "sd", **{k: summary[k]["sd"] for k in keys}},
+        ]
         write_text_atomic(out / "cv_folds.csv", _csv(rows, columns), overwrite=True)
-        write_text_atomic(out / "cv_cases.csv", _csv(case_rows, ["fold", *CASE_COLUMNS]),
-                          overwrite=True)
+        write_text_atomic(
+            out / "cv_cases.csv", _csv(case_rows, ["fold", *CASE_COLUMNS]), overwrite=True
+        )
         doc = {
             "config": config.name,
             "folds": folds,
@@ -178,12 +202,18 @@ def cross_validate(
             "checkpoints": [str(r.checkpoint) for r in results],
             "metrics": summary,
         }
-        write_text_atomic(out / "cv_summary.json", json.dumps(json_safe(doc), indent=1) + "\n",
-                          overwrite=True)
+        write_text_atomic(
+            out / "cv_summary.json", json.dumps(json_safe(doc), indent=1) + "\n", overwrite=True
+        )
         prefix = "liver" if config.train.target == "liver" else "tumor"
         key = f"{prefix}_dice_per_case"
         if key in summary:
-            logger.info("cross-validation %s: %s %.4f +- %.4f over %d folds", config.name, key,
-                        summary[key]["mean"], summary[key]["sd"], folds)
-    return CVResult(out=out, folds=tuple(results), summary=summary,
-                    splits=tuple(splits))
+            logger.info(
+                "cross-validation %s: %s %.4f +- %.4f over %d folds",
+                config.name,
+                key,
+                summary[key]["mean"],
+                summary[key]["sd"],
+                folds,
+            )
+    return CVResult(out=out, folds=tuple(results), summary=summary, splits=tuple(splits))

@@ -63,8 +63,9 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {spec}: CUDA is not available on this machine "
-                          "(use --device cpu or auto)")
+        raise DeviceError(
+            f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)"
+        )
     if index is None:
         index = local_rank or 0
     count = torch.cuda.device_count()

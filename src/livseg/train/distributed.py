@@ -66,9 +66,11 @@ class DistInfo:
 
 def env_info() -> DistInfo:
     """The rank layout announced by torchrun's environment variables (single process if none)."""
-    return DistInfo(rank=int(os.environ.get("RANK", 0)),
-                    world_size=int(os.environ.get("WORLD_SIZE", 1)),
-                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -92,10 +94,16 @@ def init_distributed(device: torch.device) -> DistInfo:
         # rank 0 validates while the others wait: allow for long validations
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
         _STARTED_HERE = True
-        logger.info("distributed: rank %d of %d (local rank %d), backend %s", info.rank,
-                    info.world_size, info.local_rank, backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                    local_rank=info.local_rank)
+        logger.info(
+            "distributed: rank %d of %d (local rank %d), backend %s",
+            info.rank,
+            info.world_size,
+            info.local_rank,
+            backend,
+        )
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=info.local_rank
+    )
 
 
 def shutdown_distributed() -> None:
@@ -165,8 +173,11 @@ def check_parameters_in_sync(module: torch.nn.Module, device: torch.device) -> b
     if not same:
         raise RuntimeError("distributed training: model weights differ between ranks")
     if dist.get_rank() == 0:
-        logger.info("distributed: weights identical on all %d ranks (%d parameter tensors checked)",
-                    dist.get_world_size(), local.numel())
+        logger.info(
+            "distributed: weights identical on all %d ranks (%d parameter tensors checked)",
+            dist.get_world_size(),
+            local.numel(),
+        )
     return True
 
 
@@ -185,8 +196,14 @@ class DistributedWeightedSampler(Sampler[int]):
         seed: Base seed.
     """
 
-    def __init__(self, weights: np.ndarray, num_samples: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weights: np.ndarray,
+        num_samples: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim != 1 or w.size == 0 or (w < 0).any() or w.sum() <= 0:
             raise ValueError("weights must be a non-empty 1-D array of non-negative values")
@@ -202,7 +219,7 @@ class DistributedWeightedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng((self.seed, self.epoch))
         draws = rng.choice(self.p.size, size=self.num_samples * self.world_size, p=self.p)
-        return iter(int(i) for i in draws[self.rank::self.world_size])
+        return iter(int(i) for i in draws[self.rank :: self.world_size])
 
     def __len__(self) -> int:
         return self.num_samples

@@ -100,9 +100,22 @@ __all__ = [
 ]
 
 LOG_COLUMNS = (
-    "epoch", "stage", "lr", "train_loss", "val_loss", "score", "best_score", "improved",
-    "liver_dice_per_case", "liver_dice_global", "tumor_dice_per_case", "tumor_dice_global",
-    "liver_assd", "liver_msd", "slices_per_s", "seconds",
+    "epoch",
+    "stage",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "score",
+    "best_score",
+    "improved",
+    "liver_dice_per_case",
+    "liver_dice_global",
+    "tumor_dice_per_case",
+    "tumor_dice_global",
+    "liver_assd",
+    "liver_msd",
+    "slices_per_s",
+    "seconds",
 )
 
 
@@ -173,19 +186,33 @@ class StageResult:
     cases: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "run_dir": str(self.run_dir), "best": str(self.best),
-                "last": str(self.last), "best_epoch": self.best_epoch,
-                "best_score": self.best_score, "epochs_done": self.epochs_done,
-                "stopped_early": self.stopped_early, "summary": self.summary,
-                "cases": self.cases}
+        return {
+            "stage": self.stage,
+            "run_dir": str(self.run_dir),
+            "best": str(self.best),
+            "last": str(self.last),
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "epochs_done": self.epochs_done,
+            "stopped_early": self.stopped_early,
+            "summary": self.summary,
+            "cases": self.cases,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageResult:
-        return cls(stage=d["stage"], run_dir=Path(d["run_dir"]), best=Path(d["best"]),
-                   last=Path(d["last"]), best_epoch=int(d["best_epoch"]),
-                   best_score=float(d["best_score"]), epochs_done=int(d["epochs_done"]),
-                   stopped_early=bool(d["stopped_early"]), summary=dict(d["summary"]),
-                   cases=list(d["cases"]))
+        return cls(
+            stage=d["stage"],
+            run_dir=Path(d["run_dir"]),
+            best=Path(d["best"]),
+            last=Path(d["last"]),
+            best_epoch=int(d["best_epoch"]),
+            best_score=float(d["best_score"]),
+            epochs_done=int(d["epochs_done"]),
+            stopped_early=bool(d["stopped_early"]),
+            summary=dict(d["summary"]),
+            cases=list(d["cases"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -223,8 +250,9 @@ def stages_of(config: Config) -> list[str]:
     return ["level1", "level2"] if config.train.stage == "all" else [config.train.stage]
 
 
-def learning_rate(schedule: ScheduleConfig, lr0: float, step: int, total_steps: int,
-                  steps_per_epoch: int) -> float:
+def learning_rate(
+    schedule: ScheduleConfig, lr0: float, step: int, total_steps: int, steps_per_epoch: int
+) -> float:
     """Learning rate at iteration ``step`` (0-based) of ``total_steps`` (see ScheduleConfig)."""
     t = min(max(step / max(total_steps, 1), 0.0), 1.0)
     epoch = step // max(steps_per_epoch, 1)
@@ -273,8 +301,15 @@ class _Level2Dataset(SliceDataset):
     is left out of the intensity jitter.
     """
 
-    def __init__(self, cache: SliceCache, case_ids: Sequence[str], augment, seed: int,
-                 with_weight: bool, masks: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        cache: SliceCache,
+        case_ids: Sequence[str],
+        augment,
+        seed: int,
+        with_weight: bool,
+        masks: dict[str, np.ndarray],
+    ) -> None:
         super().__init__(cache, case_ids, augment=augment, seed=seed, with_weight=with_weight)
         self.masks = masks
 
@@ -291,8 +326,13 @@ class _Level2Dataset(SliceDataset):
 
 
 @torch.no_grad()
-def level1_masks(model: nn.Module, cache: SliceCache, case_ids: Sequence[str],
-                 device: torch.device, batch_size: int = 8) -> dict[str, np.ndarray]:
+def level1_masks(
+    model: nn.Module,
+    cache: SliceCache,
+    case_ids: Sequence[str],
+    device: torch.device,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
     """Processed level-1 masks of every cached slice of ``case_ids`` (CR-U-Net level-2 input).
 
     Level 1 runs frozen, in eval mode; its foreground probability goes through
@@ -317,11 +357,12 @@ def level1_masks(model: nn.Module, cache: SliceCache, case_ids: Sequence[str],
         img = cache[cid].image
         parts = []
         for i in range(0, img.shape[0], batch_size):
-            x = torch.from_numpy(np.array(img[i:i + batch_size], dtype=np.float32)).to(device)
+            x = torch.from_numpy(np.array(img[i : i + batch_size], dtype=np.float32)).to(device)
             mask = model.intermediate(foreground_probability(model.level1(x).float()))
             parts.append(mask[:, 0].to(torch.uint8).cpu().numpy())
-        out[cid] = (np.concatenate(parts) if parts
-                    else np.zeros((0, *img.shape[-2:]), dtype=np.uint8))
+        out[cid] = (
+            np.concatenate(parts) if parts else np.zeros((0, *img.shape[-2:]), dtype=np.uint8)
+        )
     model.level1.train(was_training)
     return out
 
@@ -343,25 +384,40 @@ class _Run:
 def _forward_fn(model: nn.Module, net: nn.Module, stage: str) -> Callable[..., Tensor]:
     """(x, mask) -> logits of the trained network (``net`` may be DDP-wrapped)."""
     if stage == "level2":
+
         def fwd(x: Tensor, mask: Tensor | None) -> Tensor:
             return net(model.level2_input(x, mask))
     else:
+
         def fwd(x: Tensor, mask: Tensor | None) -> Tensor:
             return net(x)
+
     return fwd
 
 
-def _loss_value(loss_fn: nn.Module, logits: Tensor, label: Tensor, weight: Tensor | None,
-                target: str, uses_weight: bool) -> Tensor:
+def _loss_value(
+    loss_fn: nn.Module,
+    logits: Tensor,
+    label: Tensor,
+    weight: Tensor | None,
+    target: str,
+    uses_weight: bool,
+) -> Tensor:
     y = _match_size(_binary_target(label, target), tuple(logits.shape[-2:]))
     w = _match_size(weight, tuple(logits.shape[-2:])) if uses_weight else None
     return loss_fn(logits.float(), y, w)
 
 
 @torch.no_grad()
-def _validate(run: _Run, fwd: Callable[..., Tensor], net: nn.Module, loss_fn: nn.Module,
-              uses_weight: bool, masks: dict[str, np.ndarray] | None,
-              amp: bool) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def _validate(
+    run: _Run,
+    fwd: Callable[..., Tensor],
+    net: nn.Module,
+    loss_fn: nn.Module,
+    uses_weight: bool,
+    masks: dict[str, np.ndarray] | None,
+    amp: bool,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Predict the validation cases' cached slices and score them with the LiTS metric set."""
     from livseg.metrics.lits import evaluate_cases
     from livseg.models import foreground_probability
@@ -378,21 +434,28 @@ def _validate(run: _Run, fwd: Callable[..., Tensor], net: nn.Module, loss_fn: nn
         for i in range(0, lab.shape[0], t.val_batch_size):
             sl = slice(i, i + t.val_batch_size)
             x = torch.from_numpy(np.array(img[sl], dtype=np.float32)).to(run.device)
-            m = None if masks is None else torch.from_numpy(
-                masks[cid][sl].astype(np.float32)).to(run.device)
+            m = (
+                None
+                if masks is None
+                else torch.from_numpy(masks[cid][sl].astype(np.float32)).to(run.device)
+            )
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 logits = fwd(x, m)
             logits = logits.float()
             y = torch.from_numpy(lab[sl].astype(np.int64)).to(run.device)
-            w = None if wmap is None else torch.from_numpy(
-                np.array(wmap[sl], dtype=np.float32)).to(run.device)
+            w = (
+                None
+                if wmap is None
+                else torch.from_numpy(np.array(wmap[sl], dtype=np.float32)).to(run.device)
+            )
             loss = _loss_value(loss_fn, logits, y, w, t.target, uses_weight)
             loss_sum += float(loss) * x.shape[0]
             n_items += x.shape[0]
             prob = foreground_probability(logits)
             if tuple(prob.shape[-2:]) != tuple(lab.shape[-2:]):
-                prob = F.interpolate(prob[:, None], size=lab.shape[-2:], mode="bilinear",
-                                     align_corners=False)[:, 0]
+                prob = F.interpolate(
+                    prob[:, None], size=lab.shape[-2:], mode="bilinear", align_corners=False
+                )[:, 0]
             pred[sl] = (prob > 0.5).cpu().numpy()
         if t.target == "liver":
             pred_lab = pred.astype(np.uint8)
@@ -437,8 +500,10 @@ class _Logs:
         except ImportError:
             logger.info("tensorboard is not installed: TensorBoard logging disabled")
         else:
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
-                                    purge_step=global_step if global_step > 0 else None)
+            self.tb = SummaryWriter(
+                log_dir=str(run_dir / "tensorboard"),
+                purge_step=global_step if global_step > 0 else None,
+            )
 
     def step(self, global_step: int, loss: float, lr: float) -> None:
         if self.tb is not None and global_step % 10 == 0:
@@ -454,8 +519,9 @@ class _Logs:
             os.fsync(fh.fileno())
         if self.tb is not None:
             for key, value in row.items():
-                if isinstance(value, int | float) and key not in ("epoch",) and \
-                        value == value:  # skip NaN
+                if (
+                    isinstance(value, int | float) and key not in ("epoch",) and value == value
+                ):  # skip NaN
                     self.tb.add_scalar(f"epoch/{key}", value, row["epoch"])
             self.tb.flush()
 
@@ -477,17 +543,31 @@ def _make_loader(dataset: SliceDataset, run: _Run) -> tuple[DataLoader, Any, int
     """DataLoader, its (distributed) sampler and the iterations per epoch."""
     t, d = run.config.train, run.dist
     if t.foreground_fraction > 0:
-        n = (t.iterations_per_epoch * t.batch_size if t.iterations_per_epoch
-             else math.ceil(len(dataset) / d.world_size))
+        n = (
+            t.iterations_per_epoch * t.batch_size
+            if t.iterations_per_epoch
+            else math.ceil(len(dataset) / d.world_size)
+        )
         weights = dataset.sample_weights(t.target, t.foreground_fraction)
         sampler = DistributedWeightedSampler(weights, n, d.rank, d.world_size, t.seed)
     else:
-        sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank,
-                                     shuffle=True, seed=t.seed, drop_last=False)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=d.world_size,
+            rank=d.rank,
+            shuffle=True,
+            seed=t.seed,
+            drop_last=False,
+        )
     drop_last = len(sampler) >= t.batch_size
-    loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler,
-                        num_workers=t.num_workers, drop_last=drop_last,
-                        pin_memory=run.device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        num_workers=t.num_workers,
+        drop_last=drop_last,
+        pin_memory=run.device.type == "cuda",
+    )
     steps = t.iterations_per_epoch or len(loader)
     return loader, sampler, steps
 
@@ -518,11 +598,16 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
 
     found_last = find_checkpoint(last_dir)
     if found_last is not None and not run.resume:
-        raise OutputExistsError(f"{run_dir}: holds a training run (checkpoint {found_last}); "
-                                "use --resume to continue it or choose another --out")
+        raise OutputExistsError(
+            f"{run_dir}: holds a training run (checkpoint {found_last}); "
+            "use --resume to continue it or choose another --out"
+        )
     state = load_state(found_last) if (run.resume and found_last is not None) else None
-    if (state is not None and result_file.is_file()
-            and (state.get("stopped_early") or int(state["epoch"]) >= t.epochs)):
+    if (
+        state is not None
+        and result_file.is_file()
+        and (state.get("stopped_early") or int(state["epoch"]) >= t.epochs)
+    ):
         logger.info("%s: stage %s already finished; skipping", run_dir, stage)
         return StageResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
 
@@ -534,8 +619,10 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
     elif stage == "level2":
         level1 = find_checkpoint(run.out / "level1" / "best")
         if level1 is None:
-            raise InputError(f"{run.out / 'level1' / 'best'}: no trained level 1; train stage "
-                             "level1 first (train.stage=all or level1)")
+            raise InputError(
+                f"{run.out / 'level1' / 'best'}: no trained level 1; train stage "
+                "level1 first (train.stage=all or level1)"
+            )
         load_weights(model, level1)
         model.set_stage("level2")
         net = model.level2
@@ -548,24 +635,35 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
     loss_fn = build_loss(cfg.loss.name, **cfg.loss.options).to(dev)
     uses_weight = bool(getattr(loss_fn, "uses_weight", False))
     if uses_weight and not cfg.data.weight_map:
-        logger.info("loss %s uses a weight map but data.weight_map is false: uniform weights",
-                    cfg.loss.name)
+        logger.info(
+            "loss %s uses a weight map but data.weight_map is false: uniform weights", cfg.loss.name
+        )
     masks = None
     if stage == "level2":
         t0 = time.perf_counter()
-        masks = level1_masks(model, run.cache, run.train_ids + [c for c in run.val_ids
-                                                                 if c not in run.train_ids],
-                             dev, t.val_batch_size)
-        logger.info("level 2: processed level-1 masks of %d slices computed once in %.1f s",
-                    sum(m.shape[0] for m in masks.values()), time.perf_counter() - t0)
-        dataset: SliceDataset = _Level2Dataset(run.cache, run.train_ids, cfg.augment, t.seed,
-                                               uses_weight, masks)
+        masks = level1_masks(
+            model,
+            run.cache,
+            run.train_ids + [c for c in run.val_ids if c not in run.train_ids],
+            dev,
+            t.val_batch_size,
+        )
+        logger.info(
+            "level 2: processed level-1 masks of %d slices computed once in %.1f s",
+            sum(m.shape[0] for m in masks.values()),
+            time.perf_counter() - t0,
+        )
+        dataset: SliceDataset = _Level2Dataset(
+            run.cache, run.train_ids, cfg.augment, t.seed, uses_weight, masks
+        )
     else:
-        dataset = SliceDataset(run.cache, run.train_ids, augment=cfg.augment, seed=t.seed,
-                               with_weight=uses_weight)
+        dataset = SliceDataset(
+            run.cache, run.train_ids, augment=cfg.augment, seed=t.seed, with_weight=uses_weight
+        )
     if len(dataset) == 0:
-        raise InputError(f"no training slices in the cache {run.cache.root} for cases "
-                         f"{', '.join(run.train_ids)}")
+        raise InputError(
+            f"no training slices in the cache {run.cache.root} for cases {', '.join(run.train_ids)}"
+        )
     loader, sampler, steps = _make_loader(dataset, run)
     total_steps = steps * t.epochs
 
@@ -589,21 +687,36 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
         stopped = bool(state.get("stopped_early", False))
         finished = stopped or start_epoch >= t.epochs  # train.epochs may have been raised
         set_rng_state(state["rng"])
-        logger.info("%s: resuming stage %s after epoch %d (step %d)", run_dir, stage,
-                    start_epoch, global_step)
+        logger.info(
+            "%s: resuming stage %s after epoch %d (step %d)",
+            run_dir,
+            stage,
+            start_epoch,
+            global_step,
+        )
 
     ddp_net: nn.Module = net
     if d.enabled:
         ddp_net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            net, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
     fwd = _forward_fn(model, ddp_net, stage)
     eval_fwd = _forward_fn(model, net, stage)
 
     logs = _Logs(run_dir, start_epoch, global_step, enabled=main)
-    logger.info("stage %s: %d training slices (%d cases), %d validation cases, %d iterations "
-                "of %d slices per epoch and rank, %d rank(s), device %s%s", stage, len(dataset),
-                len(run.train_ids), len(run.val_ids), steps, t.batch_size, d.world_size, dev,
-                ", mixed precision" if amp else "")
+    logger.info(
+        "stage %s: %d training slices (%d cases), %d validation cases, %d iterations "
+        "of %d slices per epoch and rank, %d rank(s), device %s%s",
+        stage,
+        len(dataset),
+        len(run.train_ids),
+        len(run.val_ids),
+        steps,
+        t.batch_size,
+        d.world_size,
+        dev,
+        ", mixed precision" if amp else "",
+    )
     try:
         epoch = start_epoch
         while not finished and epoch < t.epochs:
@@ -626,7 +739,8 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
                 if not torch.isfinite(loss).item() and not amp:
                     raise TrainingDiverged(
                         f"{run_dir}: loss is {float(loss)} at epoch {epoch + 1}, iteration {step}"
-                        "; lower optimizer.lr or set optimizer.grad_clip")
+                        "; lower optimizer.lr or set optimizer.grad_clip"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if o.grad_clip > 0:
@@ -641,8 +755,19 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
                     rate = n_seen * d.world_size / max(time.perf_counter() - t_start, 1e-9)
                     logs.step(global_step, float(loss.detach()), lr)
                     if run.progress is not None:
-                        run.progress(TrainProgress(stage, "train", epoch + 1, t.epochs, step,
-                                                   steps, loss_sum / step, rate, lr))
+                        run.progress(
+                            TrainProgress(
+                                stage,
+                                "train",
+                                epoch + 1,
+                                t.epochs,
+                                step,
+                                steps,
+                                loss_sum / step,
+                                rate,
+                                lr,
+                            )
+                        )
             train_seconds = time.perf_counter() - t_start
             train_loss = all_reduce_mean(loss_sum / max(steps, 1), dev)
             rate = n_seen * d.world_size / max(train_seconds, 1e-9)
@@ -651,8 +776,11 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
             summary, rows = None, None
             if do_val and main:
                 if run.progress is not None:
-                    run.progress(TrainProgress(stage, "val", epoch + 1, t.epochs, steps, steps,
-                                               train_loss, rate, lr))
+                    run.progress(
+                        TrainProgress(
+                            stage, "val", epoch + 1, t.epochs, steps, steps, train_loss, rate, lr
+                        )
+                    )
                 summary, rows = _validate(run, eval_fwd, net, loss_fn, uses_weight, masks, amp)
             summary = broadcast_object(summary)
             improved = False
@@ -666,39 +794,85 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
             epoch += 1
             stopped = bool(t.patience and bad >= t.patience and epoch < t.epochs)
             finished = stopped or epoch >= t.epochs
-            info = {"epoch": epoch, "stage": stage, "monitor": t.monitor,
-                    "score": None if summary is None else _score(summary, cfg)}
+            info = {
+                "epoch": epoch,
+                "stage": stage,
+                "monitor": t.monitor,
+                "score": None if summary is None else _score(summary, cfg),
+            }
             if main:
                 if improved:
-                    save_checkpoint(best_dir, model, cfg, state=None,
-                                    info={**info, "val_summary": summary, "val_cases": rows})
+                    save_checkpoint(
+                        best_dir,
+                        model,
+                        cfg,
+                        state=None,
+                        info={**info, "val_summary": summary, "val_cases": rows},
+                    )
                 state_out = {
-                    "epoch": epoch, "global_step": global_step, "stage": stage,
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad,
-                    "finished": finished, "stopped_early": stopped, "rng": rng_state(),
+                    "epoch": epoch,
+                    "global_step": global_step,
+                    "stage": stage,
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad,
+                    "finished": finished,
+                    "stopped_early": stopped,
+                    "rng": rng_state(),
                 }
                 save_checkpoint(last_dir, model, cfg, state=state_out, info=info)
-                row = {"epoch": epoch, "stage": stage, "lr": lr, "train_loss": train_loss,
-                       "score": info["score"], "best_score": best_score,
-                       "improved": int(improved), "slices_per_s": round(rate, 3),
-                       "seconds": round(time.perf_counter() - t_start, 3)}
+                row = {
+                    "epoch": epoch,
+                    "stage": stage,
+                    "lr": lr,
+                    "train_loss": train_loss,
+                    "score": info["score"],
+                    "best_score": best_score,
+                    "improved": int(improved),
+                    "slices_per_s": round(rate, 3),
+                    "seconds": round(time.perf_counter() - t_start, 3),
+                }
                 if summary is not None:
                     row["val_loss"] = summary["val_loss"]
                     row.update({k: summary.get(k) for k in LOG_COLUMNS if k in summary})
                 logs.epoch(row, global_step)
-                logger.info("stage %s epoch %d/%d: train loss %.4f, %s%s, %.1f slices/s", stage,
-                            epoch, t.epochs, train_loss,
-                            "no validation" if summary is None else
-                            f"val {t.monitor} {info['score']:.4f}",
-                            " (best)" if improved else "", rate)
+                logger.info(
+                    "stage %s epoch %d/%d: train loss %.4f, %s%s, %.1f slices/s",
+                    stage,
+                    epoch,
+                    t.epochs,
+                    train_loss,
+                    "no validation" if summary is None else f"val {t.monitor} {info['score']:.4f}",
+                    " (best)" if improved else "",
+                    rate,
+                )
                 if run.progress is not None:
-                    run.progress(TrainProgress(stage, "epoch", epoch, t.epochs, steps, steps,
-                                               train_loss, rate, lr, metrics=row))
+                    run.progress(
+                        TrainProgress(
+                            stage,
+                            "epoch",
+                            epoch,
+                            t.epochs,
+                            steps,
+                            steps,
+                            train_loss,
+                            rate,
+                            lr,
+                            metrics=row,
+                        )
+                    )
             barrier()
             if stopped:
-                logger.info("stage %s: early stopping after epoch %d (no improvement of %s in "
-                            "%d validations)", stage, epoch, t.monitor, t.patience)
+                logger.info(
+                    "stage %s: early stopping after epoch %d (no improvement of %s in "
+                    "%d validations)",
+                    stage,
+                    epoch,
+                    t.monitor,
+                    t.patience,
+                )
         check_parameters_in_sync(net, dev)
         epochs_done = epoch
     finally:
@@ -710,16 +884,30 @@ def _run_stage(run: _Run, stage: str, run_dir: Path) -> StageResult:
         if best is None:
             raise LivsegError(f"{best_dir}: no best checkpoint was written")
         binfo = load_info(best)
-        result = StageResult(stage=stage, run_dir=run_dir, best=best_dir, last=last_dir,
-                             best_epoch=best_epoch, best_score=best_score,
-                             epochs_done=epochs_done, stopped_early=stopped,
-                             summary=binfo.get("val_summary") or {},
-                             cases=binfo.get("val_cases") or [])
+        result = StageResult(
+            stage=stage,
+            run_dir=run_dir,
+            best=best_dir,
+            last=last_dir,
+            best_epoch=best_epoch,
+            best_score=best_score,
+            epochs_done=epochs_done,
+            stopped_early=stopped,
+            summary=binfo.get("val_summary") or {},
+            cases=binfo.get("val_cases") or [],
+        )
         _write_val_reports(run_dir, result)
-        write_text_atomic(result_file, json.dumps(result.to_dict(), indent=1) + "\n",
-                          overwrite=True)
-        logger.info("stage %s done: best epoch %d, %s %.4f; checkpoint %s", stage, best_epoch,
-                    t.monitor, best_score, best_dir)
+        write_text_atomic(
+            result_file, json.dumps(result.to_dict(), indent=1) + "\n", overwrite=True
+        )
+        logger.info(
+            "stage %s done: best epoch %d, %s %.4f; checkpoint %s",
+            stage,
+            best_epoch,
+            t.monitor,
+            best_score,
+            best_dir,
+        )
     result = broadcast_object(result)
     return result
 
@@ -743,11 +931,15 @@ def _write_val_reports(run_dir: Path, result: StageResult) -> None:
     w.writeheader()
     w.writerows(result.cases)
     write_text_atomic(run_dir / "val_cases.csv", buf.getvalue(), overwrite=True)
-    doc = {"definitions_version": DEFINITIONS_VERSION, "best_epoch": result.best_epoch,
-           "resolution": "working resolution of the slice cache (data.size), selected slices",
-           "summary": result.summary}
-    write_text_atomic(run_dir / "val_summary.json", json.dumps(json_safe(doc), indent=1) + "\n",
-                      overwrite=True)
+    doc = {
+        "definitions_version": DEFINITIONS_VERSION,
+        "best_epoch": result.best_epoch,
+        "resolution": "working resolution of the slice cache (data.size), selected slices",
+        "summary": result.summary,
+    }
+    write_text_atomic(
+        run_dir / "val_summary.json", json.dumps(json_safe(doc), indent=1) + "\n", overwrite=True
+    )
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -757,15 +949,21 @@ def _check_run_folder(out: Path, config: Config, main: bool) -> None:
     if saved.exists():
         old = json.loads(saved.read_text(encoding="utf-8"))
         new = config_to_dict(config)
-        diff = sorted(f"{s}.{k}" for s in new if isinstance(new[s], dict)
-                      for k in set(new[s]) | set(old.get(s, {}) or {})
-                      if (old.get(s) or {}).get(k) != new[s].get(k))
+        diff = sorted(
+            f"{s}.{k}"
+            for s in new
+            if isinstance(new[s], dict)
+            for k in set(new[s]) | set(old.get(s, {}) or {})
+            if (old.get(s) or {}).get(k) != new[s].get(k)
+        )
         if diff:
-            logger.warning("%s: configuration differs from the earlier run's: %s", out,
-                           ", ".join(diff))
+            logger.warning(
+                "%s: configuration differs from the earlier run's: %s", out, ", ".join(diff)
+            )
     if main:
-        write_text_atomic(saved, json.dumps(config_to_dict(config), indent=1) + "\n",
-                          overwrite=True)
+        write_text_atomic(
+            saved, json.dumps(config_to_dict(config), indent=1) + "\n", overwrite=True
+        )
 
 
 def train(
@@ -818,7 +1016,7 @@ def train(
     t = config.train
     dev = resolve_device(device or t.device, env_info().local_rank)
     d = init_distributed(dev)
-    cases = (discover_cases(data) if isinstance(data, str | os.PathLike) else list(data))
+    cases = discover_cases(data) if isinstance(data, str | os.PathLike) else list(data)
     ids = [c.case_id for c in cases]
     if split is None and fold is not None:
         if not 0 <= fold < folds:
@@ -829,15 +1027,17 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
             save_splits(splits, out / "splits.json", overwrite=True, seed=t.seed, fold=fold)
     if split is None:
-        logger.warning("no --fold given: training on all %d cases and validating on the same "
-                       "cases (monitoring only, not an unbiased estimate)", len(ids))
+        logger.warning(
+            "no --fold given: training on all %d cases and validating on the same "
+            "cases (monitoring only, not an unbiased estimate)",
+            len(ids),
+        )
         train_ids, val_ids = list(ids), list(ids)
     else:
         train_ids, val_ids = [str(c) for c in split["train"]], [str(c) for c in split["val"]]
         unknown = sorted(set(train_ids + val_ids) - set(ids))
         if unknown:
-            raise InputError(f"split names cases not in the dataset {data}: "
-                             f"{', '.join(unknown)}")
+            raise InputError(f"split names cases not in the dataset {data}: {', '.join(unknown)}")
         if not train_ids or not val_ids:
             raise InputError("a split needs at least one training and one validation case")
     if d.is_main:
@@ -852,9 +1052,11 @@ def train(
     if not d.is_main:
         slice_cache = SliceCache.open(config.data, cache_root, [c.case_id for c in used])
 
-    flags_before = (torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled(),
-                    torch.backends.cudnn.benchmark)
+    flags_before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
         if dev.type == "cuda":
@@ -870,5 +1072,6 @@ def train(
     finally:
         torch.use_deterministic_algorithms(flags_before[0], warn_only=flags_before[1])
         torch.backends.cudnn.benchmark = flags_before[2]
-    return TrainResult(out=out, stages=tuple(results), train_cases=tuple(train_ids),
-                       val_cases=tuple(val_ids))
+    return TrainResult(
+        out=out, stages=tuple(results), train_cases=tuple(train_ids), val_cases=tuple(val_ids)
+    )
