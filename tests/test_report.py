@@ -151,7 +151,7 @@ def test_dicom_seg_finds_series_files_by_the_dicom_folder_rule(tmp_path):
 
     root = tmp_path / "ct"
     vol = Volume.image(np.zeros((4, 8, 7), np.float32), (2.5, 0.8, 0.7), (30.0, -20.0, 10.0))
-    f = write_dicom_series(vol, root, uid_seed="rule")
+    f = write_dicom_series(vol, root, uid_seed="rule", patient_name="Rule^Test")
     f[0].rename(root / "IM_no_extension")
     (root / "sub").mkdir()
     f[1].rename(root / "sub" / f[1].name)

@@ -435,7 +435,13 @@ def _longest_run(on_grid: np.ndarray, k: np.ndarray) -> list[int]:
 
 
 def _off_grid_reason(
-    stack: list[SliceHeader], s: np.ndarray, k: np.ndarray, i: int, near: int, on_grid: bool, step
+    stack: list[SliceHeader],
+    s: np.ndarray,
+    k: np.ndarray,
+    i: int,
+    near: int,
+    on_grid: bool,
+    step: float,
 ) -> str:
     """Why slice ``i`` (nearest kept slice ``near``) is left out of the regular grid."""
     if not on_grid:
