@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from livseg.io.atomic import write_text_atomic
+from livseg.preprocess.bbox import bounding_box
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.report.measurements")
@@ -150,19 +151,14 @@ def measure(labels: Volume) -> Measurements:
     n_tumour = int(np.count_nonzero(tumour))
     ax = axial_axis(labels)
     if n_liver:
-        other = tuple(a for a in range(3) if a != ax)
-        along = np.flatnonzero(np.any(liver, axis=other))
-        incomplete = bool(along[0] == 0 or along[-1] == arr.shape[ax] - 1)
+        along = bounding_box(liver)[ax]
+        incomplete = bool(along.start == 0 or along.stop == arr.shape[ax])
     else:
         incomplete = False
     lesions: list[Lesion] = []
     if n_tumour:
         # label inside the tumour bounding box only (memory bounded by the tumours, not the scan)
-        nz = [
-            np.flatnonzero(np.any(tumour, axis=tuple(b for b in range(3) if b != a)))
-            for a in range(3)
-        ]
-        box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
+        box = bounding_box(tumour)
         comp, n = ndimage.label(tumour[box], structure=ndimage.generate_binary_structure(3, 1))
         offset = np.array([b.start for b in box])
         inplane = [a for a in range(3) if a != ax]
