@@ -129,18 +129,15 @@ def test_crop_box():
     assert crop_box(np.zeros((3, 20, 30), bool), s) is None
 
 
-def _reference_box(mask: np.ndarray, pad) -> tuple[slice, ...] | None:
-    """The per-axis projection code the single bounding_box replaced."""
-    pads = (pad,) * mask.ndim if isinstance(pad, int) else pad
-    out = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        idx = np.flatnonzero(np.any(mask, axis=other) if other else mask)
-        if idx.size == 0:
-            return None
-        p = pads[ax]
-        out.append(slice(max(int(idx[0]) - p, 0), min(int(idx[-1]) + 1 + p, mask.shape[ax])))
-    return tuple(out)
+def _reference_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """An independent box: the extreme coordinates of the non-zero voxels (np.argwhere)."""
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return None
+    return tuple(
+        slice(max(int(lo) - pad, 0), min(int(hi) + 1 + pad, n))
+        for lo, hi, n in zip(idx.min(axis=0), idx.max(axis=0), mask.shape, strict=True)
+    )
 
 
 def test_bounding_box_hand_derived():
@@ -152,6 +149,7 @@ def test_bounding_box_hand_derived():
     assert bounding_box(m, (0, 2, 1)) == (slice(1, 3), slice(0, 5), slice(0, 5))
     assert bounding_box(m.astype(np.uint8) * 2) == bounding_box(m)  # labels: non-zero inside
     assert bounding_box(np.zeros((3, 3), bool)) is None
+    assert bounding_box(np.zeros((0, 3, 3), bool)) is None  # no voxel at all
     assert bounding_box(np.array([0, 0, 1, 1, 0])) == (slice(2, 4),)
     # a strided view: y 2, 4 -> 2, 0; x 3, 1 -> 2, 4
     assert bounding_box(m[:, ::-1, ::-1]) == (slice(1, 3), slice(0, 3), slice(2, 5))
@@ -159,10 +157,10 @@ def test_bounding_box_hand_derived():
         bounding_box(m, (1, 1))
 
 
-def test_bounding_box_matches_projection_code():
+def test_bounding_box_matches_voxel_coordinates():
     rng = np.random.default_rng(0)
     for _ in range(50):
-        shape = tuple(int(n) for n in rng.integers(1, 7, size=int(rng.integers(1, 4))))
+        shape = tuple(int(n) for n in rng.integers(0, 7, size=int(rng.integers(1, 4))))
         mask = rng.random(shape) < rng.choice([0.0, 0.05, 0.3])
         pad = int(rng.integers(0, 3))
         assert bounding_box(mask, pad) == _reference_box(mask, pad)

@@ -8,8 +8,9 @@ cache (:mod:`livseg.preprocess.pipeline`): gather each slice with its 2.5-D cont
 (per-slice histogram equalisation, or volume min-max with the *whole volume's* HU range), crop
 the in-plane box (the whole slice for the liver stage, the liver box for the tumour stage),
 resize to ``(size, size)`` (:meth:`SlicePredictor.network_input`); then it runs the network,
-takes the foreground probability and resizes it back to the box. Only one batch is ever held in float: memory does not grow with the number of
-slices (512x512x1000 volumes work).
+takes the foreground probability and resizes it back to the box. Only one batch is ever held in
+float: memory does not grow with the number of slices (512x512x1000 volumes work). Non-finite
+voxels are replaced by :data:`livseg.preprocess.intensity.AIR_HU` before the pipeline.
 
 Optional test-time augmentation (``tta=True``) averages the probabilities of the slice and of its
 left-right mirror.
