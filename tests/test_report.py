@@ -108,7 +108,7 @@ def test_overlay_png(tmp_path):
 
 def test_overlay_radiological_orientation():
     """A RAS-stored volume is shown like its LPS twin (patient right on the image left)."""
-    from livseg.infer.predictor import canonical_view
+    from livseg.preprocess.orientation import canonical_view
     from livseg.report.overlay import choose_slices
 
     arr = np.zeros((4, 6, 8), np.float32)

@@ -7,6 +7,10 @@ for DenseFCN with ``sbu=True``). Sigmoid/softmax live in the losses, the predict
 Registry (:data:`MODELS`): ``unet`` (:class:`UNet`), ``runet`` (:class:`RUNet`), ``crunet``
 (:class:`CRUNet`), ``densefcn`` (:class:`DenseFCN`). Build one with
 ``build_model(name, **options)``; the options are the class's constructor arguments.
+
+A trained network is rebuilt from its checkpoint folder (``model.safetensors`` + ``config.json``)
+by :func:`load_model` (:mod:`livseg.models.checkpoint`), which returns it with its
+:class:`ModelSpec` (name, options and input pre-processing) and needs no training code.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from livseg.models.blocks import (
     foreground_probability,
     nearest_valid_size,
 )
+from livseg.models.checkpoint import ModelSpec, load_model
 from livseg.models.crunet import CRUNet
 from livseg.models.densefcn import DenseFCN
 from livseg.models.runet import RUNet
@@ -32,6 +37,8 @@ logger = logging.getLogger("livseg.models")
 __all__ = [
     "MODELS",
     "build_model",
+    "load_model",
+    "ModelSpec",
     "model_options",
     "foreground_probability",
     "nearest_valid_size",

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from livseg.io.atomic import write_text_atomic
 from livseg.metrics.lesions import label_lesions
+from livseg.preprocess.bbox import bounding_box
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.report.measurements")
@@ -137,17 +138,11 @@ def max_feret_diameter(mask2d: np.ndarray, spacing_rc: tuple[float, float]) -> f
 
 def _incomplete_coverage(liver: np.ndarray, ax: int) -> bool:
     """True when a non-empty liver mask touches the first or last slice along axis ``ax``."""
-    if not liver.any():
+    box = bounding_box(liver)
+    if box is None:
         return False
-    other = tuple(a for a in range(3) if a != ax)
-    along = np.flatnonzero(np.any(liver, axis=other))
-    return bool(along[0] == 0 or along[-1] == liver.shape[ax] - 1)
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """The smallest box (one slice per axis) holding every voxel of a non-empty 3-D mask."""
-    nz = [np.flatnonzero(np.any(mask, axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)  # type: ignore[return-value]
+    along = box[ax]
+    return bool(along.start == 0 or along.stop == liver.shape[ax])
 
 
 def _lesion(labels: Volume, sub: np.ndarray, start: np.ndarray, ax: int) -> Lesion:
@@ -175,7 +170,7 @@ def _lesion(labels: Volume, sub: np.ndarray, start: np.ndarray, ax: int) -> Lesi
 def _lesions(labels: Volume, tumour: np.ndarray, ax: int) -> list[Lesion]:
     """The 6-connected tumour lesions, sorted by decreasing volume and numbered from 1."""
     # label inside the tumour bounding box only (memory bounded by the tumours, not the scan)
-    box = _bounding_box(tumour)
+    box = bounding_box(tumour)
     comp, _ = label_lesions(tumour[box])
     offset = np.array([b.start for b in box])
     lesions = []
