@@ -14,7 +14,6 @@ import torch
 
 from livseg.data import (
     Augmentation,
-    PreprocessSettings,
     SliceCache,
     SliceDataset,
     build_slice_cache,
@@ -24,6 +23,7 @@ from livseg.data import (
 )
 from livseg.errors import InputError, LivsegError, OutputExistsError
 from livseg.io import write_volume
+from livseg.preprocess.pipeline import PreprocessSettings
 from livseg.volume import Volume
 
 

@@ -2,7 +2,7 @@
 
 Deterministic stand-in networks (an intensity threshold on one pre-processed channel) make the
 cascade's behaviour predictable; tiny randomly initialised real networks saved through
-``livseg.train.checkpoint`` exercise loading (their outputs are meaningless, geometry is not).
+``livseg.train.checkpoint`` exercise loading (``livseg.models.checkpoint``) (their outputs are meaningless, geometry is not).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from livseg.data.cache import PreprocessSettings
 from livseg.errors import InputError, LivsegError
 from livseg.infer import Cascade, postprocess_liver
 from livseg.infer.postprocess import largest_component, merge_labels, structuring_element
-from livseg.infer.predictor import SlicePredictor, canonical_view, volume_stats
+from livseg.infer.predictor import SlicePredictor, volume_stats
 from livseg.infer.pretrained import MissingWeightsError, available_models, locate
+from livseg.preprocess.orientation import canonical_view
+from livseg.preprocess.pipeline import PreprocessSettings
 from livseg.volume import Volume
 
 # --- helpers shared with test_cli_segment.py -------------------------------------------------

@@ -11,7 +11,13 @@ from dicom_utils import write_ct_series, write_ct_slice, write_seg
 
 from livseg.errors import InputError
 from livseg.io import lits_label_from_segs, read_dicom_seg, read_volume
-from livseg.io.dicom import plan_stack, scan_dicom_folder, select_series
+from livseg.io.dicom import (
+    dicom_files,
+    is_dicom_file,
+    plan_stack,
+    scan_dicom_folder,
+    select_series,
+)
 
 
 def _lps_of_slices(volume):
@@ -203,6 +209,35 @@ def test_folder_with_only_non_image_dicom(tmp_path):
     )
     with pytest.raises(InputError, match="no DICOM image series.*DICOM-SEG"):
         read_volume(tmp_path / "d")
+
+
+def test_which_files_count_one_rule(tmp_path):
+    """Recursive, any file name, DICOM preamble required; hidden entries and DICOMDIR skipped."""
+    root = tmp_path / "s"
+    truth = write_ct_series(root, n_slices=4, shuffle=False)
+    f = truth["files"]
+    f[0].rename(root / "IM_no_extension")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    f[1].rename(root / "sub" / "deeper" / "slice.dcm")
+    # none of these count; a stray slice at the position of slice 2 would make reading fail
+    stray = dict(position=truth["positions"][2], series_uid="1.2.3.4")
+    write_ct_slice(root / ".hidden.dcm", np.zeros((16, 12)), **stray)
+    write_ct_slice(root / ".trash" / "old.dcm", np.zeros((16, 12)), **stray)
+    write_ct_slice(root / "DICOMDIR", np.zeros((16, 12)), **stray)
+    (root / "fake.dcm").write_bytes(b"\x00" * 300)  # a .dcm name without the preamble
+    (root / "notes.txt").write_text("not DICOM")
+
+    assert dicom_files(root) == sorted(
+        [root / "IM_no_extension", root / "sub" / "deeper" / "slice.dcm", f[2], f[3]]
+    )
+    assert is_dicom_file(root / "IM_no_extension") and is_dicom_file(root / "DICOMDIR")
+    assert not is_dicom_file(root / "fake.dcm") and not is_dicom_file(root / "missing")
+    assert not is_dicom_file(root / "sub")  # a folder is not a DICOM file
+    (series,) = scan_dicom_folder(root)
+    assert len(series.slices) == 4 and series.other == []
+    vol = read_volume(root)
+    np.testing.assert_array_equal(vol.array, truth["hu"].astype(np.float32))
+    assert dicom_files(tmp_path / "absent") == []
 
 
 def test_missing_folder(tmp_path):

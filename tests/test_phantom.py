@@ -359,3 +359,34 @@ def test_dicom_writer_errors(tmp_path):
     with pytest.raises(InputError, match="perpendicular"):
         write_dicom_series(_small_volume(sheared), tmp_path / "tilt")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_dicom_writer_replaces_only_folders_of_dicom_files(tmp_path):
+    """``overwrite`` replaces a folder of DICOM files (any names), nothing else."""
+    import pydicom
+
+    from livseg.io.dicom_writer import write_dicom_series
+
+    vol = _small_volume()
+    old = write_dicom_series(vol, tmp_path / "s", uid_seed="old")
+    old_uid = pydicom.dcmread(old[0]).SeriesInstanceUID
+    old[0].rename(tmp_path / "s" / "IM0001")  # DICOM without an extension still counts
+    files = write_dicom_series(vol, tmp_path / "s", uid_seed="new", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [p.name for p in files]
+    new_uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert new_uid != old_uid
+
+    for name, make in [
+        ("fake.dcm", lambda p: p.write_bytes(b"\x00" * 300)),  # .dcm name, not DICOM
+        (".hidden", lambda p: p.write_bytes(files[0].read_bytes())),  # hidden, even if DICOM
+        ("sub", lambda p: p.mkdir()),  # a sub-folder
+    ]:
+        extra = tmp_path / "s" / name
+        make(extra)
+        with pytest.raises(OutputExistsError, match="other files"):
+            write_dicom_series(vol, tmp_path / "s", overwrite=True)
+        assert extra.exists() and pydicom.dcmread(files[1]).SeriesInstanceUID == new_uid
+        if extra.is_dir():
+            extra.rmdir()
+        else:
+            extra.unlink()

@@ -108,7 +108,7 @@ def test_overlay_png(tmp_path):
 
 def test_overlay_radiological_orientation():
     """A RAS-stored volume is shown like its LPS twin (patient right on the image left)."""
-    from livseg.infer.predictor import canonical_view
+    from livseg.preprocess.orientation import canonical_view
     from livseg.report.overlay import choose_slices
 
     arr = np.zeros((4, 6, 8), np.float32)
@@ -138,3 +138,36 @@ def test_dicom_seg_real_series(tmp_path, radct_dir, lits_dir):
     assert pa.sum() == int((lab.array >= 1).sum() + (lab.array == 2).sum())
     with pytest.raises(OutputExistsError):
         write_dicom_seg(lab, radct_dir / "ct-arterial-5mm", out)
+
+
+def test_dicom_seg_finds_series_files_by_the_dicom_folder_rule(tmp_path):
+    """Nested and extension-less slices are referenced; a slice in a hidden folder is not."""
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from livseg.io import read_volume
+    from livseg.io.dicom_writer import write_dicom_series
+    from livseg.report.dicom_seg import write_dicom_seg
+
+    root = tmp_path / "ct"
+    vol = Volume.image(np.zeros((4, 8, 7), np.float32), (2.5, 0.8, 0.7), (30.0, -20.0, 10.0))
+    f = write_dicom_series(vol, root, uid_seed="rule", patient_name="Rule^Test")
+    f[0].rename(root / "IM_no_extension")
+    (root / "sub").mkdir()
+    f[1].rename(root / "sub" / f[1].name)
+    kept = [root / "IM_no_extension", root / "sub" / f[1].name, f[2], f[3]]
+    ct = read_volume(root)
+    # on the grid and in the same series, but hidden: must not be referenced
+    stray = pydicom.dcmread(f[2])
+    stray.SOPInstanceUID = stray.file_meta.MediaStorageSOPInstanceUID = "2.25.1"
+    (root / ".old").mkdir()
+    stray.save_as(root / ".old" / "x.dcm")
+    arr = np.zeros(ct.shape, np.uint8)
+    arr[:, 2:5, 3:6] = 1  # liver on every slice: one frame per source image
+    out = write_dicom_seg(ct.with_array(arr, kind="label"), root, tmp_path / "s.dcm")
+    seg = pydicom.dcmread(out)
+    refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert {str(r.ReferencedSOPInstanceUID) for r in refs} == {
+        str(pydicom.dcmread(p).SOPInstanceUID) for p in kept
+    }
+    assert int(seg.NumberOfFrames) == 4

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livseg.device import DeviceError, amp_enabled, parse_device, resolve_device
 from livseg.errors import LivsegError
 from livseg.train.config import (
     Config,
@@ -20,7 +21,6 @@ from livseg.train.config import (
     config_to_dict,
     load_config,
 )
-from livseg.train.device import DeviceError, amp_enabled, parse_device, resolve_device
 from livseg.train.distributed import DistributedWeightedSampler
 from livseg.train.trainer import learning_rate, stages_of
 

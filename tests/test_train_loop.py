@@ -12,9 +12,9 @@ import torch
 
 from livseg.cli import main
 from livseg.errors import InputError, OutputExistsError
+from livseg.models.checkpoint import ModelSpec, find_checkpoint, load_model
 from livseg.train.checkpoint import (
-    find_checkpoint,
-    load_model,
+    load_config_of,
     load_state,
     rng_state,
     save_checkpoint,
@@ -82,8 +82,9 @@ def test_checkpoint_round_trip(tmp_path):
     ]
     assert not list(tmp_path.glob(".ck*"))  # no temporary left behind
 
-    loaded, cfg2 = load_model(folder, device="cpu")
-    assert cfg2 == cfg and not loaded.training
+    loaded, spec = load_model(folder, device="cpu")
+    assert load_config_of(folder) == cfg and not loaded.training
+    assert spec == ModelSpec(cfg.model.name, cfg.model.options, cfg.data)
     x = torch.rand(1, 1, 32, 32)
     model.eval()
     assert torch.equal(loaded(x), model(x))
@@ -135,7 +136,7 @@ def test_train_resume_and_refuse_overwrite(phantoms, tmp_path):
     assert _log_epochs(run) == [1, 2]
     st = load_state(run / "last")
     assert st["epoch"] == 2 and st["global_step"] == 4 and st["finished"]
-    assert load_model(run / "last")[1].train.epochs == 2
+    assert load_config_of(run / "last").train.epochs == 2
     model, _ = load_model(run / "best")
     with torch.no_grad():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
@@ -176,8 +177,8 @@ def test_cli_train_densefcn_sbu(phantoms, tmp_path, capsys):
         "train.iterations_per_epoch=1",
     ]
     assert main(argv) == 0
-    model, cfg = load_model(out / "best")
-    assert cfg.model.options["sbu"] is True
+    model, spec = load_model(out / "best")
+    assert spec.options["sbu"] is True
     with torch.no_grad():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2, 64, 64)
     assert main(argv) == 2  # exists: one-line error

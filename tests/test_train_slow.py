@@ -19,7 +19,8 @@ import torch
 from test_train_loop import TINY, write_phantoms  # noqa: E402
 
 from livseg.cli import main
-from livseg.train.checkpoint import load_info, load_model, load_state
+from livseg.models.checkpoint import load_info, load_model
+from livseg.train.checkpoint import load_state
 from livseg.train.config import load_config
 from livseg.train.trainer import train
 
@@ -79,8 +80,8 @@ def test_crunet_two_stages_one_command(phantoms, tmp_path):
     for stage in ("level1", "level2"):
         assert (out / stage / "best" / "model.safetensors").is_file()
     assert load_info(out / "level1" / "best")["stage"] == "level1"
-    full, cfg = load_model(out / "level2" / "best")
-    assert full.stage == "full" and cfg.model.name == "crunet"
+    full, spec = load_model(out / "level2" / "best")
+    assert full.stage == "full" and spec.name == "crunet"
     lvl1, _ = load_model(out / "level1" / "best")
     assert lvl1.stage == "level1"
     # level 2 was trained on the frozen level 1: its weights equal the level-1 checkpoint's
@@ -342,5 +343,5 @@ def test_real_lits_tumour_model(lits_dir, tmp_path):
     )
     assert len(result.train_cases) == 4 and len(result.val_cases) == 1
     assert 0.0 <= result.final.summary["tumor_dice_per_case"] <= 1.0
-    model, loaded = load_model(result.checkpoint)
-    assert loaded.data.crop_to_liver and model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    model, spec = load_model(result.checkpoint)
+    assert spec.preprocess.crop_to_liver and model(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)

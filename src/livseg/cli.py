@@ -503,11 +503,13 @@ class _StageBars:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from livseg.infer.pretrained import DEFAULT_MODEL, LIVER_MODEL_FOR, TUMOUR_MODEL
+
     p.add_argument(
         "--model",
-        choices=("crunet", "densefcn"),
-        default="crunet",
-        help="liver model family of the shipped weights (default: crunet)",
+        choices=tuple(LIVER_MODEL_FOR),
+        default=DEFAULT_MODEL,
+        help=f"liver model family of the shipped weights (default: {DEFAULT_MODEL})",
     )
     p.add_argument(
         "--liver-model",
@@ -519,7 +521,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--tumour-model",
         metavar="DIR",
         default=None,
-        help="tumour checkpoint folder instead of the shipped densefcn_tumour",
+        help=f"tumour checkpoint folder instead of the shipped {TUMOUR_MODEL}",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -119,21 +119,18 @@ def volume_info(
     return info
 
 
-def format_info(info: dict[str, Any]) -> str:
-    """Human-readable multi-line text of a :func:`volume_info` dict."""
+def _vec(v, fmt: str = "{:.6g}") -> str:
+    return "(" + ", ".join(fmt.format(x) for x in v) + ")"
 
-    def vec(v, fmt="{:.6g}"):
-        return "(" + ", ".join(fmt.format(x) for x in v) + ")"
 
-    lines = [
-        f"{info['path']}",
-        f"  format       {info['format']}"
-        + (
-            f" (qform code {info['qform_code']}, sform code {info['sform_code']})"
-            if "qform_code" in info
-            else ""
-        ),
-    ]
+def _header_lines(info: dict[str, Any]) -> list[str]:
+    """Path, format and (DICOM) series lines."""
+    codes = (
+        f" (qform code {info['qform_code']}, sform code {info['sform_code']})"
+        if "qform_code" in info
+        else ""
+    )
+    lines = [f"{info['path']}", f"  format       {info['format']}" + codes]
     if "series_uid" in info:
         lines.append(
             f"  series       {info['series_uid']} '{info['series_description']}' "
@@ -141,29 +138,41 @@ def format_info(info: dict[str, Any]) -> str:
         )
         for d in info["dropped"]:
             lines.append(f"  dropped      {Path(d['file']).name}: {d['reason']}")
-    lines += [
-        f"  kind         {info['kind']}",
-        f"  dtype        {info['dtype']}",
-        f"  shape        {' x '.join(str(s) for s in info['shape'])} (x, y, z)",
-        f"  spacing      {vec(info['spacing_mm'])} mm",
-        f"  origin       {vec(info['origin_lps_mm'], '{:.4f}')} mm (LPS)",
-        f"  orientation  {info['orientation']}",
-        "  direction    "
-        + "\n               ".join(vec(row, "{: .6f}") for row in info["direction_lps"]),
-    ]
+    return lines
+
+
+def _value_lines(info: dict[str, Any]) -> list[str]:
+    """Label counts/volumes for labels; HU range and non-finite count for images."""
     if "label_counts" in info:
+        lines = []
         for value, count in info["label_counts"].items():
             ml = info["label_volumes_ml"].get(value)
             extra = f", {ml:.2f} ml" if ml is not None else ""
             lines.append(f"  label {value:<6} {count} voxels{extra}")
+        return lines
+    if info.get("hu_min") is None:
+        lines = ["  HU range     no finite values"]
     else:
-        if info.get("hu_min") is None:
-            lines.append("  HU range     no finite values")
-        else:
-            lines.append(
-                f"  HU range     {info['hu_min']:g} .. {info['hu_max']:g} "
-                f"(mean {info['hu_mean']:.1f})"
-            )
-        if info.get("non_finite"):
-            lines.append(f"  non-finite   {info['non_finite']} voxels")
+        lines = [
+            f"  HU range     {info['hu_min']:g} .. {info['hu_max']:g} (mean {info['hu_mean']:.1f})"
+        ]
+    if info.get("non_finite"):
+        lines.append(f"  non-finite   {info['non_finite']} voxels")
+    return lines
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable multi-line text of a :func:`volume_info` dict."""
+    lines = _header_lines(info)
+    lines += [
+        f"  kind         {info['kind']}",
+        f"  dtype        {info['dtype']}",
+        f"  shape        {' x '.join(str(s) for s in info['shape'])} (x, y, z)",
+        f"  spacing      {_vec(info['spacing_mm'])} mm",
+        f"  origin       {_vec(info['origin_lps_mm'], '{:.4f}')} mm (LPS)",
+        f"  orientation  {info['orientation']}",
+        "  direction    "
+        + "\n               ".join(_vec(row, "{: .6f}") for row in info["direction_lps"]),
+    ]
+    lines += _value_lines(info)
     return "\n".join(lines)

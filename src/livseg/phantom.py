@@ -543,12 +543,40 @@ class _Rendered:
 
 
 def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered:
-    """Paint the anatomy on a grid: noiseless HU image and liver/tumour masks."""
-    shape = grid.shape
-    img = np.full(shape, AIR_HU, np.float32)
-    zz = grid.z[:, None, None]
+    """Paint the anatomy on a grid: noiseless HU image and liver/tumour masks.
 
-    # Table under the patient: two carbon shells around foam.
+    Structures are painted in a fixed order (later ones overwrite earlier ones): table, body
+    wall, thorax, spine and ribs, great vessels, abdominal organs, liver, intra-hepatic vessels,
+    tumours.
+    """
+    img = np.full(grid.shape, AIR_HU, np.float32)
+    _paint_table(anat, grid, img)
+    depth, theta = anat.body_depth(grid)
+    body = depth > 0
+    fat, wall = _paint_body_wall(anat, img, depth, theta, body)
+    cavity = depth >= wall + 1.0
+    below = _paint_thorax(anat, grid, img, cavity)
+    # Paraspinal and psoas muscles, then the spine and ribs.
+    retro = _paint_spine(anat, grid, img, body, depth >= fat)
+    _paint_ribs(anat, grid, img, depth, theta, wall)
+    # Great vessels (vertical tubes), bowel, organs; each clipped to the abdominal cavity.
+    aorta, ivc = _paint_great_vessels(anat, grid, img, body, cavity)
+    ok = below & ~ivc & ~aorta & ~retro
+    perirenal, gall = _paint_organs(anat, grid, img, ok)
+    # Liver: clipped to the cavity below the diaphragm, minus IVC, gallbladder, perirenal fat.
+    liver = _paint_liver(anat, grid, img, ok & ~gall & ~perirenal)
+    _paint_liver_vessels(anat, grid, img, liver)
+
+    tumour = np.zeros(grid.shape, bool)
+    counts: list[int] = []
+    if with_tumours:
+        for tm in anat.tumours:
+            counts.append(_paint_tumour(grid, img, liver, tumour, tm))
+    return _Rendered(img, liver & body, tumour & liver, counts)
+
+
+def _paint_table(anat: _Anatomy, grid: _Grid, img: np.ndarray) -> None:
+    """The table under the patient: two carbon shells around foam."""
     yt = anat.B - 1.0 + 0.0006 * grid.x[None, :] ** 2  # (1, X) top of the table (mm)
     dy = grid.y[:, None] - yt  # (Y, X)
     table = np.where(
@@ -561,17 +589,29 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
     table = np.where(np.abs(grid.x)[None, :] < 0.9 * FOV_MM / 2, table, np.nan)
     img[:] = np.where(np.isnan(table), img, table[None].astype(np.float32))
 
-    depth, theta = anat.body_depth(grid)
-    body = depth > 0
-    # Fat thicker anteriorly and laterally, thinner posteriorly.
+
+def _paint_body_wall(
+    anat: _Anatomy, img: np.ndarray, depth: np.ndarray, theta: np.ndarray, body: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Subcutaneous fat and the muscle wall; returns their inner depths (mm), each (1, Y, X).
+
+    Fat is thicker anteriorly and laterally, thinner posteriorly.
+    """
     s = np.sin(theta)
     fat = anat.fat * (1.0 + 0.35 * np.clip(-s, 0, None) - 0.45 * np.clip(s, 0, None))
     wall = fat + anat.muscle * (1.0 + 0.3 * np.clip(s, 0, None))
     img[body] = anat.hu_fat
     img[body & (depth >= fat) & (depth < wall)] = anat.hu_muscle
-    cavity = depth >= wall + 1.0
+    return fat, wall
 
-    # Thorax above the diaphragm: lung bases, heart.
+
+def _paint_thorax(anat: _Anatomy, grid: _Grid, img: np.ndarray, cavity: np.ndarray) -> np.ndarray:
+    """Lung bases and heart above the diaphragm, the diaphragm muscle, abdominal fat below.
+
+    Returns:
+        The abdominal cavity below the diaphragm, (Z, Y, X) bool.
+    """
+    zz = grid.z[:, None, None]
     dia = anat.diaphragm(grid)
     above = cavity & (zz > dia)
     mediastinum = (
@@ -588,107 +628,144 @@ def _render(anat: _Anatomy, grid: _Grid, with_tumours: bool = True) -> _Rendered
         sel = (q < 1.0) & above[box]
         img[box][sel] = np.where(q[sel] < 0.75, 135.0, 70.0)
     img[above & mediastinum] = 40.0
-    # Paraspinal and psoas muscles, then the spine and ribs.
-    retro = _paint_spine(anat, grid, img, body, depth >= fat)
-    _paint_ribs(anat, grid, img, depth, theta, wall)
+    return below
 
-    # Great vessels (vertical tubes), bowel, organs; each clipped to the abdominal cavity.
+
+def _paint_great_vessels(
+    anat: _Anatomy, grid: _Grid, img: np.ndarray, body: np.ndarray, cavity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aorta and inferior vena cava (vertical tubes); returns their masks (Z, Y, X)."""
     ya, xa = anat.aorta[0]
     ra = anat.aorta[1]
     yy, xx = grid.y[None, :, None], grid.x[None, None, :]
-    aorta = np.broadcast_to((yy - ya) ** 2 + (xx - xa) ** 2 < ra * ra, shape) & body
+    aorta = np.broadcast_to((yy - ya) ** 2 + (xx - xa) ** 2 < ra * ra, grid.shape) & body
     img[aorta] = anat.aorta[2]
     (yi, xi), (riy, rix), hui = anat.ivc
-    ivc = np.broadcast_to(((yy - yi) / riy) ** 2 + ((xx - xi) / rix) ** 2 < 1.0, shape) & cavity
+    ivc = (
+        np.broadcast_to(((yy - yi) / riy) ** 2 + ((xx - xi) / rix) ** 2 < 1.0, grid.shape) & cavity
+    )
     img[ivc] = hui
+    return aorta, ivc
 
-    ok = below & ~ivc & ~aorta & ~retro
+
+def _paint_organs(
+    anat: _Anatomy, grid: _Grid, img: np.ndarray, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bowel, pancreas, stomach, kidneys, spleen and gallbladder, each only where ``ok``.
+
+    Returns:
+        (perirenal, gallbladder) masks (Z, Y, X), which the liver must not cover.
+    """
     bowel_tex = anat.bowel_texture.sample(grid.z, grid.y, grid.x)
     for tube, kind in anat.bowel:
         _paint_bowel(grid, img, tube, kind, ok, bowel_tex)
-    # Pancreas.
     for box, d, r in _tube_pieces(grid, anat.pancreas):
         img[box][(d <= r) & ok[box]] = anat.hu_pancreas
-    # Stomach: wall, fluid, gas above the air-fluid level (anterior = low y in a supine patient).
-    st = anat.stomach
-    box = grid.box(*st.bounds())
-    if box is not None:
-        q = st.radius(*grid.coords(box))
-        y = grid.coords(box)[1]
-        sel = (q < 1.0) & ok[box]
-        level = st.centre[1] - st.axes[1] + 2 * st.axes[1] * anat.stomach_gas
-        inner = q < 1.0 - 5.0 / float(st.axes.min())
-        sub = img[box]
-        sub[sel] = 60.0
-        sub[sel & inner] = 15.0
-        sub[sel & inner & np.broadcast_to(y < level, q.shape)] = AIR_HU
-    # Kidneys (cortex, medulla, sinus fat / pelvis toward the hilum).
-    perirenal = np.zeros(shape, bool)
+    _paint_stomach(anat, grid, img, ok)
+    perirenal = np.zeros(grid.shape, bool)
     for side, kid in zip((-1.0, 1.0), anat.kidneys, strict=True):
-        fat_box = _perirenal(kid)
-        box = grid.box(*fat_box.bounds())
-        if box is None:
-            continue
-        perirenal[box] = (fat_box.radius(*grid.coords(box)) < 1.0) & ok[box]
-        img[box][perirenal[box]] = anat.hu_fat + 10.0
-        q = kid.radius(*grid.coords(box))
-        sel = (q < 1.0) & ok[box]
-        sub = img[box]
-        sub[sel] = anat.hu_kidney[0]
-        sub[sel & (q < 0.72)] = anat.hu_kidney[1]
-        # The hilum faces medially (toward x = 0) and a little anteriorly.
-        offset = kid.rot @ (np.array([0.0, -0.15, -0.55 * side]) * kid.axes)
-        hilum = _Ellipsoid(kid.centre + offset, kid.axes * np.array([0.45, 0.4, 0.45]), kid.rot)
-        qh = hilum.radius(*grid.coords(box))
-        sub[sel & (qh < 1.0)] = -60.0
-        sub[sel & (qh < 0.5)] = 10.0
-    # Spleen.
+        _paint_kidney(anat, grid, img, ok, perirenal, kid, side)
     box = grid.box(*anat.spleen.bounds())
     if box is not None:
         q = anat.spleen.radius(*grid.coords(box))
         img[box][(q < 1.0) & ok[box]] = anat.hu_spleen
-    # Gallbladder (fluid, not liver).
-    gall = np.zeros(shape, bool)
-    if anat.gallbladder is not None:
-        box = grid.box(*anat.gallbladder.bounds())
-        if box is not None:
-            q = anat.gallbladder.radius(*grid.coords(box))
-            gall[box] = (q < 1.0) & ok[box]
-            img[box][gall[box]] = 12.0
-            img[box][(q >= 1.0) & (q < 1.12) & ok[box]] = 45.0
+    return perirenal, _paint_gallbladder(anat, grid, img, ok)
 
-    # Liver: implicit shape clipped to the cavity below the diaphragm, minus IVC, gallbladder,
-    # stomach and the right kidney.
-    liver = np.zeros(shape, bool)
+
+def _paint_stomach(anat: _Anatomy, grid: _Grid, img: np.ndarray, ok: np.ndarray) -> None:
+    """Stomach: wall, fluid, gas above the air-fluid level (anterior = low y when supine)."""
+    st = anat.stomach
+    box = grid.box(*st.bounds())
+    if box is None:
+        return
+    q = st.radius(*grid.coords(box))
+    y = grid.coords(box)[1]
+    sel = (q < 1.0) & ok[box]
+    level = st.centre[1] - st.axes[1] + 2 * st.axes[1] * anat.stomach_gas
+    inner = q < 1.0 - 5.0 / float(st.axes.min())
+    sub = img[box]
+    sub[sel] = 60.0
+    sub[sel & inner] = 15.0
+    sub[sel & inner & np.broadcast_to(y < level, q.shape)] = AIR_HU
+
+
+def _paint_kidney(
+    anat: _Anatomy,
+    grid: _Grid,
+    img: np.ndarray,
+    ok: np.ndarray,
+    perirenal: np.ndarray,
+    kid: _Ellipsoid,
+    side: float,
+) -> None:
+    """One kidney (cortex, medulla, sinus fat / pelvis toward the hilum) in its perirenal fat.
+
+    Args:
+        perirenal: (Z, Y, X) mask, set to the kidney's perirenal fat inside its box.
+        side: -1 for the right kidney, +1 for the left one.
+    """
+    fat_box = _perirenal(kid)
+    box = grid.box(*fat_box.bounds())
+    if box is None:
+        return
+    perirenal[box] = (fat_box.radius(*grid.coords(box)) < 1.0) & ok[box]
+    img[box][perirenal[box]] = anat.hu_fat + 10.0
+    q = kid.radius(*grid.coords(box))
+    sel = (q < 1.0) & ok[box]
+    sub = img[box]
+    sub[sel] = anat.hu_kidney[0]
+    sub[sel & (q < 0.72)] = anat.hu_kidney[1]
+    # The hilum faces medially (toward x = 0) and a little anteriorly.
+    offset = kid.rot @ (np.array([0.0, -0.15, -0.55 * side]) * kid.axes)
+    hilum = _Ellipsoid(kid.centre + offset, kid.axes * np.array([0.45, 0.4, 0.45]), kid.rot)
+    qh = hilum.radius(*grid.coords(box))
+    sub[sel & (qh < 1.0)] = -60.0
+    sub[sel & (qh < 0.5)] = 10.0
+
+
+def _paint_gallbladder(anat: _Anatomy, grid: _Grid, img: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Gallbladder (fluid, not liver) with its wall; returns its lumen mask (Z, Y, X)."""
+    gall = np.zeros(grid.shape, bool)
+    if anat.gallbladder is None:
+        return gall
+    box = grid.box(*anat.gallbladder.bounds())
+    if box is not None:
+        q = anat.gallbladder.radius(*grid.coords(box))
+        gall[box] = (q < 1.0) & ok[box]
+        img[box][gall[box]] = 12.0
+        img[box][(q >= 1.0) & (q < 1.12) & ok[box]] = 45.0
+    return gall
+
+
+def _paint_liver(anat: _Anatomy, grid: _Grid, img: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Liver parenchyma: the implicit shape where ``free``, kept clear of the stomach, right
+    kidney, spleen and spine; returns the liver mask (Z, Y, X)."""
+    liver = np.zeros(grid.shape, bool)
     lo = np.min([p.bounds()[0] for p in anat.liver_parts], axis=0)
     hi = np.max([p.bounds()[1] for p in anat.liver_parts], axis=0)
     box = grid.box(lo, hi)
-    if box is not None:
-        f = anat.liver_sdf(grid, box)
-        m = (f < 0) & below[box] & ~ivc[box] & ~gall[box] & ~aorta[box] & ~retro[box]
-        m &= ~perirenal[box]
-        z, y, x = grid.coords(box)
-        for organ, grow in ((anat.stomach, 1.04), (anat.kidneys[0], 1.08), (anat.spleen, 1.05)):
-            m &= organ.radius(z, y, x) >= grow
-        spine_clear = ((y - anat.vb[0]) / (anat.vb_r[0] + 8)) ** 2 + (
-            x / (anat.vb_r[1] + 8)
-        ) ** 2 >= 1.0
-        m &= np.broadcast_to(spine_clear, m.shape)
-        liver[box] = m
-        tex = anat.liver_texture.sample_box(grid, box)
-        img[box][m] = (anat.hu_liver + tex)[m]
-    # Intra-hepatic vessels (liver label), painted only inside the liver.
+    if box is None:
+        return liver
+    m = (anat.liver_sdf(grid, box) < 0) & free[box]
+    z, y, x = grid.coords(box)
+    for organ, grow in ((anat.stomach, 1.04), (anat.kidneys[0], 1.08), (anat.spleen, 1.05)):
+        m &= organ.radius(z, y, x) >= grow
+    spine_clear = ((y - anat.vb[0]) / (anat.vb_r[0] + 8)) ** 2 + (
+        x / (anat.vb_r[1] + 8)
+    ) ** 2 >= 1.0
+    m &= np.broadcast_to(spine_clear, m.shape)
+    liver[box] = m
+    tex = anat.liver_texture.sample_box(grid, box)
+    img[box][m] = (anat.hu_liver + tex)[m]
+    return liver
+
+
+def _paint_liver_vessels(anat: _Anatomy, grid: _Grid, img: np.ndarray, liver: np.ndarray) -> None:
+    """Intra-hepatic portal and hepatic veins (liver label), painted only inside the liver."""
     for tube, kind in anat.vessels:
         hu = anat.hu_portal if kind == "portal" else anat.hu_hepatic_vein
         for box, d, r in _tube_pieces(grid, tube):
             img[box][(d <= r) & liver[box]] = hu
-
-    tumour = np.zeros(shape, bool)
-    counts: list[int] = []
-    if with_tumours:
-        for tm in anat.tumours:
-            counts.append(_paint_tumour(grid, img, liver, tumour, tm))
-    return _Rendered(img, liver & body, tumour & liver, counts)
 
 
 def _perirenal(kidney: _Ellipsoid) -> _Ellipsoid:
@@ -838,53 +915,75 @@ def _place_tumours(anat: _Anatomy, rng: np.random.Generator) -> None:
     n = int(rng.integers(0, 5))
     if n == 0:
         return
-    step = 4.0
+    depth_map = _liver_depth(anat, step=4.0)
+    if depth_map is None:
+        return
+    ref, depth = depth_map
+    max_depth = float(depth.max())
+    for _ in range(n):
+        anat.tumours.append(_draw_tumour(anat, rng, ref, depth, max_depth))
+
+
+def _liver_depth(anat: _Anatomy, step: float) -> tuple[_Grid, np.ndarray] | None:
+    """Depth inside the liver (mm) on a reference grid of ``step`` mm cropped to the liver.
+
+    Returns:
+        (grid, depth (Z, Y, X) mm, 0 outside the liver), or None when the liver is empty.
+    """
     lo = np.min([p.bounds()[0] for p in anat.liver_parts], axis=0)
     hi = np.max([p.bounds()[1] for p in anat.liver_parts], axis=0)
     ref = _Grid(*(np.arange(a, b + step, step) for a, b in zip(lo, hi, strict=True)))
     ref = _Grid(ref.z[(ref.z >= 0) & (ref.z <= anat.coverage)], ref.y, ref.x)
     rendered = _render(anat, ref, with_tumours=False)
     if not rendered.liver.any():
-        return
+        return None
     # Crop to the liver (plus a 1-voxel background border) before the distance transform.
     crop = tuple(
         slice(max(s.start - 1, 0), s.stop + 1)
         for s in ndimage.find_objects(rendered.liver.astype(np.uint8))[0]
     )
     ref = _Grid(ref.z[crop[0]], ref.y[crop[1]], ref.x[crop[2]])
-    depth = ndimage.distance_transform_edt(rendered.liver[crop], sampling=step)
-    max_depth = float(depth.max())
-    for _ in range(n):
-        radius = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
-        radius = min(radius, max(3.0, 0.8 * max_depth))
-        candidates = np.argwhere(depth >= min(0.8 * radius + 2.0, max_depth))
-        for other in anat.tumours:  # avoid overlapping lesions when there is room
-            c = np.stack(
-                [ref.z[candidates[:, 0]], ref.y[candidates[:, 1]], ref.x[candidates[:, 2]]], axis=1
-            )
-            far = np.linalg.norm(c - other.centre, axis=1) > radius + other.radius_mm
-            if far.any():
-                candidates = candidates[far]
-        k, j, i = candidates[int(rng.integers(len(candidates)))]
-        centre = np.array([ref.z[k], ref.y[j], ref.x[i]]) + rng.uniform(-1, 1, 3)
-        axes = radius * rng.uniform(0.8, 1.2, 3)
-        hyper = rng.uniform() < 0.35
-        hu = rng.uniform(150, 200) if hyper else rng.uniform(30, 60)
-        core = rng.uniform(5, 25) if (not hyper and radius > 15 and rng.uniform() < 0.5) else None
-        lob = _SmoothField(
-            rng, centre - radius * 1.5, centre + radius * 1.5, max(radius * 0.6, 2.5), 0.12
+    return ref, ndimage.distance_transform_edt(rendered.liver[crop], sampling=step)
+
+
+def _tumour_centre(
+    anat: _Anatomy,
+    rng: np.random.Generator,
+    ref: _Grid,
+    depth: np.ndarray,
+    max_depth: float,
+    radius: float,
+) -> np.ndarray:
+    """A random reference-grid point deep enough for ``radius`` (mm), away from the tumours
+    already drawn when there is room; (z, y, x) mm."""
+    candidates = np.argwhere(depth >= min(0.8 * radius + 2.0, max_depth))
+    for other in anat.tumours:  # avoid overlapping lesions when there is room
+        c = np.stack(
+            [ref.z[candidates[:, 0]], ref.y[candidates[:, 1]], ref.x[candidates[:, 2]]], axis=1
         )
-        anat.tumours.append(
-            _Tumour(
-                centre,
-                axes,
-                _rotation(*rng.uniform(-np.pi, np.pi, 3)),
-                "hyper" if hyper else "hypo",
-                hu,
-                core,
-                lob,
-            )
-        )
+        far = np.linalg.norm(c - other.centre, axis=1) > radius + other.radius_mm
+        if far.any():
+            candidates = candidates[far]
+    k, j, i = candidates[int(rng.integers(len(candidates)))]
+    return np.array([ref.z[k], ref.y[j], ref.x[i]])
+
+
+def _draw_tumour(
+    anat: _Anatomy, rng: np.random.Generator, ref: _Grid, depth: np.ndarray, max_depth: float
+) -> _Tumour:
+    """One tumour: radius 3-30 mm (log-uniform), hypo- (65 %) or hyper-dense, lobulated."""
+    radius = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+    radius = min(radius, max(3.0, 0.8 * max_depth))
+    centre = _tumour_centre(anat, rng, ref, depth, max_depth, radius) + rng.uniform(-1, 1, 3)
+    axes = radius * rng.uniform(0.8, 1.2, 3)
+    hyper = rng.uniform() < 0.35
+    hu = rng.uniform(150, 200) if hyper else rng.uniform(30, 60)
+    core = rng.uniform(5, 25) if (not hyper and radius > 15 and rng.uniform() < 0.5) else None
+    lob = _SmoothField(
+        rng, centre - radius * 1.5, centre + radius * 1.5, max(radius * 0.6, 2.5), 0.12
+    )
+    rot = _rotation(*rng.uniform(-np.pi, np.pi, 3))
+    return _Tumour(centre, axes, rot, "hyper" if hyper else "hypo", hu, core, lob)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,6 +1125,77 @@ def _case_paths(outdir: Path, n: int, dicom: bool) -> list[Path]:
     return paths
 
 
+def _check_dataset_options(cases: int, seed: int) -> None:
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+        raise LivsegError(f"phantom cases (--cases) must be an integer >= 1, got {cases!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise LivsegError(f"phantom seed (--seed) must be an integer >= 0, got {seed!r}")
+
+
+def _check_outputs(outdir: Path, cases: int, dicom: bool, overwrite: bool) -> None:
+    """Refuse before writing anything: ``outdir`` is a file, or an output exists."""
+    if outdir.exists() and not outdir.is_dir():
+        raise LivsegError(f"{outdir}: phantom output folder is a file")
+    for n in range(cases):
+        for path in _case_paths(outdir, n, dicom):
+            if path.exists() and not overwrite:
+                raise OutputExistsError(f"{path}: output exists (use --overwrite to replace it)")
+    check_writable(outdir / "phantom.json", overwrite)
+
+
+def _write_case(
+    outdir: Path, n: int, seed: int, size: int, n_slices: int, dicom: bool, overwrite: bool
+) -> tuple[list[Path], dict]:
+    """Generate and write case ``n`` of a dataset; returns its paths and its manifest record."""
+    from livseg.io import write_volume
+    from livseg.io.dicom_writer import write_dicom_series
+
+    cs = case_seed(seed, n)
+    image, label, info = _make(cs, size, n_slices)
+    img_path, seg_path, *dicom_path = _case_paths(outdir, n, dicom)
+    written = [
+        write_volume(image, img_path, overwrite=overwrite),
+        write_volume(label, seg_path, overwrite=overwrite),
+    ]
+    if dicom:
+        write_dicom_series(
+            image,
+            dicom_path[0],
+            uid_seed=f"livseg-phantom-{seed}-{n}",
+            series_description=f"livseg phantom case {n} (seed {seed})",
+            patient_id=f"PHANTOM-{seed}-{n}",
+            patient_name=f"Phantom^{seed}^{n}",
+            study_date="20000101",
+            overwrite=overwrite,
+        )
+        written.append(dicom_path[0])
+    liver_ml = float(np.count_nonzero(label.array)) * label.voxel_volume_ml
+    tumour_ml = float(np.count_nonzero(label.array == LABEL_TUMOUR)) * label.voxel_volume_ml
+    record = {
+        "case": n,
+        "seed": cs,
+        "image": img_path.name,
+        "label": seg_path.name,
+        "dicom": f"dicom/case-{n}" if dicom else None,
+        "shape_zyx": list(image.shape),
+        "spacing_zyx_mm": list(image.spacing),
+        "origin_zyx_mm": list(image.origin),
+        "liver_ml": round(liver_ml, 2),
+        "tumour_ml": round(tumour_ml, 3),
+        "noise_sd_hu": info.noise_sd_hu,
+        "tumours": info.tumours,
+    }
+    log.info(
+        "phantom case %d (seed %d): liver %.0f ml, %d tumour(s), %.1f ml tumour",
+        n,
+        cs,
+        liver_ml,
+        len(info.tumours),
+        tumour_ml,
+    )
+    return written, record
+
+
 def write_phantom_dataset(
     outdir: str | os.PathLike,
     cases: int,
@@ -1061,23 +1231,10 @@ def write_phantom_dataset(
         LivsegError: invalid ``cases``, ``size``, ``slices`` or ``seed``.
         OutputExistsError: an output exists and ``overwrite`` is False.
     """
-    from livseg.io import write_volume
-    from livseg.io.dicom_writer import write_dicom_series
-
-    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
-        raise LivsegError(f"phantom cases (--cases) must be an integer >= 1, got {cases!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise LivsegError(f"phantom seed (--seed) must be an integer >= 0, got {seed!r}")
+    _check_dataset_options(cases, seed)
     n_slices = _check_options(size, slices)
     outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise LivsegError(f"{outdir}: phantom output folder is a file")
-    manifest = outdir / "phantom.json"
-    for n in range(cases):
-        for path in _case_paths(outdir, n, dicom):
-            if path.exists() and not overwrite:
-                raise OutputExistsError(f"{path}: output exists (use --overwrite to replace it)")
-    check_writable(manifest, overwrite)
+    _check_outputs(outdir, cases, dicom, overwrite)
 
     written: list[Path] = []
     records = []
@@ -1085,49 +1242,9 @@ def write_phantom_dataset(
     if progress is not None:
         indexes = progress(indexes)
     for n in indexes:
-        cs = case_seed(seed, n)
-        image, label, info = _make(cs, size, n_slices)
-        img_path, seg_path, *dicom_path = _case_paths(outdir, n, dicom)
-        written.append(write_volume(image, img_path, overwrite=overwrite))
-        written.append(write_volume(label, seg_path, overwrite=overwrite))
-        if dicom:
-            write_dicom_series(
-                image,
-                dicom_path[0],
-                uid_seed=f"livseg-phantom-{seed}-{n}",
-                series_description=f"livseg phantom case {n} (seed {seed})",
-                patient_id=f"PHANTOM-{seed}-{n}",
-                patient_name=f"Phantom^{seed}^{n}",
-                study_date="20000101",
-                overwrite=overwrite,
-            )
-            written.append(dicom_path[0])
-        liver_ml = float(np.count_nonzero(label.array)) * label.voxel_volume_ml
-        tumour_ml = float(np.count_nonzero(label.array == LABEL_TUMOUR)) * label.voxel_volume_ml
-        records.append(
-            {
-                "case": n,
-                "seed": cs,
-                "image": img_path.name,
-                "label": seg_path.name,
-                "dicom": f"dicom/case-{n}" if dicom else None,
-                "shape_zyx": list(image.shape),
-                "spacing_zyx_mm": list(image.spacing),
-                "origin_zyx_mm": list(image.origin),
-                "liver_ml": round(liver_ml, 2),
-                "tumour_ml": round(tumour_ml, 3),
-                "noise_sd_hu": info.noise_sd_hu,
-                "tumours": info.tumours,
-            }
-        )
-        log.info(
-            "phantom case %d (seed %d): liver %.0f ml, %d tumour(s), %.1f ml tumour",
-            n,
-            cs,
-            liver_ml,
-            len(info.tumours),
-            tumour_ml,
-        )
+        paths, record = _write_case(outdir, n, seed, size, n_slices, dicom, overwrite)
+        written += paths
+        records.append(record)
     meta = {
         "generator": "livseg.phantom",
         "livseg_version": __version__,
@@ -1137,6 +1254,7 @@ def write_phantom_dataset(
         "liver_ml": "liver incl. tumour (labels 1+2)",
         "cases": records,
     }
+    manifest = outdir / "phantom.json"
     write_text_atomic(manifest, json.dumps(meta, indent=2) + "\n", overwrite=overwrite)
     written.append(manifest)
     return written

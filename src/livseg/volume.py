@@ -26,6 +26,25 @@ import numpy as np
 Kind = Literal["image", "label"]
 
 
+def _checked_array(array, kind: str) -> np.ndarray:
+    """The voxels as a 3-D array of the kind's dtype: float32 for images, uint8 for labels.
+
+    Raises:
+        ValueError: not 3-D, an unknown kind, or label values outside 0..255.
+    """
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise ValueError(f"Volume array must be 3-D (z, y, x), got shape {arr.shape}")
+    if kind not in ("image", "label"):
+        raise ValueError(f"kind must be 'image' or 'label', got {kind!r}")
+    dtype = np.float32 if kind == "image" else np.uint8
+    if arr.dtype == dtype:
+        return arr
+    if kind == "label" and arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError("label values must lie in 0..255")
+    return arr.astype(dtype)
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3-D voxel array with geometry.
@@ -47,19 +66,7 @@ class Volume:
     kind: Kind = "image"
 
     def __post_init__(self) -> None:
-        arr = np.asarray(self.array)
-        if arr.ndim != 3:
-            raise ValueError(f"Volume array must be 3-D (z, y, x), got shape {arr.shape}")
-        if self.kind == "image":
-            if arr.dtype != np.float32:
-                arr = arr.astype(np.float32)
-        elif self.kind == "label":
-            if arr.dtype != np.uint8:
-                if arr.size and (arr.min() < 0 or arr.max() > 255):
-                    raise ValueError("label values must lie in 0..255")
-                arr = arr.astype(np.uint8)
-        else:
-            raise ValueError(f"kind must be 'image' or 'label', got {self.kind!r}")
+        arr = _checked_array(self.array, self.kind)
         spacing = tuple(float(s) for s in self.spacing)
         if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
             raise ValueError(f"spacing must be three positive numbers, got {self.spacing}")

@@ -1,7 +1,8 @@
 """Training data: slice caches, slice datasets, augmentation, cross-validation splits.
 
 Submodules:
-    cache: :class:`PreprocessSettings`, :func:`build_slice_cache`, :class:`SliceCache`.
+    cache: :func:`build_slice_cache`, :class:`SliceCache` (keyed by
+        :class:`livseg.preprocess.pipeline.PreprocessSettings`).
     dataset: :class:`SliceDataset` (torch Dataset of cached slices, foreground oversampling).
     augment: :class:`Augmentation` (geometric + intensity, deterministic per generator).
     splits: :func:`kfold_by_patient`, :func:`save_splits`, :func:`load_splits`.
@@ -14,13 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from livseg.data.augment import Augmentation
-from livseg.data.cache import CachedCase, PreprocessSettings, SliceCache, build_slice_cache
+from livseg.data.cache import CachedCase, SliceCache, build_slice_cache
 from livseg.data.splits import kfold_by_patient, load_splits, save_splits
 
 __all__ = [
     "Augmentation",
     "CachedCase",
-    "PreprocessSettings",
     "SliceCache",
     "SliceDataset",
     "build_slice_cache",

@@ -17,12 +17,15 @@ the tumour windows) times ``2 * context + 1`` for 2.5-D input. Changing any sett
 folder; the same settings reuse it. A case is built in a temporary folder and renamed into place,
 so an interrupted build leaves no half-written case, and a case whose source files changed (size
 or modification time) is rebuilt.
+
+The pre-processing itself (:class:`~livseg.preprocess.pipeline.PreprocessSettings`,
+:func:`~livseg.preprocess.pipeline.prepare_slices`) lives in :mod:`livseg.preprocess.pipeline`,
+the one definition the predictor calls too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -37,41 +40,26 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from livseg.errors import InputError, LivsegError
-from livseg.preprocess.intensity import (
-    CRUNET_WINDOW,
-    DEFAULT_HIST_BINS,
-    DENSEFCN_LIVER_WINDOW,
-    TUMOUR_WINDOWS,
-    crunet_input,
-    data_range,
-    densefcn_liver_input,
-    tumour_windows,
+from livseg.preprocess.intensity import data_range
+from livseg.preprocess.orientation import Reorientation, to_canonical
+from livseg.preprocess.pipeline import (
+    Box,
+    PreprocessSettings,
+    context_indices,
+    crop_box,
+    prepare_slices,
 )
-from livseg.preprocess.orientation import to_canonical
 from livseg.preprocess.resample import resize_slices
-from livseg.preprocess.slices import inplane_bbox, select_slices
+from livseg.preprocess.slices import select_slices
 from livseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-#: Bumped whenever the on-disk layout or the pre-processing code changes meaning.
+#: Bumped whenever the on-disk layout changes meaning (stored in every case's ``meta.json``; a
+#: case of another format is rebuilt). Changes of the pre-processing itself bump
+#: ``livseg.preprocess.pipeline.PREPROCESS_VERSION``, which keys the folder.
 CACHE_FORMAT_VERSION = 1
 
-Pipeline = Literal["crunet", "densefcn_liver", "tumour"]
-PIPELINES: tuple[str, ...] = ("crunet", "densefcn_liver", "tumour")
-
-_DEFAULT_WINDOWS: dict[str, tuple[tuple[float, float], ...]] = {
-    "crunet": (CRUNET_WINDOW,),
-    "densefcn_liver": (DENSEFCN_LIVER_WINDOW,),
-    "tumour": TUMOUR_WINDOWS,
-}
-#: Default slice selection per pipeline: (foreground, margin in slices). The DenseNet-FCN paper
-#: uses liver +-10 and tumour +-5; the CR-U-Net paper gives none (our default: liver +-10).
-_DEFAULT_SELECTION: dict[str, tuple[str, int]] = {
-    "crunet": ("liver", 10),
-    "densefcn_liver": ("liver", 10),
-    "tumour": ("tumour", 5),
-}
 _CHUNK = 16  # source slices pre-processed at a time (bounds memory for big volumes)
 
 
@@ -81,121 +69,6 @@ class CaseLike(Protocol):
     case_id: str
     image: Any
     label: Any
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    """Everything that determines a slice cache's content (its folder is keyed by their hash).
-
-    Attributes:
-        pipeline: "crunet" (HU window + per-slice histogram equalisation), "densefcn_liver"
-            (HU window + volume min-max) or "tumour" (3 HU windows, each volume min-max).
-        size: Working in-plane resolution in pixels (e.g. 512, 256, 128); slices are resized
-            to (size, size).
-        foreground: Slice selection: "liver" (label >= 1), "tumour" (label == 2) or "all".
-            None: the pipeline's default (liver for the liver models, tumour for the tumour one).
-        margin: Slices kept above and below the foreground slices; None: pipeline default
-            (10 for the liver models, 5 for the tumour model).
-        context: 2.5-D context: k adjacent slices on each side stacked as channels
-            (offset-major: channels of slice z-k first), replicating the end slices at the volume
-            ends; 0 = single slice.
-        weight_map: Also cache a border weight map (``border_weight_map`` of the liver mask, or
-            of the tumour mask for the tumour pipeline) computed on the resized label.
-        weight_w0: Weight map amplitude w0.
-        weight_sigma: Weight map width sigma, in pixels of the cached (working-size) slices.
-        crop_to_liver: Crop every slice to the in-plane bounding box of the case's liver (all
-            slices together) + ``crop_margin``, squared, before resizing to ``size`` (the tumour
-            stage of the cascade).
-        crop_margin: Margin of the liver box in pixels of the canonical input slices.
-        dtype: Stored image (and weight) dtype: "float32" or "float16" (half the disk).
-        windows: HU windows (lo, hi): one for the liver pipelines, one per channel for the
-            tumour pipeline; None: the pipeline's defaults from the papers.
-        hist_bins: Histogram bins of the CR-U-Net equalisation.
-        equalize: CR-U-Net only: False disables the histogram equalisation.
-    """
-
-    pipeline: Pipeline
-    size: int = 256
-    foreground: Literal["liver", "tumour", "all"] | None = None
-    margin: int | None = None
-    context: int = 0
-    weight_map: bool = False
-    weight_w0: float = 5.0
-    weight_sigma: float = 5.0
-    crop_to_liver: bool = False
-    crop_margin: int = 10
-    dtype: Literal["float32", "float16"] = "float32"
-    windows: tuple[tuple[float, float], ...] | None = None
-    hist_bins: int = DEFAULT_HIST_BINS
-    equalize: bool = True
-
-    def __post_init__(self) -> None:
-        if self.pipeline not in PIPELINES:
-            raise LivsegError(
-                f"pre-processing pipeline {self.pipeline!r} is unknown; "
-                f"valid: {', '.join(PIPELINES)}"
-            )
-        fg, margin = _DEFAULT_SELECTION[self.pipeline]
-        if self.foreground is None:
-            object.__setattr__(self, "foreground", fg)
-        if self.margin is None:
-            object.__setattr__(self, "margin", margin)
-        if self.windows is None:
-            object.__setattr__(self, "windows", _DEFAULT_WINDOWS[self.pipeline])
-        else:
-            object.__setattr__(
-                self, "windows", tuple((float(lo), float(hi)) for lo, hi in self.windows)
-            )
-        if self.foreground not in ("liver", "tumour", "all"):
-            raise LivsegError(
-                f"foreground must be 'liver', 'tumour' or 'all', got {self.foreground!r}"
-            )
-        if int(self.size) < 8:
-            raise LivsegError(f"size must be >= 8 pixels, got {self.size}")
-        if self.margin < 0 or self.context < 0 or self.crop_margin < 0:
-            raise LivsegError("margin, context and crop_margin must be >= 0")
-        if self.dtype not in ("float32", "float16"):
-            raise LivsegError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
-        n_win = len(self.windows)
-        if self.pipeline != "tumour" and n_win != 1:
-            raise LivsegError(f"pipeline {self.pipeline!r} takes one HU window, got {n_win}")
-        for lo, hi in self.windows:
-            if not hi > lo:
-                raise LivsegError(f"HU window ({lo}, {hi}) must have lo < hi")
-
-    @property
-    def base_channels(self) -> int:
-        """Channels of one pre-processed slice (3 for the tumour windows, else 1)."""
-        return len(self.windows) if self.pipeline == "tumour" else 1
-
-    @property
-    def channels(self) -> int:
-        """Channels C of a cached image: base channels x (2 * context + 1)."""
-        return self.base_channels * (2 * self.context + 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (windows as lists)."""
-        d = dataclasses.asdict(self)
-        d["windows"] = [list(w) for w in self.windows]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessSettings:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise LivsegError(f"unknown pre-processing settings: {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if d.get("windows") is not None:
-            d["windows"] = tuple(tuple(w) for w in d["windows"])
-        return cls(**d)
-
-    def key(self) -> str:
-        """Cache folder name: ``<pipeline>_s<size>_<12 hex digits of the settings hash>``."""
-        payload = json.dumps({"format": CACHE_FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-        return f"{self.pipeline}_s{self.size}_{digest}"
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -212,29 +85,6 @@ def _source_stamp(path: Path) -> dict[str, Any]:
 
 
 # --- building one case -----------------------------------------------------------------------
-def preprocess_slices(
-    hu: np.ndarray, s: PreprocessSettings, volume_range: tuple[float, float]
-) -> np.ndarray:
-    """Apply the pipeline of ``s`` to a chunk of axial slices (shared by training and inference).
-
-    Args:
-        hu: (n, H, W) slices in HU.
-        s: the pre-processing settings (pipeline, HU windows, histogram equalisation).
-        volume_range: the whole volume's (min, max) after clipping, for the pipelines that
-            min-max normalise over the volume, so that chunks give identical results.
-
-    Returns:
-        (n, C, H, W) float32 at the input resolution (resizing is the caller's step).
-    """
-    if s.pipeline == "crunet":
-        return crunet_input(hu, window=s.windows[0], bins=s.hist_bins, equalize=s.equalize)[:, None]
-    if s.pipeline == "densefcn_liver":
-        return densefcn_liver_input(hu, size=None, window=s.windows[0], volume_range=volume_range)[
-            :, None
-        ]
-    return tumour_windows(hu, windows=s.windows, volume_range=volume_range)
-
-
 def _weight_maps(label: np.ndarray, s: PreprocessSettings) -> np.ndarray:
     """(N, H, W) border weight maps of the resized labels."""
     from livseg.preprocess.weight_map import border_weight_map  # owned by another module
@@ -246,14 +96,20 @@ def _weight_maps(label: np.ndarray, s: PreprocessSettings) -> np.ndarray:
     return out
 
 
-def _build_case(
-    case_id: str, image_path: str, label_path: str, s: PreprocessSettings, cache_dir: str
-) -> dict[str, Any]:
-    """Pre-process one case into ``cache_dir/case_id`` atomically; returns its meta dict."""
-    t0 = time.perf_counter()
-    image_path_p, label_path_p = Path(image_path), Path(label_path)
-    img = _read_volume(image_path_p, "image")
-    lab = _read_volume(label_path_p, "label")
+def _read_canonical(
+    image_path: Path, label_path: Path
+) -> tuple[Volume, Reorientation, np.ndarray, str]:
+    """Read a training case and reorient it to the canonical layout.
+
+    Returns:
+        (canonical image Volume, its reorientation, canonical (Z, Y, X) uint8 label array, the
+        input's orientation codes).
+
+    Raises:
+        InputError: image and label shapes differ, or label values above 2.
+    """
+    img = _read_volume(image_path, "image")
+    lab = _read_volume(label_path, "label")
     if img.shape != lab.shape:
         raise InputError(
             f"{label_path}: label shape {lab.shape} (z, y, x) differs from the "
@@ -270,13 +126,78 @@ def _build_case(
         raise InputError(
             f"{label_path}: label values must be 0, 1, 2; found {int(lab.array.max())}"
         )
-    input_codes = img.orientation_codes()
     img_c, reo = to_canonical(img)
-    hu = img_c.array
-    label = reo.apply(lab.array)
-    del img, lab
+    return img_c, reo, reo.apply(lab.array), img.orientation_codes()
 
-    z = hu.shape[0]
+
+def _case_box(label: np.ndarray, s: PreprocessSettings, label_path: Path) -> Box:
+    """The case's in-plane crop (:func:`crop_box`); the whole slice when the liver is absent."""
+    box = crop_box(label >= 1, s)
+    if box is None:
+        logger.warning(
+            "%s: no liver in the label; the tumour crop falls back to the whole slice",
+            label_path,
+        )
+        box = (0, label.shape[1], 0, label.shape[2])
+    return box
+
+
+def _prepare_needed(
+    hu: np.ndarray,
+    need: np.ndarray,
+    s: PreprocessSettings,
+    vrange: tuple[float, float],
+    box: Box,
+) -> np.ndarray:
+    """(len(need), C0, size, size) float32: :func:`prepare_slices` of the slices ``need``."""
+    size = int(s.size)
+    pre = np.empty((need.size, s.base_channels, size, size), dtype=np.float32)
+    for start in range(0, need.size, _CHUNK):
+        idx = need[start : start + _CHUNK]
+        pre[start : start + _CHUNK] = prepare_slices(hu[idx], s, vrange, box)
+    return pre
+
+
+def _save_arrays(
+    folder: Path, pre: np.ndarray, row_of: np.ndarray, lab_sel: np.ndarray, s: PreprocessSettings
+) -> None:
+    """Write image.npy (context rows of ``pre`` stacked as channels), label.npy, weight.npy."""
+    n, size = int(row_of.shape[0]), int(s.size)
+    dtype = np.dtype(s.dtype)
+    image = np.lib.format.open_memmap(
+        folder / "image.npy", mode="w+", dtype=dtype, shape=(n, s.channels, size, size)
+    )
+    for i in range(n):
+        image[i] = pre[row_of[i]].reshape(s.channels, size, size)
+    image.flush()
+    del image
+    np.save(folder / "label.npy", lab_sel.astype(np.uint8))
+    if s.weight_map:
+        np.save(folder / "weight.npy", _weight_maps(lab_sel, s).astype(dtype))
+
+
+def _write_case(final: Path, save: Callable[[Path], None], meta: dict[str, Any], t0: float) -> None:
+    """Write a case into a temporary folder (``save(folder)`` + meta.json), then rename it."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        save(tmp)
+        meta["build_seconds"] = round(time.perf_counter() - t0, 3)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        _install(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_case(
+    case_id: str, image_path: str, label_path: str, s: PreprocessSettings, cache_dir: str
+) -> dict[str, Any]:
+    """Pre-process one case into ``cache_dir/case_id`` atomically; returns its meta dict."""
+    t0 = time.perf_counter()
+    image_p, label_p = Path(image_path), Path(label_path)
+    img_c, reo, label, input_codes = _read_canonical(image_p, label_p)
+    hu = img_c.array
     sel = select_slices(label, s.margin, s.foreground)
     if sel.size == 0:
         logger.warning(
@@ -285,76 +206,45 @@ def _build_case(
             s.foreground,
             case_id,
         )
-    k = s.context
-    src = np.clip(sel[:, None] + np.arange(-k, k + 1)[None, :], 0, z - 1)  # (N, 2k+1)
+    src = context_indices(sel, s.context, hu.shape[0])  # (N, 2k+1)
     need = np.unique(src)
-    box = None
-    if s.crop_to_liver:
-        box = inplane_bbox(label >= 1, s.crop_margin, square=True)
-        if box is None:
-            logger.warning(
-                "%s: no liver in the label; the tumour crop falls back to the whole slice",
-                label_path,
-            )
-    if box is None:
-        box = (0, hu.shape[1], 0, hu.shape[2])
+    box = _case_box(label, s, label_p)
     y0, y1, x0, x1 = box
     vrange = data_range(hu)
-
-    size = int(s.size)
-    pre = np.empty((need.size, s.base_channels, size, size), dtype=np.float32)
-    for start in range(0, need.size, _CHUNK):
-        idx = need[start : start + _CHUNK]
-        chunk = preprocess_slices(hu[idx], s, vrange)[..., y0:y1, x0:x1]
-        pre[start : start + _CHUNK] = np.clip(resize_slices(chunk, size, "image"), 0.0, 1.0)
+    pre = _prepare_needed(hu, need, s, vrange, box)
     row_of = np.searchsorted(need, src)  # (N, 2k+1) rows of `pre`
+    size = int(s.size)
     lab_sel = resize_slices(label[sel][:, y0:y1, x0:x1], size, "label")
-
-    cache_dir_p = Path(cache_dir)
-    final = cache_dir_p / case_id
-    tmp = cache_dir_p / f".tmp-{case_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        n = int(sel.size)
-        dtype = np.dtype(s.dtype)
-        image = np.lib.format.open_memmap(
-            tmp / "image.npy", mode="w+", dtype=dtype, shape=(n, s.channels, size, size)
-        )
-        for i in range(n):
-            image[i] = pre[row_of[i]].reshape(s.channels, size, size)
-        image.flush()
-        del image
-        np.save(tmp / "label.npy", lab_sel.astype(np.uint8))
-        if s.weight_map:
-            np.save(tmp / "weight.npy", _weight_maps(lab_sel, s).astype(dtype))
-        sz, sy, sx = img_c.spacing
-        meta = {
-            "format": CACHE_FORMAT_VERSION,
-            "case_id": case_id,
-            "image": _source_stamp(image_path_p),
-            "label": _source_stamp(label_path_p),
-            "input_shape": list(reo.input_shape),
-            "input_orientation": input_codes,
-            "reorientation": {"perm": list(reo.perm), "flip": list(reo.flip)},
-            "canonical_shape": list(hu.shape),
-            "canonical_spacing": list(img_c.spacing),
-            "slices": sel.tolist(),
-            "n_slices": n,
-            "channels": s.channels,
-            "crop_box": list(box),
-            "working_spacing": [sz, sy * (y1 - y0) / size, sx * (x1 - x0) / size],
-            "hu_range": list(vrange),
-            "liver_pixels": (lab_sel >= 1).sum(axis=(1, 2)).tolist(),
-            "tumour_pixels": (lab_sel == 2).sum(axis=(1, 2)).tolist(),
-            "settings": s.to_dict(),
-            "build_seconds": round(time.perf_counter() - t0, 3),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        _install(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("cached %s: %d slices (%s) in %.1f s", case_id, n, s.key(), meta["build_seconds"])
+    sz, sy, sx = img_c.spacing
+    meta = {
+        "format": CACHE_FORMAT_VERSION,
+        "case_id": case_id,
+        "image": _source_stamp(image_p),
+        "label": _source_stamp(label_p),
+        "input_shape": list(reo.input_shape),
+        "input_orientation": input_codes,
+        "reorientation": {"perm": list(reo.perm), "flip": list(reo.flip)},
+        "canonical_shape": list(hu.shape),
+        "canonical_spacing": list(img_c.spacing),
+        "slices": sel.tolist(),
+        "n_slices": int(sel.size),
+        "channels": s.channels,
+        "crop_box": list(box),
+        "working_spacing": [sz, sy * (y1 - y0) / size, sx * (x1 - x0) / size],
+        "hu_range": list(vrange),
+        "liver_pixels": (lab_sel >= 1).sum(axis=(1, 2)).tolist(),
+        "tumour_pixels": (lab_sel == 2).sum(axis=(1, 2)).tolist(),
+        "settings": s.to_dict(),
+    }
+    save = functools.partial(_save_arrays, pre=pre, row_of=row_of, lab_sel=lab_sel, s=s)
+    _write_case(Path(cache_dir) / case_id, save, meta, t0)
+    logger.info(
+        "cached %s: %d slices (%s) in %.1f s",
+        case_id,
+        meta["n_slices"],
+        s.key(),
+        meta["build_seconds"],
+    )
     return meta
 
 
@@ -621,7 +511,24 @@ def build_slice_cache(
     dup = sorted({c for c in ids if ids.count(c) > 1})
     if dup:
         raise InputError(f"duplicate case ids: {', '.join(dup)}")
-    root = Path(cache_root) / settings.key()
+    root = _settings_folder(Path(cache_root), settings)
+    _remove_leftovers(root)
+    todo = [
+        (cid, str(img), str(lab), settings, str(root))
+        for cid, img, lab in items
+        if not _is_fresh(root / cid, img, lab, settings)
+    ]
+    logger.info("slice cache %s: %d of %d cases to build", root, len(todo), len(items))
+    if jobs <= 1 or len(todo) == 1:
+        _build_here(todo, progress)
+    else:
+        _build_in_workers(todo, jobs, progress)
+    return SliceCache(root, ids)
+
+
+def _settings_folder(cache_root: Path, settings: PreprocessSettings) -> Path:
+    """Create (or check) ``cache_root / settings.key()`` and its ``settings.json``."""
+    root = cache_root / settings.key()
     root.mkdir(parents=True, exist_ok=True)
     spath = root / "settings.json"
     if spath.exists():
@@ -632,28 +539,32 @@ def build_slice_cache(
         tmp = root / f".settings-{uuid.uuid4().hex[:8]}.json"
         tmp.write_text(json.dumps(settings.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
         os.replace(tmp, spath)
+    return root
 
-    _remove_leftovers(root)
-    todo = [
-        (cid, img, lab) for cid, img, lab in items if not _is_fresh(root / cid, img, lab, settings)
-    ]
-    logger.info("slice cache %s: %d of %d cases to build", root, len(todo), len(items))
-    if todo:
-        args = [(cid, str(img), str(lab), settings, str(root)) for cid, img, lab in todo]
-        if jobs <= 1 or len(todo) == 1:
-            done: Iterable = (_build_case(*a) for a in args)
-            if progress is not None:
-                done = progress(done, total=len(args), desc="slice cache")
-            for _ in done:
-                pass
-        else:
-            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=min(jobs, len(args))) as pool:
-                futures = [pool.submit(_build_case, *a) for a in args]
-                done = as_completed(futures)
-                if progress is not None:
-                    done = progress(done, total=len(futures), desc="slice cache")
-                for fut in done:
-                    fut.result()
-    return SliceCache(root, ids)
+def _build_here(args: list[tuple], progress: Callable[..., Iterable] | None) -> None:
+    """Build the cases of ``args`` (:func:`_build_case` arguments) in this process."""
+    if not args:
+        return
+    done: Iterable = (_build_case(*a) for a in args)
+    if progress is not None:
+        done = progress(done, total=len(args), desc="slice cache")
+    for _ in done:
+        pass
+
+
+def _build_in_workers(
+    args: list[tuple], jobs: int, progress: Callable[..., Iterable] | None
+) -> None:
+    """Build the cases of ``args`` in up to ``jobs`` worker processes."""
+    if not args:
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(args))) as pool:
+        futures = [pool.submit(_build_case, *a) for a in args]
+        done: Iterable = as_completed(futures)
+        if progress is not None:
+            done = progress(done, total=len(futures), desc="slice cache")
+        for fut in done:
+            fut.result()

@@ -10,19 +10,15 @@
 * ``postprocess.py``: liver erosion -> largest component -> dilation; label merging.
 * ``pretrained.py``: the shipped weights in ``livseg/weights/``.
 
-Torch is imported only when models are loaded or run.
+Importing this package is cheap (no torch, no scipy): each name below imports its module on first
+use, so ``livseg.infer.pretrained`` serves the CLI's help without loading the cascade. Torch is
+imported only when models are loaded or run.
 """
 
-from livseg.infer.cascade import Cascade, SegmentationResult
-from livseg.infer.demo import DemoResult, run_demo
-from livseg.infer.postprocess import largest_component, merge_labels, postprocess_liver
-from livseg.infer.pretrained import (
-    SHIPPED_MODELS,
-    MissingWeightsError,
-    available_models,
-    locate,
-)
-from livseg.infer.run import CaseOutput, case_name, segment_case, segment_files
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "Cascade",
@@ -41,3 +37,28 @@ __all__ = [
     "available_models",
     "locate",
 ]
+
+_WHERE = {
+    "Cascade": "cascade",
+    "SegmentationResult": "cascade",
+    "segment_files": "run",
+    "segment_case": "run",
+    "case_name": "run",
+    "CaseOutput": "run",
+    "run_demo": "demo",
+    "DemoResult": "demo",
+    "postprocess_liver": "postprocess",
+    "largest_component": "postprocess",
+    "merge_labels": "postprocess",
+    "SHIPPED_MODELS": "pretrained",
+    "MissingWeightsError": "pretrained",
+    "available_models": "pretrained",
+    "locate": "pretrained",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        module = importlib.import_module(f"livseg.infer.{_WHERE[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,32 +17,39 @@ logged (no tumour stage is run): the caller still gets a valid, honest result.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from livseg.device import resolve_device
 from livseg.errors import InputError, LivsegError
 from livseg.infer.postprocess import LIVER_STRUCTURE_RADIUS_MM, merge_labels, postprocess_liver
-from livseg.infer.predictor import (
-    SlicePredictor,
-    VolumeStats,
-    canonical_view,
-    settings_from_config,
-    volume_stats,
+from livseg.infer.predictor import SlicePredictor, VolumeStats, volume_stats
+from livseg.infer.pretrained import (
+    DEFAULT_MODEL,
+    LIVER_MODEL_FOR,
+    TUMOUR_MODEL,
+    WEIGHTS_DIR,
+    MissingWeightsError,
+    check_checkpoint_dir,
+    locate,
+    missing_models,
 )
+from livseg.preprocess.intensity import AIR_HU
+from livseg.preprocess.orientation import canonical_view
+from livseg.preprocess.pipeline import crop_box
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.infer.cascade")
 
 StageProgress = Callable[[str, int, int], None]
 """Progress callback ``(stage, done, total)``; stage is "liver" or "tumour", counts in slices."""
-
-LIVER_MODELS = ("crunet", "densefcn")
 
 CT_MIN_AIR_HU = -900.0
 """A CT must contain air: some voxel below this (HU)."""
@@ -88,16 +95,83 @@ def check_ct_intensities(stats: VolumeStats, source: str = "input") -> None:
         )
 
 
-def _load(checkpoint: str | Path, device: str, batch_size: int, tta: bool) -> SlicePredictor:
-    from livseg.infer.pretrained import check_checkpoint_dir
-    from livseg.train.checkpoint import load_model
+def _load(checkpoint: str | Path, device: Any, batch_size: int, tta: bool) -> SlicePredictor:
+    """A predictor of the checkpoint folder ``checkpoint`` (torch is imported here)."""
+    from livseg.models.checkpoint import load_model
 
     path = check_checkpoint_dir(checkpoint)
-    model, config = load_model(path, device)
-    settings = settings_from_config(config, str(path / "config.json"))
+    model, spec = load_model(path, device)
     return SlicePredictor(
-        model, settings, device=device, batch_size=batch_size, tta=tta, name=str(path)
+        model, spec.preprocess, device=device, batch_size=batch_size, tta=tta, name=str(path)
     )
+
+
+def _checkpoint_dirs(
+    model: str, liver_model: str | Path | None, tumour_model: str | Path | None, tumour: bool
+) -> tuple[Path, Path | None]:
+    """The liver and tumour checkpoint folders: the given ones, else the shipped models.
+
+    Every shipped model needed is checked before any is loaded, so one error names them all.
+
+    Raises:
+        LivsegError: ``model`` is not a liver model family.
+        MissingWeightsError: a needed shipped model is not installed.
+    """
+    if model not in LIVER_MODEL_FOR:
+        raise LivsegError(f"--model {model!r}: valid models are {', '.join(LIVER_MODEL_FOR)}")
+    needed = []
+    if liver_model is None:
+        needed.append(LIVER_MODEL_FOR[model])
+    if tumour and tumour_model is None:
+        needed.append(TUMOUR_MODEL)
+    missing = missing_models(needed)
+    if missing:
+        raise MissingWeightsError(
+            f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass "
+            "trained checkpoint folders with --liver-model/--tumour-model"
+        )
+    liver_dir = Path(liver_model) if liver_model is not None else locate(LIVER_MODEL_FOR[model])
+    if not tumour:
+        return liver_dir, None
+    return liver_dir, Path(tumour_model) if tumour_model is not None else locate(TUMOUR_MODEL)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds spent in the ``with`` block to ``timings[key]`` (wall clock)."""
+    t = time.perf_counter()
+    yield
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t
+
+
+class _LiverSummary:
+    """Running summary of the liver stage's probabilities (see :class:`SegmentationResult`)."""
+
+    def __init__(self) -> None:
+        self.above, self.psum, self.uncertain, self.pmax = 0, 0.0, 0, 0.0
+
+    def add(self, prob: np.ndarray, fg: np.ndarray) -> None:
+        """Count one batch: probabilities (b, H, W) and their mask ``prob > 0.5``."""
+        n_fg = int(np.count_nonzero(fg))
+        self.above += n_fg
+        if n_fg:
+            p_fg = prob[fg]
+            self.psum += float(p_fg.sum(dtype=np.float64))
+            self.uncertain += int(np.count_nonzero(p_fg < 0.75))
+        self.pmax = max(self.pmax, float(prob.max()))
+
+    def as_dict(self) -> dict[str, float]:
+        above = self.above
+        return {
+            "voxels_above_0_5": above,
+            "mean_in_mask": self.psum / above if above else 0.0,
+            "uncertain_fraction": self.uncertain / above if above else 0.0,
+            "max": self.pmax,
+        }
+
+
+def _stage_callback(progress: StageProgress | None, stage: str) -> Callable | None:
+    return (lambda d, n: progress(stage, d, n)) if progress else None
 
 
 class Cascade:
@@ -133,7 +207,7 @@ class Cascade:
     @classmethod
     def load(
         cls,
-        model: str = "crunet",
+        model: str = DEFAULT_MODEL,
         *,
         liver_model: str | Path | None = None,
         tumour_model: str | Path | None = None,
@@ -146,11 +220,12 @@ class Cascade:
         """Load the cascade from checkpoint folders or the shipped weights.
 
         Args:
-            model: liver model family, ``"crunet"`` or ``"densefcn"``; picks the shipped liver
-                model when ``liver_model`` is None.
+            model: liver model family, a key of
+                :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR` (``"crunet"`` or
+                ``"densefcn"``); picks the shipped liver model when ``liver_model`` is None.
             liver_model: checkpoint folder of the liver model (overrides ``model``).
-            tumour_model: checkpoint folder of the tumour model (default: shipped
-                ``densefcn_tumour``).
+            tumour_model: checkpoint folder of the tumour model (default: the shipped
+                :data:`~livseg.infer.pretrained.TUMOUR_MODEL`).
             device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
@@ -161,38 +236,10 @@ class Cascade:
             MissingWeightsError: a shipped model is needed but not installed (the message names
                 every missing one) or a checkpoint folder is incomplete.
         """
-        from livseg.infer.pretrained import (
-            LIVER_MODEL_FOR,
-            TUMOUR_MODEL,
-            MissingWeightsError,
-            locate,
-            missing_models,
-        )
-
-        if model not in LIVER_MODELS:
-            raise LivsegError(f"--model {model!r}: valid models are {', '.join(LIVER_MODELS)}")
-        needed = []
-        if liver_model is None:
-            needed.append(LIVER_MODEL_FOR[model])
-        if tumour and tumour_model is None:
-            needed.append(TUMOUR_MODEL)
-        missing = missing_models(needed)
-        if missing:
-            from livseg.infer.pretrained import WEIGHTS_DIR
-
-            raise MissingWeightsError(
-                f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass "
-                "trained checkpoint folders with --liver-model/--tumour-model"
-            )
-        from livseg.train.device import resolve_device
-
+        liver_dir, tumour_dir = _checkpoint_dirs(model, liver_model, tumour_model, tumour)
         dev = resolve_device(device)
-        liver_dir = Path(liver_model) if liver_model is not None else locate(needed[0])
         liver = _load(liver_dir, dev, batch_size, tta)
-        tum = None
-        if tumour:
-            tumour_dir = Path(tumour_model) if tumour_model is not None else locate(TUMOUR_MODEL)
-            tum = _load(tumour_dir, dev, batch_size, tta)
+        tum = _load(tumour_dir, dev, batch_size, tta) if tumour_dir is not None else None
         log.info(
             "loaded liver model %s%s on %s",
             liver.name,
@@ -223,90 +270,75 @@ class Cascade:
             raise InputError(f"{src}: segment needs a CT image, got a label volume")
         timings: dict[str, float] = {}
         warnings: list[str] = []
-        t = time.perf_counter()
-        hu, reo = canonical_view(volume)
-        spacing = reo.canonical_geometry()[0]
-        stats = volume_stats(hu)
-        timings["reorient"] = time.perf_counter() - t
+        with timed(timings, "reorient"):
+            hu, reo = canonical_view(volume)
+            spacing = reo.canonical_geometry()[0]
+            stats = volume_stats(hu)
+        self._check_input(stats, src, warnings)
+        with timed(timings, "liver"):  # 2. liver stage on every slice
+            mask, summary = self._liver_stage(hu, stats, progress)
+        with timed(timings, "postprocess"):  # 3. post-processing
+            liver = postprocess_liver(mask, spacing, self.liver_radius_mm)
+            del mask
+        liver_found = bool(liver.any())
+        with timed(timings, "tumour"):  # 4.-5. tumour stage in the liver box
+            labels_c = self._tumour_stage(hu, liver, stats, progress, src, warnings)
+        with timed(timings, "reorient"):
+            labels = Volume(
+                reo.undo(labels_c), volume.spacing, volume.origin, volume.direction, "label"
+            )
+        for k, v in timings.items():
+            log.debug("%s: %s %.2f s", src, k, v)
+        return SegmentationResult(labels, liver_found, summary, timings, warnings)
+
+    def _check_input(self, stats: VolumeStats, src: str, warnings: list[str]) -> None:
+        """Warn about non-finite voxels; refuse non-CT intensities when ``check_ct``."""
         if stats.n_nan:
-            msg = f"{src}: {stats.n_nan} non-finite voxel(s) (NaN/inf) replaced by {-1024} HU (air)"
+            msg = (
+                f"{src}: {stats.n_nan} non-finite voxel(s) (NaN/inf) replaced by "
+                f"{AIR_HU:g} HU (air)"
+            )
             log.warning(msg)
             warnings.append(msg)
         if self.check_ct:
             check_ct_intensities(stats, src)
 
-        # 2. liver stage on every slice
-        t = time.perf_counter()
-        z = hu.shape[0]
+    def _liver_stage(
+        self, hu: np.ndarray, stats: VolumeStats, progress: StageProgress | None
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """Liver model on every slice: uint8 mask (probability > 0.5) and probability summary."""
         mask = np.zeros(hu.shape, dtype=np.uint8)
-        above = 0
-        psum = 0.0
-        uncertain = 0
-        pmax = 0.0
-        cb = (lambda d, n: progress("liver", d, n)) if progress else None
-        for ks, prob in self.liver.predict(hu, range(z), stats, None, cb):
+        summary = _LiverSummary()
+        cb = _stage_callback(progress, "liver")
+        for ks, prob in self.liver.predict(hu, range(hu.shape[0]), stats, None, cb):
             fg = prob > 0.5
             mask[ks] = fg
-            n_fg = int(np.count_nonzero(fg))
-            above += n_fg
-            if n_fg:
-                p_fg = prob[fg]
-                psum += float(p_fg.sum(dtype=np.float64))
-                uncertain += int(np.count_nonzero(p_fg < 0.75))
-            pmax = max(pmax, float(prob.max()))
-        summary = {
-            "voxels_above_0_5": above,
-            "mean_in_mask": psum / above if above else 0.0,
-            "uncertain_fraction": uncertain / above if above else 0.0,
-            "max": pmax,
-        }
-        timings["liver"] = time.perf_counter() - t
+            summary.add(prob, fg)
+        return mask, summary.as_dict()
 
-        # 3. post-processing
-        t = time.perf_counter()
-        liver = postprocess_liver(mask, spacing, self.liver_radius_mm)
-        del mask
-        timings["postprocess"] = time.perf_counter() - t
-        liver_found = bool(liver.any())
-
-        # 4.-5. tumour stage in the liver box, masked by the liver
-        t = time.perf_counter()
-        if not liver_found:
+    def _tumour_stage(
+        self,
+        hu: np.ndarray,
+        liver: np.ndarray,
+        stats: VolumeStats,
+        progress: StageProgress | None,
+        src: str,
+        warnings: list[str],
+    ) -> np.ndarray:
+        """0/1/2 labels: the tumour model on the liver slices inside the liver box, masked by
+        the liver (the liver alone without a tumour model; all background without liver)."""
+        if not liver.any():
             msg = f"{src}: no liver found; the labels are all background (liver_found = false)"
             log.warning(msg)
             warnings.append(msg)
-            labels_c = liver
-        elif self.tumour is None:
-            labels_c = liver
-        else:
-            labels_c = self._tumour_stage(hu, liver, stats, progress)
-        timings["tumour"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        labels = Volume(
-            reo.undo(labels_c), volume.spacing, volume.origin, volume.direction, "label"
-        )
-        timings["reorient"] += time.perf_counter() - t
-        for k, v in timings.items():
-            log.debug("%s: %s %.2f s", src, k, v)
-        return SegmentationResult(labels, liver_found, summary, timings, warnings)
-
-    def _tumour_stage(
-        self, hu: np.ndarray, liver: np.ndarray, stats: VolumeStats, progress: StageProgress | None
-    ) -> np.ndarray:
-        """Run the tumour model on the liver slices inside the liver box; 0/1/2 labels."""
-        from livseg.preprocess.slices import inplane_bbox
-
-        assert self.tumour is not None
-        s = self.tumour.settings
-        if s.crop_to_liver:
-            box = inplane_bbox(liver, int(s.crop_margin), square=True)
-        else:
-            box = (0, hu.shape[1], 0, hu.shape[2])
+            return liver
+        if self.tumour is None:
+            return liver
+        box = crop_box(liver, self.tumour.settings)
         y0, y1, x0, x1 = box
         ks = np.flatnonzero(liver.any(axis=(1, 2)))
         labels = liver  # uint8 0/1, turned into 0/1/2 in place
-        cb = (lambda d, n: progress("tumour", d, n)) if progress else None
+        cb = _stage_callback(progress, "tumour")
         for kb, prob in self.tumour.predict(hu, ks, stats, box, cb):
             sub = labels[kb, y0:y1, x0:x1]
             labels[kb, y0:y1, x0:x1] = merge_labels(sub >= 1, prob > 0.5)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from livseg.infer.cascade import Cascade
+from livseg.infer.pretrained import DEFAULT_MODEL
 from livseg.infer.run import CaseOutput, output_paths, segment_case
 from livseg.io.atomic import check_writable, write_text_atomic
 
@@ -66,7 +67,7 @@ def _clean(v: Any) -> Any:
 def run_demo(
     outdir: str | Path = "livseg_demo",
     *,
-    model: str = "crunet",
+    model: str = DEFAULT_MODEL,
     device: str = "cpu",
     seed: int = 0,
     size: int = 256,
@@ -80,7 +81,8 @@ def run_demo(
 
     Args:
         outdir: output folder (created when missing).
-        model: liver model family, ``"crunet"`` or ``"densefcn"``.
+        model: liver model family, a key of :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR`
+            (``"crunet"`` or ``"densefcn"``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         seed: phantom seed.
         size: phantom in-plane size (pixels).

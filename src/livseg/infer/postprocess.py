@@ -12,6 +12,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 
+from livseg.preprocess.bbox import bounding_box
+
 log = logging.getLogger("livseg.infer.postprocess")
 
 LIVER_STRUCTURE_RADIUS_MM = 3.0
@@ -39,17 +41,6 @@ def structuring_element(
     return dist <= 1.0 + 1e-9
 
 
-def _bbox(mask: np.ndarray, pad: tuple[int, ...]) -> tuple[slice, ...]:
-    idx = [
-        np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != ax)))
-        for ax in range(mask.ndim)
-    ]
-    return tuple(
-        slice(max(0, int(i[0]) - p), min(n, int(i[-1]) + 1 + p))
-        for i, p, n in zip(idx, pad, mask.shape, strict=True)
-    )
-
-
 def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     """Keep the largest connected component of a 3-D binary mask.
 
@@ -64,7 +55,7 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     out = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
         return out
-    box = _bbox(mask, (0,) * mask.ndim)
+    box = bounding_box(mask)
     sub = mask[box]
     lab, n = ndimage.label(
         sub, structure=ndimage.generate_binary_structure(mask.ndim, connectivity)
@@ -108,7 +99,7 @@ def postprocess_liver(
         return out
     se = structuring_element(spacing, radius_mm)
     pad = tuple(s // 2 + 1 for s in se.shape)
-    box = _bbox(mask, pad)
+    box = bounding_box(mask, pad)
     sub = mask[box]
     eroded = ndimage.binary_erosion(sub, structure=se)
     if not eroded.any():

@@ -1,14 +1,16 @@
 """Slice-wise prediction of a foreground probability over a canonical CT volume, in batches.
 
 A :class:`SlicePredictor` wraps one trained network and the pre-processing it was trained with
-(:class:`livseg.data.cache.PreprocessSettings`, saved in the checkpoint's ``config.json``). For a
-batch of axial slices it reproduces the training pipeline exactly: gather each slice with its
-2.5-D context (offset-major channels, end slices replicated), apply the intensity pipeline on the
-full slices (per-slice histogram equalisation, or volume min-max with the *whole volume's* HU
-range), crop the in-plane box (the whole slice for the liver stage, the liver box for the tumour
-stage), resize to ``(size, size)``, run the network, take the foreground probability and resize
-it back to the box. Only one batch is ever held in float: memory does not grow with the number of
-slices (512x512x1000 volumes work).
+(:class:`livseg.preprocess.pipeline.PreprocessSettings`, saved in the checkpoint's
+``config.json``). For a batch of axial slices it calls the same pipeline as the training slice
+cache (:mod:`livseg.preprocess.pipeline`): gather each slice with its 2.5-D context
+(offset-major channels, end slices replicated), apply the intensity pipeline on the full slices
+(per-slice histogram equalisation, or volume min-max with the *whole volume's* HU range), crop
+the in-plane box (the whole slice for the liver stage, the liver box for the tumour stage),
+resize to ``(size, size)`` (:meth:`SlicePredictor.network_input`); then it runs the network,
+takes the foreground probability and resizes it back to the box. Only one batch is ever held in
+float: memory does not grow with the number of slices (512x512x1000 volumes work). Non-finite
+voxels are replaced by :data:`livseg.preprocess.intensity.AIR_HU` before the pipeline.
 
 Optional test-time augmentation (``tta=True``) averages the probabilities of the slice and of its
 left-right mirror.
@@ -16,7 +18,6 @@ left-right mirror.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,16 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from livseg.data.cache import preprocess_slices
 from livseg.errors import LivsegError
-from livseg.preprocess.orientation import Reorientation, canonical_reorientation
+from livseg.preprocess.intensity import AIR_HU
+from livseg.preprocess.pipeline import Box, PreprocessSettings, context_indices, prepare_slices
 from livseg.preprocess.resample import resize_slices
-from livseg.volume import Volume
 
 log = logging.getLogger("livseg.infer.predictor")
-
-AIR_HU = -1024.0
-"""Value replacing NaN voxels (air)."""
 
 Progress = Callable[[int, int], None]
 """Progress callback ``(done, total)`` in slices."""
@@ -57,20 +54,6 @@ class VolumeStats:
     def value_range(self) -> tuple[float, float]:
         """(min, max) HU, as the min-max pipelines take it."""
         return self.hu_min, self.hu_max
-
-
-def canonical_view(volume: Volume) -> tuple[np.ndarray, Reorientation]:
-    """A (Z, Y, X) *view* (no copy) of ``volume.array`` in the canonical LPS layout.
-
-    Returns:
-        (view, reorientation); ``reorientation.undo`` maps canonical arrays back.
-    """
-    reo = canonical_reorientation(volume)
-    view = np.transpose(volume.array, reo.perm)
-    flips = tuple(d for d in range(3) if reo.flip[d])
-    if flips:
-        view = np.flip(view, axis=flips)
-    return view, reo
 
 
 def volume_stats(array: np.ndarray, chunk: int = 32) -> VolumeStats:
@@ -99,39 +82,6 @@ def volume_stats(array: np.ndarray, chunk: int = 32) -> VolumeStats:
     return VolumeStats(lo, hi, bad)
 
 
-def settings_from_config(config: Any, source: str = "config.json"):
-    """The :class:`~livseg.data.cache.PreprocessSettings` stored in a checkpoint config.
-
-    Accepts the training config object or its JSON dict; the settings are looked up under
-    ``preprocess`` (also ``preprocessing`` or ``data``), as a dataclass or a dict.
-
-    Raises:
-        LivsegError: no pre-processing settings in the config (the message names ``source``).
-    """
-    from livseg.data.cache import PreprocessSettings
-
-    for key in ("data", "preprocess"):
-        if isinstance(getattr(config, key, None), PreprocessSettings):
-            return getattr(config, key)
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
-    if not isinstance(config, dict):
-        raise LivsegError(f"{source}: unexpected checkpoint config type {type(config).__name__}")
-    for key in ("preprocess", "preprocessing", "data"):
-        sub = config.get(key)
-        if isinstance(sub, PreprocessSettings):
-            return sub
-        if dataclasses.is_dataclass(sub) and not isinstance(sub, type):
-            sub = dataclasses.asdict(sub)
-        if isinstance(sub, dict) and "pipeline" in sub:
-            fields = {f.name for f in dataclasses.fields(PreprocessSettings)}
-            return PreprocessSettings.from_dict({k: v for k, v in sub.items() if k in fields})
-    raise LivsegError(
-        f"{source}: checkpoint config holds no pre-processing settings "
-        "(expected a 'preprocess' section with a 'pipeline')"
-    )
-
-
 def size_multiple(model: Any) -> int:
     """The divisor a network needs for H and W (``2**depth``), from its attributes."""
     if hasattr(model, "multiple"):
@@ -158,7 +108,7 @@ class SlicePredictor:
     def __init__(
         self,
         model,
-        settings,
+        settings: PreprocessSettings,
         device: Any = "cpu",
         batch_size: int = 8,
         tta: bool = False,
@@ -187,13 +137,31 @@ class SlicePredictor:
 
     def _gather(self, hu: np.ndarray, ks: np.ndarray, stats: VolumeStats) -> np.ndarray:
         """(b,) slice indices -> (b * (2c+1), H, W) float32 HU with context, NaN replaced."""
-        c = self.context
-        z = hu.shape[0]
-        src = np.clip(ks[:, None] + np.arange(-c, c + 1)[None, :], 0, z - 1).ravel()
+        src = context_indices(ks, self.context, hu.shape[0]).ravel()
         block = np.asarray(hu[src], dtype=np.float32)  # fancy indexing: a copy
         if stats.n_nan:
             np.nan_to_num(block, copy=False, nan=AIR_HU, posinf=AIR_HU, neginf=AIR_HU)
         return block
+
+    def network_input(
+        self, hu: np.ndarray, ks: np.ndarray, stats: VolumeStats, box: Box
+    ) -> np.ndarray:
+        """Exactly what the network is fed for slices ``ks`` (what the slice cache stores).
+
+        Args:
+            hu: (Z, Y, X) HU array in canonical layout (a view is fine; it is not modified).
+            ks: (b,) canonical slice indices.
+            stats: whole-volume statistics (:func:`volume_stats`).
+            box: in-plane crop (y0, y1, x0, x1), exclusive ends, in pixels.
+
+        Returns:
+            (b, C, size, size) float32 in [0, 1], C = ``settings.channels`` (context slices
+            stacked offset-major).
+        """
+        block = self._gather(hu, np.asarray(ks, dtype=np.int64), stats)
+        chan = prepare_slices(block, self.settings, stats.value_range, box)  # (b*n, C0, s, s)
+        size = int(self.settings.size)
+        return chan.reshape(len(ks), -1, size, size)
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -231,19 +199,12 @@ class SlicePredictor:
             (indices (b,), probability (b, y1-y0, x1-x0) float32 in [0, 1]) per batch.
         """
         ks_all = np.asarray(list(slices), dtype=np.int64)
-        y0, y1, x0, x1 = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
-        size = int(self.settings.size)
-        n_ctx = 2 * self.context + 1
+        box = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
+        y0, y1, x0, x1 = box
         total = int(ks_all.size)
         for start in range(0, total, self.batch_size):
             ks = ks_all[start : start + self.batch_size]
-            block = self._gather(hu, ks, stats)
-            chan = preprocess_slices(block, self.settings, stats.value_range)  # (b*n, C0, H, W)
-            del block
-            chan = chan[..., y0:y1, x0:x1]
-            chan = np.clip(resize_slices(chan, size, "image"), 0.0, 1.0)
-            x = chan.reshape(len(ks), n_ctx * chan.shape[1], size, size)
-            prob = self._forward(x)  # (b, h', w') at the network's output size
+            prob = self._forward(self.network_input(hu, ks, stats, box))  # (b, h', w')
             prob = resize_slices(prob, (y1 - y0, x1 - x0), "image")
             yield ks, np.clip(prob, 0.0, 1.0)
             if progress is not None:

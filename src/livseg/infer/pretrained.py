@@ -1,8 +1,9 @@
 """The models shipped with livseg: list them, locate them, and say clearly when one is missing.
 
 Shipped weights live in ``src/livseg/weights/<name>/`` as ``model.safetensors`` +
-``config.json`` (the checkpoint format of :mod:`livseg.train`), documented in
-``src/livseg/weights/MODEL_CARD.md``. Names:
+``config.json`` (the checkpoint format of :mod:`livseg.models.checkpoint`), documented in
+``src/livseg/weights/MODEL_CARD.md``. This module is the one home of their names (the CLI's
+``--model`` choices and help come from here) and imports neither torch nor scipy. Names:
 
 * ``crunet_liver``: CR-U-Net liver model (``--model crunet``);
 * ``densefcn_liver``: liver DenseFCN (``--model densefcn``);
@@ -29,7 +30,10 @@ SHIPPED_MODELS: dict[str, str] = {
 """Name -> one-line description of every model livseg is meant to ship."""
 
 LIVER_MODEL_FOR = {"crunet": "crunet_liver", "densefcn": "densefcn_liver"}
-"""``--model`` choice -> shipped liver model name."""
+"""``--model`` choice (liver model family) -> shipped liver model name."""
+
+DEFAULT_MODEL = "crunet"
+"""Default ``--model`` choice (a key of :data:`LIVER_MODEL_FOR`)."""
 
 TUMOUR_MODEL = "densefcn_tumour"
 """Shipped tumour model name (shared by both cascades)."""

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from livseg.errors import InputError, LivsegError
-from livseg.infer.cascade import Cascade, SegmentationResult
+from livseg.infer.cascade import Cascade, SegmentationResult, timed
+from livseg.infer.pretrained import DEFAULT_MODEL
 from livseg.io import READABLE_SUFFIXES
 from livseg.io.atomic import atomic_path, check_writable
 from livseg.volume import Volume
@@ -106,6 +106,138 @@ def _read_reference(path: Path, image: Volume) -> Volume:
     return ref
 
 
+def _check_dicom_seg(path: Path, dicom_seg: bool) -> None:
+    if dicom_seg and not path.is_dir():
+        raise InputError(
+            f"{path}: --dicom-seg needs a DICOM series folder as input; this is a file"
+        )
+
+
+@dataclass
+class _Case:
+    """One input being segmented: what the output writers need."""
+
+    path: Path
+    name: str
+    image: Volume
+    reference: Volume | None
+    series_uid: str | None
+    result: SegmentationResult
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.path.is_dir()
+
+
+def _read_input(
+    path: Path, reference: str | Path | None, series_uid: str | None
+) -> tuple[Volume, Volume | None]:
+    """Read an input and its reference labels (checked against the input's geometry)."""
+    from livseg.io import read_volume
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    image = read_volume(path, kind="image", series_uid=series_uid)
+    ref = _read_reference(Path(reference), image) if reference is not None else None
+    log.info("%s: %r", path, image)
+    return image, ref
+
+
+def _check_result(case: _Case, dicom_seg: bool) -> None:
+    """The labels keep the input geometry; a DICOM-SEG needs a liver."""
+    result = case.result
+    why = result.labels.geometry_mismatch(case.image)
+    if why:  # the contract of this module: never flipped
+        raise LivsegError(
+            f"{case.path}: internal error, output geometry differs from the input ({why})"
+        )
+    if dicom_seg and not result.liver_found:
+        raise LivsegError(
+            f"{case.path}: no liver found, so there is nothing to store in a DICOM-SEG; "
+            "nothing was written (run without --dicom-seg to get the "
+            "all-background label file and measurements with liver_found false)"
+        )
+
+
+def _case_meta(
+    case: _Case, cascade: Cascade, outs: dict[str, Path], extra: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The ``extra`` facts of a case's measurements JSON (timings are added later)."""
+    return {
+        "input": str(case.path),
+        "input_kind": "dicom" if case.is_dicom else "file",
+        "shape_zyx": list(case.image.shape),
+        "orientation": case.image.orientation_codes(),
+        "liver_model": cascade.liver.name,
+        "tumour_model": cascade.tumour.name if cascade.tumour else None,
+        "tta": cascade.liver.tta,
+        "liver_probability": case.result.liver_probability,
+        "warnings": list(case.result.warnings),
+        "outputs": {k: p.name for k, p in outs.items()},
+        **(extra or {}),
+    }
+
+
+def _write_labels(case: _Case, tmp: dict[str, Path]) -> None:
+    """The label file (and the DICOM-SEG when asked) into the temporary paths ``tmp``."""
+    from livseg.io import write_volume
+
+    labels = case.result.labels
+    reference = case.image if case.is_dicom else case.path
+    write_volume(labels, tmp["labels"], overwrite=True, reference=reference)
+    if "dicom_seg" in tmp:
+        from livseg.report.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(
+            labels, case.path, tmp["dicom_seg"], overwrite=True, series_uid=case.series_uid
+        )
+
+
+def _write_reports(
+    case: _Case, m: Any, meta: dict[str, Any], tmp: dict[str, Path], timings: dict[str, float]
+) -> None:
+    """Overlay PNG, measurements JSON + lesion CSV and HTML report into the paths ``tmp``."""
+    from livseg.report.measurements import write_measurements
+
+    with timed(timings, "report"):
+        if "overlay" in tmp:
+            from livseg.report.overlay import write_overlay
+
+            write_overlay(
+                case.image,
+                case.result.labels,
+                tmp["overlay"],
+                reference=case.reference,
+                overwrite=True,
+                title=f"{case.name}  ({case.path.name})",
+            )
+    meta["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    write_measurements(m, tmp["measurements"], tmp["lesions"], overwrite=True, extra=meta)
+    if "report" in tmp:
+        from livseg.report.html import write_html_report
+
+        write_html_report(
+            tmp["report"], case.name, m, meta, overlay_png=tmp["overlay"], overwrite=True
+        )
+
+
+def _log_outcome(case: _Case, m: Any, outs: dict[str, Path], timings: dict[str, float]) -> None:
+    for k, v in timings.items():
+        log.debug("%s: %s %.2f s", case.name, k, v)
+    if not m.liver_found:
+        log.warning(
+            "%s: no liver found: wrote an all-background label file; liver_found is false in %s",
+            case.path,
+            outs["measurements"].name,
+        )
+    elif m.incomplete_coverage:
+        log.warning(
+            "%s: the liver touches the first or last slice: coverage is incomplete, "
+            "the liver volume is a lower bound",
+            case.path,
+        )
+
+
 def segment_case(
     cascade: Cascade,
     path: str | Path,
@@ -127,109 +259,80 @@ def segment_case(
             input.
         OutputExistsError: an output exists and ``overwrite`` is False (checked first).
     """
-    from livseg.io import read_volume, write_volume
-    from livseg.report.measurements import measure, write_measurements
+    from livseg.report.measurements import measure
 
     path, outdir = Path(path), Path(outdir)
     name = name or case_name(path)
-    is_dicom = path.is_dir()
-    if dicom_seg and not is_dicom:
-        raise InputError(
-            f"{path}: --dicom-seg needs a DICOM series folder as input; this is a file"
-        )
+    _check_dicom_seg(path, dicom_seg)
     outs = output_paths(name, outdir, dicom_seg, overlay)
     for p in outs.values():
         check_writable(p, overwrite)
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    image = read_volume(path, kind="image", series_uid=series_uid)
-    ref = _read_reference(Path(reference), image) if reference is not None else None
-    timings["read"] = time.perf_counter() - t
-    log.info("%s: %r", path, image)
+    with timed(timings, "read"):
+        image, ref = _read_input(path, reference, series_uid)
     cb = (lambda stage, d, n: progress(name, stage, d, n)) if progress else None
     result = cascade.segment(image, cb, source=str(path))
     timings.update(result.timings)
-    labels = result.labels
-    if labels.geometry_mismatch(image):  # the contract of this module: never flipped
-        raise LivsegError(
-            f"{path}: internal error, output geometry differs from the input "
-            f"({labels.geometry_mismatch(image)})"
-        )
-    if dicom_seg and not result.liver_found:
-        raise LivsegError(
-            f"{path}: no liver found, so there is nothing to store in a DICOM-SEG; "
-            "nothing was written (run without --dicom-seg to get the "
-            "all-background label file and measurements with liver_found false)"
-        )
-    written: dict[str, Path] = {}
+    case = _Case(path, name, image, ref, series_uid, result)
+    _check_result(case, dicom_seg)
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(p, overwrite)) for k, p in outs.items()}
-        t = time.perf_counter()
-        write_volume(labels, tmp["labels"], overwrite=True, reference=image if is_dicom else path)
-        if "dicom_seg" in outs:
-            from livseg.report.dicom_seg import write_dicom_seg
+        with timed(timings, "write"):
+            _write_labels(case, tmp)
+        with timed(timings, "report"):
+            m = measure(case.result.labels)
+            meta = _case_meta(case, cascade, outs, extra)
+        _write_reports(case, m, meta, tmp, timings)
+    _log_outcome(case, m, outs, timings)
+    return CaseOutput(path, name, dict(outs), case.result, m, timings)
 
-            write_dicom_seg(labels, path, tmp["dicom_seg"], overwrite=True, series_uid=series_uid)
-        timings["write"] = time.perf_counter() - t
-        t = time.perf_counter()
-        m = measure(labels)
-        meta = {
-            "input": str(path),
-            "input_kind": "dicom" if is_dicom else "file",
-            "shape_zyx": list(image.shape),
-            "orientation": image.orientation_codes(),
-            "liver_model": cascade.liver.name,
-            "tumour_model": cascade.tumour.name if cascade.tumour else None,
-            "tta": cascade.liver.tta,
-            "liver_probability": result.liver_probability,
-            "warnings": list(result.warnings),
-            "outputs": {k: p.name for k, p in outs.items()},
-            **(extra or {}),
-        }
-        if "overlay" in outs:
-            from livseg.report.overlay import write_overlay
 
-            write_overlay(
-                image,
-                labels,
-                tmp["overlay"],
-                reference=ref,
-                overwrite=True,
-                title=f"{name}  ({path.name})",
-            )
-        timings["report"] = time.perf_counter() - t
-        meta["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-        write_measurements(m, tmp["measurements"], tmp["lesions"], overwrite=True, extra=meta)
-        if "report" in outs:
-            from livseg.report.html import write_html_report
-
-            write_html_report(
-                tmp["report"], name, m, meta, overlay_png=tmp["overlay"], overwrite=True
-            )
-        written = dict(outs)
-    for k, v in timings.items():
-        log.debug("%s: %s %.2f s", name, k, v)
-    if not m.liver_found:
-        log.warning(
-            "%s: no liver found: wrote an all-background label file; liver_found is false in %s",
-            path,
-            outs["measurements"].name,
+def _unique_names(inputs: list[Path]) -> list[str]:
+    """The case names of ``inputs``; several inputs with one name are an error."""
+    names = [case_name(p) for p in inputs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LivsegError(
+            f"several inputs share the output name(s) {', '.join(dup)}; "
+            "segment them into different --out folders"
         )
-    elif m.incomplete_coverage:
-        log.warning(
-            "%s: the liver touches the first or last slice: coverage is incomplete, "
-            "the liver volume is a lower bound",
-            path,
+    return names
+
+
+def _check_inputs(
+    inputs: list[Path], references: Sequence[str | Path] | None, dicom_seg: bool
+) -> list[str]:
+    """Check a batch's inputs before any work; returns their case names."""
+    if not inputs:
+        raise LivsegError("no input given")
+    if references is not None and len(references) != len(inputs):
+        raise LivsegError(
+            f"--ref given {len(references)} time(s) for {len(inputs)} input(s); "
+            "give one reference per input"
         )
-    return CaseOutput(path, name, written, result, m, timings)
+    names = _unique_names(inputs)
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+        _check_dicom_seg(p, dicom_seg)
+    return names
+
+
+def _check_outputs(
+    names: list[str], outdir: Path, dicom_seg: bool, overlay: bool, overwrite: bool
+) -> None:
+    """Refuse existing outputs of every case before any work."""
+    if outdir.exists() and not outdir.is_dir():
+        raise LivsegError(f"{outdir}: output path exists and is not a folder")
+    for n in names:
+        for p in output_paths(n, outdir, dicom_seg, overlay).values():
+            check_writable(p, overwrite)
 
 
 def segment_files(
     inputs: Sequence[str | Path],
     outdir: str | Path,
-    model: str = "crunet",
+    model: str = DEFAULT_MODEL,
     device: str = "cpu",
     dicom_seg: bool = False,
     overwrite: bool = False,
@@ -249,7 +352,8 @@ def segment_files(
     Args:
         inputs: NIfTI/NRRD/MHA files or DICOM series folders.
         outdir: output folder (created when missing).
-        model: liver model family, ``"crunet"`` or ``"densefcn"`` (shipped weights).
+        model: liver model family, a key of :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR`
+            (``"crunet"`` or ``"densefcn"``; shipped weights).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         dicom_seg: also write a DICOM-SEG per input (every input must be a DICOM folder).
         overwrite: replace existing outputs.
@@ -273,32 +377,8 @@ def segment_files(
     """
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
-    if not inputs:
-        raise LivsegError("no input given")
-    if references is not None and len(references) != len(inputs):
-        raise LivsegError(
-            f"--ref given {len(references)} time(s) for {len(inputs)} input(s); "
-            "give one reference per input"
-        )
-    names = [case_name(p) for p in inputs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise LivsegError(
-            f"several inputs share the output name(s) {', '.join(dup)}; "
-            "segment them into different --out folders"
-        )
-    for p in inputs:
-        if not p.exists():
-            raise InputError(f"{p}: no such file or folder")
-        if dicom_seg and not p.is_dir():
-            raise InputError(
-                f"{p}: --dicom-seg needs a DICOM series folder as input; this is a file"
-            )
-    if outdir.exists() and not outdir.is_dir():
-        raise LivsegError(f"{outdir}: output path exists and is not a folder")
-    for n in names:
-        for p in output_paths(n, outdir, dicom_seg, overlay).values():
-            check_writable(p, overwrite)
+    names = _check_inputs(inputs, references, dicom_seg)
+    _check_outputs(names, outdir, dicom_seg, overlay, overwrite)
     if cascade is None:
         cascade = Cascade.load(
             model,
@@ -308,21 +388,19 @@ def segment_files(
             batch_size=batch_size,
             tta=tta,
         )
-    results = []
-    for i, (p, n) in enumerate(zip(inputs, names, strict=True)):
-        ref = references[i] if references is not None else None
-        results.append(
-            segment_case(
-                cascade,
-                p,
-                outdir,
-                dicom_seg=dicom_seg,
-                overwrite=overwrite,
-                overlay=overlay,
-                reference=ref,
-                name=n,
-                progress=progress,
-                series_uid=series_uid,
-            )
+    refs = list(references) if references is not None else [None] * len(inputs)
+    return [
+        segment_case(
+            cascade,
+            p,
+            outdir,
+            dicom_seg=dicom_seg,
+            overwrite=overwrite,
+            overlay=overlay,
+            reference=ref,
+            name=n,
+            progress=progress,
+            series_uid=series_uid,
         )
-    return results
+        for p, n, ref in zip(inputs, names, refs, strict=True)
+    ]

@@ -141,16 +141,7 @@ def _from_lits(folder: Path) -> list[Case] | None:
     for f in sorted(folder.rglob("*")):
         if f.name.startswith(".") or not f.is_file():
             continue
-        for pattern, table, what in (
-            (_LITS_IMAGE, images, "volume"),
-            (_LITS_LABEL, labels, "segmentation"),
-        ):
-            m = pattern.match(f.name)
-            if m:
-                n = int(m.group(1))
-                if n in table:
-                    raise InputError(f"{folder}: {what}-{n} found twice: {table[n]} and {f}")
-                table[n] = f
+        _add_lits_file(folder, f, images, labels)
     if not images and not labels:
         return None
     orphans = sorted(set(labels) - set(images))
@@ -160,6 +151,20 @@ def _from_lits(folder: Path) -> list[Case] | None:
             + ", ".join(str(labels[n]) for n in orphans)
         )
     return [Case(_strip_suffix(images[n].name), images[n], labels.get(n)) for n in images]
+
+
+def _add_lits_file(folder: Path, f: Path, images: dict[int, Path], labels: dict[int, Path]) -> None:
+    """File ``f`` into ``images`` or ``labels`` by case number when it has a LiTS name."""
+    for pattern, table, what in (
+        (_LITS_IMAGE, images, "volume"),
+        (_LITS_LABEL, labels, "segmentation"),
+    ):
+        m = pattern.match(f.name)
+        if m:
+            n = int(m.group(1))
+            if n in table:
+                raise InputError(f"{folder}: {what}-{n} found twice: {table[n]} and {f}")
+            table[n] = f
 
 
 def _msd_case_id(image: Path) -> str:
@@ -175,25 +180,35 @@ def _msd_case_id(image: Path) -> str:
     return stem
 
 
-def _from_msd(folder: Path, require_labels: bool) -> list[Case]:
+def _msd_training_list(folder: Path) -> list | None:
+    """The ``"training"`` list of the folder's ``dataset.json``, or None when there is none."""
     dataset_json = folder / "dataset.json"
-    if dataset_json.is_file():
-        try:
-            meta = json.loads(dataset_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{dataset_json}: not valid JSON ({exc})") from exc
-        if isinstance(meta, dict) and isinstance(meta.get("training"), list):
-            return _pairs(meta["training"], folder, dataset_json)
+    if not dataset_json.is_file():
+        return None
+    try:
+        meta = json.loads(dataset_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{dataset_json}: not valid JSON ({exc})") from exc
+    if isinstance(meta, dict) and isinstance(meta.get("training"), list):
+        return meta["training"]
+    return None
+
+
+def _volume_files_by_stem(folder: Path) -> dict[str, Path]:
+    """Readable volume files of a folder (not recursive) by name without suffix; {} if none."""
+    if not folder.is_dir():
+        return {}
+    return {_strip_suffix(f.name): f for f in sorted(folder.iterdir()) if _is_volume_file(f)}
+
+
+def _from_msd(folder: Path, require_labels: bool) -> list[Case]:
+    training = _msd_training_list(folder)
+    if training is not None:
+        return _pairs(training, folder, folder / "dataset.json")
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
-    labels = {}
-    if labels_dir.is_dir():
-        labels = {
-            _strip_suffix(f.name): f for f in sorted(labels_dir.iterdir()) if _is_volume_file(f)
-        }
+    labels = _volume_files_by_stem(labels_dir)
     cases = []
-    for f in sorted(images_dir.iterdir()):
-        if not _is_volume_file(f):
-            continue
+    for f in filter(_is_volume_file, sorted(images_dir.iterdir())):
         stem = _strip_suffix(f.name)
         case_id = stem if stem in labels else _msd_case_id(f)
         cases.append(Case(case_id, f, labels.pop(case_id, None)))
@@ -239,7 +254,8 @@ def _pairs(entries: list, base: Path, source: Path) -> list[Case]:
     return cases
 
 
-def _from_csv(path: Path) -> list[Case]:
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV list, keys stripped and lower-cased; it must have an ``image`` column."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -249,16 +265,19 @@ def _from_csv(path: Path) -> list[Case]:
                     f"{path}: CSV needs a header with columns image,label"
                     f"[,case_id]; found {reader.fieldnames}"
                 )
-            rows = [{(k or "").strip().lower(): v for k, v in row.items()} for row in reader]
+            return [{(k or "").strip().lower(): v for k, v in row.items()} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read the CSV ({exc})") from exc
+
+
+def _from_csv(path: Path) -> list[Case]:
     entries = [
         {
             "image": r.get("image"),
             "label": r.get("label"),
             "case_id": (r.get("case_id") or "").strip() or None,
         }
-        for r in rows
+        for r in _csv_rows(path)
     ]
     return _pairs(entries, path.parent, path)
 

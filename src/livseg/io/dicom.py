@@ -1,8 +1,14 @@
 """DICOM CT series (one file per slice) read into a :class:`~livseg.volume.Volume` with pydicom.
 
-A folder (searched recursively, hidden files skipped) is scanned header-only; image files are
-grouped by SeriesInstanceUID. Non-DICOM files are ignored; DICOM objects without an image plane
-(DICOM-SEG, structured reports, ...) are listed but never stacked.
+**Which files of a folder count** (:func:`dicom_files`, the one rule every livseg module uses):
+the folder is searched recursively; files and folders whose name starts with ``.`` and files
+named ``DICOMDIR`` are skipped; every other file is a DICOM file when it carries the DICOM file
+preamble (bytes 128-131 are ``DICM``), whatever its name or extension (scanners often write
+files without one). Files without the preamble are ignored (pydicom refuses them too).
+
+A folder is scanned header-only (:func:`scan_dicom_folder`); image files are grouped by
+SeriesInstanceUID. DICOM objects without an image plane (DICOM-SEG, structured reports, ...) are
+listed but never stacked.
 
 Rules for building the volume of one series (:func:`plan_stack`), in order:
 
@@ -55,6 +61,8 @@ _INPLANE_TOL_FRACTION = 0.05
 _GRID_TOL_FRACTION = 0.05
 _GRID_TOL_MIN_MM = 1e-3
 _MAX_DROP_FRACTION = 0.10
+_PREAMBLE_LENGTH = 128
+_DICOM_MAGIC = b"DICM"
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,16 @@ def _opt_float(ds, keyword: str) -> float | None:
         return None
 
 
-def _slice_header(ds, path: Path) -> SliceHeader | str:
-    """A SliceHeader, or the reason (str) why this DICOM object is not a stackable image."""
+def _opt_int(ds, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _not_an_image(ds) -> str | None:
+    """Why this DICOM object is not a single-frame image, or None when it is one."""
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class in _NON_IMAGE_SOP_CLASSES:
         return _NON_IMAGE_SOP_CLASSES[sop_class]
@@ -173,6 +189,12 @@ def _slice_header(ds, path: Path) -> SliceHeader | str:
         frames = 1
     if frames > 1:
         return f"multi-frame image ({frames} frames; enhanced multi-frame CT is not supported)"
+    return None
+
+
+def _image_plane(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | str:
+    """(position (3,), unit row cosine (3,), unit column cosine (3,), pixel spacing (2,)), or the
+    reason (str) why the image plane is missing or invalid."""
     pos = _floats(ds.get("ImagePositionPatient"), 3)
     iop = _floats(ds.get("ImageOrientationPatient"), 6)
     ps = _floats(ds.get("PixelSpacing"), 2)
@@ -187,13 +209,18 @@ def _slice_header(ds, path: Path) -> SliceHeader | str:
         or abs(float(row @ col)) > 1e-2
     ):
         return f"invalid ImageOrientationPatient {list(iop)}"
-    row = row / np.linalg.norm(row)
-    col = col / np.linalg.norm(col)
-    inst = ds.get("InstanceNumber")
-    try:
-        inst = int(inst) if inst not in (None, "") else None
-    except (TypeError, ValueError):
-        inst = None
+    return pos, row / np.linalg.norm(row), col / np.linalg.norm(col), ps
+
+
+def _slice_header(ds, path: Path) -> SliceHeader | str:
+    """A SliceHeader, or the reason (str) why this DICOM object is not a stackable image."""
+    reason = _not_an_image(ds)
+    if reason is not None:
+        return reason
+    plane = _image_plane(ds)
+    if isinstance(plane, str):
+        return plane
+    pos, row, col, ps = plane
     return SliceHeader(
         path=path,
         sop_uid=str(ds.get("SOPInstanceUID", path.name)),
@@ -203,9 +230,58 @@ def _slice_header(ds, path: Path) -> SliceHeader | str:
         pixel_spacing=(float(ps[0]), float(ps[1])),
         rows=int(ds.Rows),
         columns=int(ds.Columns),
-        instance_number=inst,
+        instance_number=_opt_int(ds, "InstanceNumber"),
         thickness=_opt_float(ds, "SliceThickness"),
         spacing_between=_opt_float(ds, "SpacingBetweenSlices"),
+    )
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a readable file with the DICOM file preamble (``DICM`` at byte 128).
+
+    The file name and extension play no part (see the module docstring).
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_PREAMBLE_LENGTH)
+            return fh.read(len(_DICOM_MAGIC)) == _DICOM_MAGIC
+    except OSError:
+        return False
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursive), sorted, without hidden entries and DICOMDIR."""
+    return sorted(
+        Path(root) / name
+        for root, _dirs, names in os.walk(folder)
+        for name in names
+        if not name.startswith(".")
+        and name.upper() != "DICOMDIR"
+        and not any(part.startswith(".") for part in Path(root).relative_to(folder).parts)
+    )
+
+
+def dicom_files(folder: str | os.PathLike) -> list[Path]:
+    """The DICOM files of a folder, by the one rule of the module docstring, sorted by path.
+
+    Args:
+        folder: a directory (searched recursively). A missing folder gives an empty list.
+
+    Returns:
+        The files that carry the DICOM preamble, hidden entries and DICOMDIR left out.
+    """
+    return [p for p in _visible_files(Path(folder)) if is_dicom_file(p)]
+
+
+def _series_entry(series: dict[str, DicomSeries], ds) -> DicomSeries:
+    uid = str(ds.get("SeriesInstanceUID", "")) or "<no SeriesInstanceUID>"
+    return series.setdefault(
+        uid,
+        DicomSeries(
+            uid=uid,
+            description=str(ds.get("SeriesDescription", "") or ""),
+            modality=str(ds.get("Modality", "") or ""),
+        ),
     )
 
 
@@ -213,14 +289,15 @@ def scan_dicom_folder(folder: str | os.PathLike) -> list[DicomSeries]:
     """Read the headers of every DICOM file under ``folder`` and group them by series.
 
     Args:
-        folder: a directory (searched recursively; hidden files and DICOMDIR skipped).
+        folder: a directory; its files are chosen by :func:`dicom_files` (recursive, hidden
+            entries and DICOMDIR skipped, DICOM preamble required, any file name).
 
     Returns:
         Series in order of first appearance (files sorted by path). Series holding only
         non-image objects are included (with no ``slices``).
 
     Raises:
-        InputError: the folder is missing, empty or holds no DICOM file.
+        InputError: the folder is missing, empty or holds no (readable) DICOM file.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -230,41 +307,26 @@ def scan_dicom_folder(folder: str | os.PathLike) -> list[DicomSeries]:
         raise InputError(f"{folder}: folder not found")
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder (a DICOM series is read from its folder)")
-    files = sorted(
-        Path(root) / name
-        for root, dirs, names in os.walk(folder)
-        for name in names
-        if not name.startswith(".")
-        and name.upper() != "DICOMDIR"
-        and not any(part.startswith(".") for part in Path(root).relative_to(folder).parts)
-    )
-    if not files:
-        raise InputError(f"{folder}: the folder is empty (expected the files of a DICOM series)")
     series: dict[str, DicomSeries] = {}
-    n_dicom = 0
-    for path in files:
+    for path in dicom_files(folder):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
-            log.debug("%s: skipped, not a DICOM file (%s)", path, exc)
+            log.debug("%s: skipped, not a readable DICOM file (%s)", path, exc)
             continue
-        n_dicom += 1
-        uid = str(ds.get("SeriesInstanceUID", "")) or "<no SeriesInstanceUID>"
-        entry = series.setdefault(
-            uid,
-            DicomSeries(
-                uid=uid,
-                description=str(ds.get("SeriesDescription", "") or ""),
-                modality=str(ds.get("Modality", "") or ""),
-            ),
-        )
+        entry = _series_entry(series, ds)
         header = _slice_header(ds, path)
         if isinstance(header, str):
             entry.other.append((path, header))
         else:
             entry.slices.append(header)
-    if n_dicom == 0:
-        raise InputError(f"{folder}: no DICOM file among its {len(files)} file(s)")
+    if not series:
+        n_files = len(_visible_files(folder))
+        if not n_files:
+            raise InputError(
+                f"{folder}: the folder is empty (expected the files of a DICOM series)"
+            )
+        raise InputError(f"{folder}: no DICOM file among its {n_files} file(s)")
     return list(series.values())
 
 
@@ -281,18 +343,9 @@ def select_series(
     Raises:
         InputError: no image series; several and none chosen (message lists them); UID not found.
     """
-    images = [s for s in series if s.slices]
-    listing = "\n  ".join(s.summary() for s in series)
     if series_uid is not None:
-        for s in series:
-            if s.uid == series_uid:
-                if not s.slices:
-                    raise InputError(
-                        f"{folder}: series {series_uid} holds no image slices "
-                        f"({', '.join(sorted({r for _, r in s.other}))})"
-                    )
-                return s
-        raise InputError(f"{folder}: no series with UID {series_uid}; found:\n  {listing}")
+        return _series_by_uid(series, series_uid, folder)
+    images = [s for s in series if s.slices]
     if not images:
         reasons = sorted({r for s in series for _, r in s.other})
         raise InputError(
@@ -304,6 +357,21 @@ def select_series(
             f"(CLI: --series UID):\n  " + "\n  ".join(s.summary() for s in images)
         )
     return images[0]
+
+
+def _series_by_uid(
+    series: list[DicomSeries], series_uid: str, folder: str | os.PathLike
+) -> DicomSeries:
+    for s in series:
+        if s.uid == series_uid:
+            if not s.slices:
+                raise InputError(
+                    f"{folder}: series {series_uid} holds no image slices "
+                    f"({', '.join(sorted({r for _, r in s.other}))})"
+                )
+            return s
+    listing = "\n  ".join(s.summary() for s in series)
+    raise InputError(f"{folder}: no series with UID {series_uid}; found:\n  {listing}")
 
 
 # --- stacking ---------------------------------------------------------------------------------
@@ -335,6 +403,58 @@ def _describe(sl: SliceHeader) -> str:
     )
 
 
+def _grid_step(s: np.ndarray) -> tuple[float, int]:
+    """The dominant step (mm) between sorted positions ``s`` and the index its run starts at.
+
+    The step is the most frequent distance (0.01 mm bins, smallest on ties), refined over the
+    longest run of consecutive near-step distances (averages the rounding of stored positions).
+    """
+    diffs = np.diff(s)
+    binned = Counter(np.round(diffs, 2).tolist())
+    top = max(binned.values())
+    step0 = min(v for v, c in binned.items() if c == top)
+    regular = np.abs(diffs - step0) <= 0.1 * step0
+    best_len, best_start, run = 0, 0, 0
+    for i, ok in enumerate(regular):
+        run = run + 1 if ok else 0
+        if run > best_len:
+            best_len, best_start = run, i - run + 1
+    step = float((s[best_start + best_len] - s[best_start]) / best_len) if best_len else step0
+    return step, best_start
+
+
+def _longest_run(on_grid: np.ndarray, k: np.ndarray) -> list[int]:
+    """Indexes of the longest run of on-grid slices at consecutive grid numbers ``k``."""
+    runs: list[list[int]] = []
+    for i in np.flatnonzero(on_grid):
+        if runs and k[i] == k[runs[-1][-1]] + 1:
+            runs[-1].append(int(i))
+        else:
+            runs.append([int(i)])
+    return max(runs, key=len)
+
+
+def _off_grid_reason(
+    stack: list[SliceHeader],
+    s: np.ndarray,
+    k: np.ndarray,
+    i: int,
+    near: int,
+    on_grid: bool,
+    step: float,
+) -> str:
+    """Why slice ``i`` (nearest kept slice ``near``) is left out of the regular grid."""
+    if not on_grid:
+        return (
+            f"off the {step:g} mm slice grid ({s[i] - s[near]:+.3f} mm from "
+            f"{stack[near].path.name})"
+        )
+    return (
+        f"detached from the stack by a gap of {abs(s[i] - s[near]):.3f} mm "
+        f"({abs(k[i] - k[near]) - 1} missing slice(s) of {step:g} mm)"
+    )
+
+
 def _regular_grid(
     stack: list[SliceHeader], s: np.ndarray, dropped: list[tuple[Path, str]]
 ) -> tuple[list[SliceHeader], np.ndarray, float]:
@@ -342,51 +462,128 @@ def _regular_grid(
 
     Appends every other slice to ``dropped`` with its reason. Returns (slices, positions, step).
     """
-    diffs = np.diff(s)
-    binned = Counter(np.round(diffs, 2).tolist())
-    top = max(binned.values())
-    step0 = min(v for v, c in binned.items() if c == top)
-    # refine the step over the longest run of consecutive near-step distances (averages the
-    # rounding of the stored positions)
-    regular = np.abs(diffs - step0) <= 0.1 * step0
-    best_len, best_start, run = 0, 0, 0
-    for i, ok in enumerate(regular):
-        run = run + 1 if ok else 0
-        if run > best_len:
-            best_len, best_start = run, i - run + 1
-    anchor = best_start
-    step = float((s[best_start + best_len] - s[best_start]) / best_len) if best_len else step0
+    step, anchor = _grid_step(s)
     tol = max(_GRID_TOL_MIN_MM, _GRID_TOL_FRACTION * step)
     k_float = (s - s[anchor]) / step
     k = np.round(k_float).astype(int)
     on_grid = np.abs(k_float - k) * step <= tol
-    # contiguous runs of grid positions among the on-grid slices
-    runs: list[list[int]] = []
-    for i in np.flatnonzero(on_grid):
-        if runs and k[i] == k[runs[-1][-1]] + 1:
-            runs[-1].append(int(i))
-        else:
-            runs.append([int(i)])
-    main = max(runs, key=len)
+    main = _longest_run(on_grid, k)
     lo, hi = main[0], main[-1]
     in_main = set(main)
     for i in range(len(stack)):
         if i in in_main:
             continue
         near = lo if i < lo else hi if i > hi else min(main, key=lambda j: abs(s[j] - s[i]))
-        if not on_grid[i]:
-            reason = (
-                f"off the {step:g} mm slice grid ({s[i] - s[near]:+.3f} mm from "
-                f"{stack[near].path.name})"
-            )
-        else:
-            reason = (
-                f"detached from the stack by a gap of {abs(s[i] - s[near]):.3f} mm "
-                f"({abs(k[i] - k[near]) - 1} missing slice(s) of {step:g} mm)"
-            )
+        reason = _off_grid_reason(stack, s, k, i, near, bool(on_grid[i]), step)
         dropped.append((stack[i].path, reason))
-    kept = main
-    return [stack[i] for i in kept], s[kept], step
+    return [stack[i] for i in main], s[main], step
+
+
+def _orientation_stack(
+    series: DicomSeries, where: str, dropped: list[tuple[Path, str]]
+) -> tuple[list[SliceHeader], np.ndarray, np.ndarray]:
+    """The largest orientation/size group of slices (rule 2); the others go to ``dropped``.
+
+    Returns:
+        (slices, their positions along the normal (mm), the unit normal (3,)); unsorted.
+
+    Raises:
+        InputError: two largest groups of equal size (no one stack).
+    """
+    groups = sorted(_orientation_groups(series.slices), key=len, reverse=True)
+    stack = groups[0]
+    if len(groups) > 1 and len(groups[1]) == len(stack):
+        raise InputError(
+            f"{where}: inconsistent ImageOrientationPatient/size: {len(groups)} groups of slices "
+            f"({'; '.join(f'{len(g)} with {_describe(g[0])}' for g in groups[:4])}); "
+            "not one stack (gantry tilt varying per slice, or mixed reformats)"
+        )
+    normal = stack[0].normal
+    s = np.array([float(normal @ sl.position) for sl in stack])
+    for sl in (sl for g in groups[1:] for sl in g):
+        along = float(normal @ sl.position)
+        where_along = (
+            f"{along - s.max():.2f} mm beyond the stack"
+            if along > s.max()
+            else f"{s.min() - along:.2f} mm before the stack"
+            if along < s.min()
+            else "within the stack"
+        )
+        dropped.append(
+            (
+                sl.path,
+                f"orientation/size differs from the stack ({_describe(sl)} "
+                f"vs {_describe(stack[0])}), {where_along}",
+            )
+        )
+    return stack, s, normal
+
+
+def _sorted_unique(
+    stack: list[SliceHeader], s: np.ndarray, where: str, dropped: list[tuple[Path, str]]
+) -> tuple[list[SliceHeader], np.ndarray]:
+    """Slices sorted by position along the normal (rule 3); repeated SOP instances dropped.
+
+    Raises:
+        InputError: two different slices at one position.
+    """
+    order = np.argsort(s, kind="stable")
+    stack = [stack[i] for i in order]
+    s = s[order]
+    keep: list[int] = []
+    for i in range(len(stack)):
+        if keep and abs(s[i] - s[keep[-1]]) < _GRID_TOL_MIN_MM * 10:
+            prev = stack[keep[-1]]
+            if stack[i].sop_uid == prev.sop_uid:
+                dropped.append(
+                    (stack[i].path, f"duplicate of {prev.path.name} (same SOP instance)")
+                )
+                continue
+            raise InputError(
+                f"{where}: two different slices at the same position {s[i]:.3f} mm along the "
+                f"normal: {prev.path.name} and {stack[i].path.name} (several acquisitions in "
+                "one series?)"
+            )
+        keep.append(i)
+    return [stack[i] for i in keep], s[keep]
+
+
+def _single_slice_step(sl: SliceHeader, where: str) -> float:
+    """Slice spacing (mm) of a one-slice stack: SpacingBetweenSlices, SliceThickness or 1."""
+    step = sl.spacing_between or sl.thickness or 1.0
+    log.warning(
+        "%s: a single slice; slice spacing set to %g mm (%s)",
+        where,
+        step,
+        "SpacingBetweenSlices"
+        if sl.spacing_between
+        else "SliceThickness"
+        if sl.thickness
+        else "no thickness given",
+    )
+    return step
+
+
+def _check_tilt(
+    stack: list[SliceHeader], s: np.ndarray, normal: np.ndarray, pixel_mm: float, where: str
+) -> None:
+    """Rule 5: the in-plane part of the slice positions must be constant (no gantry tilt).
+
+    Args:
+        pixel_mm: the smaller pixel spacing (mm); the tolerance is a fraction of it.
+    """
+    pos = np.array([sl.position for sl in stack])
+    inplane = pos - np.outer(pos @ normal, normal)
+    dev = np.linalg.norm(inplane - inplane[0], axis=1)
+    if dev.max() > _INPLANE_TOL_FRACTION * pixel_mm:
+        worst = int(np.argmax(dev))
+        span = float(abs(s[worst] - s[0])) or 1.0
+        angle = float(np.degrees(np.arctan2(dev[worst], span)))
+        raise InputError(
+            f"{where}: slice positions do not follow the slice normal ({dev[worst]:.3f} mm "
+            f"sideways shift at {stack[worst].path.name}, about {angle:.2f} degrees): gantry tilt "
+            "or sheared stack; livseg does not resample such series (resample it first)"
+        )
 
 
 def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStack:
@@ -408,73 +605,13 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
     max_drop = max(1, int(_MAX_DROP_FRACTION * n_all))
     dropped: list[tuple[Path, str]] = []
 
-    groups = sorted(_orientation_groups(series.slices), key=len, reverse=True)
-    stack = groups[0]
-    if len(groups) > 1 and len(groups[1]) == len(stack):
-        raise InputError(
-            f"{where}: inconsistent ImageOrientationPatient/size: {len(groups)} groups of slices "
-            f"({'; '.join(f'{len(g)} with {_describe(g[0])}' for g in groups[:4])}); "
-            "not one stack (gantry tilt varying per slice, or mixed reformats)"
-        )
-    normal = stack[0].normal
-    s = np.array([float(normal @ sl.position) for sl in stack])
-    for g in groups[1:]:
-        for sl in g:
-            along = float(normal @ sl.position)
-            where_along = (
-                f"{along - s.max():.2f} mm beyond the stack"
-                if along > s.max()
-                else f"{s.min() - along:.2f} mm before the stack"
-                if along < s.min()
-                else "within the stack"
-            )
-            dropped.append(
-                (
-                    sl.path,
-                    f"orientation/size differs from the stack ({_describe(sl)} "
-                    f"vs {_describe(stack[0])}), {where_along}",
-                )
-            )
-    order = np.argsort(s, kind="stable")
-    stack = [stack[i] for i in order]
-    s = s[order]
-
-    # duplicate positions
-    keep: list[int] = []
-    for i in range(len(stack)):
-        if keep and abs(s[i] - s[keep[-1]]) < _GRID_TOL_MIN_MM * 10:
-            prev = stack[keep[-1]]
-            if stack[i].sop_uid == prev.sop_uid:
-                dropped.append(
-                    (stack[i].path, f"duplicate of {prev.path.name} (same SOP instance)")
-                )
-                continue
-            raise InputError(
-                f"{where}: two different slices at the same position {s[i]:.3f} mm along the "
-                f"normal: {prev.path.name} and {stack[i].path.name} (several acquisitions in "
-                "one series?)"
-            )
-        keep.append(i)
-    stack = [stack[i] for i in keep]
-    s = s[keep]
-
+    stack, s, normal = _orientation_stack(series, where, dropped)
+    stack, s = _sorted_unique(stack, s, where, dropped)
     row_sp, col_sp = stack[0].pixel_spacing
     if len(stack) == 1:
-        sl = stack[0]
-        step = sl.spacing_between or sl.thickness or 1.0
-        log.warning(
-            "%s: a single slice; slice spacing set to %g mm (%s)",
-            where,
-            step,
-            "SpacingBetweenSlices"
-            if sl.spacing_between
-            else "SliceThickness"
-            if sl.thickness
-            else "no thickness given",
-        )
+        step = _single_slice_step(stack[0], where)
     else:
         stack, s, step = _regular_grid(stack, s, dropped)
-
     if len(dropped) > max_drop:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in dropped[:5])
         raise InputError(
@@ -482,21 +619,7 @@ def plan_stack(series: DicomSeries, folder: str | os.PathLike = "") -> SliceStac
             f"files are not on one regular stack of slices (at most {max_drop} may be dropped); "
             f"refusing to build a volume with wrong spacing: {reasons}"
         )
-
-    # gantry tilt: in-plane component of the positions must be constant
-    pos = np.array([sl.position for sl in stack])
-    inplane = pos - np.outer(pos @ normal, normal)
-    dev = np.linalg.norm(inplane - inplane[0], axis=1)
-    if dev.max() > _INPLANE_TOL_FRACTION * min(row_sp, col_sp):
-        worst = int(np.argmax(dev))
-        span = float(abs(s[worst] - s[0])) or 1.0
-        angle = float(np.degrees(np.arctan2(dev[worst], span)))
-        raise InputError(
-            f"{where}: slice positions do not follow the slice normal ({dev[worst]:.3f} mm "
-            f"sideways shift at {stack[worst].path.name}, about {angle:.2f} degrees): gantry tilt "
-            "or sheared stack; livseg does not resample such series (resample it first)"
-        )
-
+    _check_tilt(stack, s, normal, min(row_sp, col_sp), where)
     for path, reason in dropped:
         log.warning("%s: dropped %s: %s", where, path, reason)
 

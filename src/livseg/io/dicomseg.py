@@ -124,6 +124,34 @@ def guess_lits_segment_labels(path: str | os.PathLike) -> dict[int, int]:
     return mapping
 
 
+def _functional_group(item, shared, name: str):
+    """First item of functional group ``name``: the frame's own, else the shared one, else None."""
+    for source in (item, shared):
+        if source is not None and name in source and len(source[name].value):
+            return source[name].value[0]
+    return None
+
+
+def _frame_description(item, shared, f: int, path: Path):
+    """(position (3,), segment number, orientation (6,), pixel spacing (2,)) of frame ``f``."""
+    pos = _functional_group(item, shared, "PlanePositionSequence")
+    seg = _functional_group(item, shared, "SegmentIdentificationSequence")
+    orient = _functional_group(item, shared, "PlaneOrientationSequence")
+    meas = _functional_group(item, shared, "PixelMeasuresSequence")
+    if pos is None or "ImagePositionPatient" not in pos:
+        raise InputError(f"{path}: frame {f + 1} has no PlanePositionSequence position")
+    if seg is None:
+        raise InputError(f"{path}: frame {f + 1} has no SegmentIdentificationSequence")
+    if orient is None or meas is None:
+        raise InputError(f"{path}: frame {f + 1} has no plane orientation or pixel spacing")
+    return (
+        np.array([float(v) for v in pos.ImagePositionPatient]),
+        int(seg.ReferencedSegmentNumber),
+        np.array([float(v) for v in orient.ImageOrientationPatient]),
+        np.array([float(v) for v in meas.PixelSpacing]),
+    )
+
+
 def _frame_geometry(ds, path: Path):
     """Per-frame (position (3,), segment number) and the shared orientation/spacing."""
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -136,39 +164,95 @@ def _frame_geometry(ds, path: Path):
             f"{path}: DICOM-SEG without one PerFrameFunctionalGroupsSequence item "
             f"per frame ({n_frames} frames)"
         )
-
-    def group(item, name):
-        for source in (item, shared):
-            if source is not None and name in source and len(source[name].value):
-                return source[name].value[0]
-        return None
-
     frames = []
     iop = spacing = None
     for f, item in enumerate(per_frame):
-        pos = group(item, "PlanePositionSequence")
-        seg = group(item, "SegmentIdentificationSequence")
-        orient = group(item, "PlaneOrientationSequence")
-        meas = group(item, "PixelMeasuresSequence")
-        if pos is None or "ImagePositionPatient" not in pos:
-            raise InputError(f"{path}: frame {f + 1} has no PlanePositionSequence position")
-        if seg is None:
-            raise InputError(f"{path}: frame {f + 1} has no SegmentIdentificationSequence")
-        if orient is None or meas is None:
-            raise InputError(f"{path}: frame {f + 1} has no plane orientation or pixel spacing")
-        f_iop = np.array([float(v) for v in orient.ImageOrientationPatient])
-        f_sp = np.array([float(v) for v in meas.PixelSpacing])
+        pos, seg_no, f_iop, f_sp = _frame_description(item, shared, f, path)
         if iop is None:
             iop, spacing = f_iop, f_sp
         elif not (np.allclose(f_iop, iop, atol=1e-4) and np.allclose(f_sp, spacing, rtol=1e-4)):
             raise InputError(f"{path}: frames with different orientations or pixel spacings")
-        frames.append(
-            (
-                np.array([float(v) for v in pos.ImagePositionPatient]),
-                int(seg.ReferencedSegmentNumber),
-            )
-        )
+        frames.append((pos, seg_no))
     return frames, iop, spacing
+
+
+def _segment_mapping(segment_labels: Mapping[int, int] | None) -> dict[int, int]:
+    mapping = dict(segment_labels) if segment_labels is not None else {1: LABEL_LIVER}
+    for value in mapping.values():
+        if not 0 < int(value) <= 255:
+            raise ValueError(f"segment label values must be 1..255, got {value}")
+    return mapping
+
+
+def _frame_masks(ds, path: Path, n_frames: int) -> np.ndarray:
+    """The (F, R, C) bool frames; fractional frames thresholded at half their maximum."""
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types
+        raise InputError(f"{path}: cannot decode the SEG pixel data ({exc})") from exc
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if pixels.shape[0] != n_frames:
+        raise InputError(
+            f"{path}: {pixels.shape[0]} frames of pixel data for {n_frames} frame descriptions"
+        )
+    if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
+        threshold = float(ds.get("MaximumFractionalValue", 255)) / 2.0
+        return pixels > threshold
+    return pixels > 0
+
+
+def _check_plane(path: Path, iop: np.ndarray, spacing: np.ndarray, reference: Volume) -> None:
+    """The frames must lie in the reference's axial plane with its pixel spacing."""
+    # reference axes in LPS (x, y, z) order
+    ref_x = reference.direction[:, 2][::-1]
+    ref_y = reference.direction[:, 1][::-1]
+    if not (np.allclose(iop[:3], ref_x, atol=1e-4) and np.allclose(iop[3:], ref_y, atol=1e-4)):
+        raise InputError(
+            f"{path}: SEG frame orientation {iop.tolist()} differs from the reference's axial "
+            f"plane {np.r_[ref_x, ref_y].round(6).tolist()}; resampling SEGs is not supported"
+        )
+    if not np.allclose(spacing, reference.spacing[1:], rtol=1e-4, atol=1e-5):
+        raise InputError(
+            f"{path}: SEG pixel spacing {spacing.tolist()} mm differs from the "
+            f"reference's {list(reference.spacing[1:])} mm"
+        )
+
+
+def _frame_index(
+    path: Path, f: int, pos: np.ndarray, inv: np.ndarray, frame_shape, volume_shape
+) -> tuple[int, int, int]:
+    """Index (k, j, i) of frame ``f``'s first pixel on the reference grid, checked.
+
+    Args:
+        pos: LPS (x, y, z) position of the frame (mm).
+        inv: inverse of the reference's index -> LPS (z, y, x) affine, 4x4.
+        frame_shape: (rows, columns) of the frame.
+        volume_shape: (Z, Y, X) of the reference.
+
+    Raises:
+        InputError: the frame is off the grid, or does not fit inside the volume.
+    """
+    kji = (inv @ np.r_[pos[::-1], 1.0])[:3]
+    idx = np.round(kji).astype(int)
+    if np.any(np.abs(kji - idx) > _POSITION_TOL_VOXELS):
+        raise InputError(
+            f"{path}: frame {f + 1} at {pos.round(4).tolist()} mm is off the reference grid "
+            f"(index {kji.round(3).tolist()} in (z, y, x)); was it drawn on another series?"
+        )
+    k, j, i = (int(v) for v in idx)
+    rows, cols = frame_shape
+    inside = (
+        0 <= k < volume_shape[0]
+        and 0 <= j <= volume_shape[1] - rows
+        and 0 <= i <= volume_shape[2] - cols
+    )
+    if not inside:
+        raise InputError(
+            f"{path}: frame {f + 1} at {pos.round(4).tolist()} mm falls outside the reference "
+            f"volume (index {[k, j, i]}, frame {rows}x{cols}, volume {volume_shape})"
+        )
+    return k, j, i
 
 
 def read_dicom_seg(
@@ -193,41 +277,11 @@ def read_dicom_seg(
             plane; a non-empty frame lies off the reference grid or outside it.
     """
     path = Path(path)
-    mapping = dict(segment_labels) if segment_labels is not None else {1: LABEL_LIVER}
-    for value in mapping.values():
-        if not 0 < int(value) <= 255:
-            raise ValueError(f"segment label values must be 1..255, got {value}")
+    mapping = _segment_mapping(segment_labels)
     ds = _read(path, pixels=True)
     frames, iop, ps = _frame_geometry(ds, path)
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # decoders raise many types
-        raise InputError(f"{path}: cannot decode the SEG pixel data ({exc})") from exc
-    if pixels.ndim == 2:
-        pixels = pixels[None]
-    if pixels.shape[0] != len(frames):
-        raise InputError(
-            f"{path}: {pixels.shape[0]} frames of pixel data for {len(frames)} frame descriptions"
-        )
-    if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
-        threshold = float(ds.get("MaximumFractionalValue", 255)) / 2.0
-        masks = pixels > threshold
-    else:
-        masks = pixels > 0
-
-    # reference axes in LPS (x, y, z) order
-    ref_x = reference.direction[:, 2][::-1]
-    ref_y = reference.direction[:, 1][::-1]
-    if not (np.allclose(iop[:3], ref_x, atol=1e-4) and np.allclose(iop[3:], ref_y, atol=1e-4)):
-        raise InputError(
-            f"{path}: SEG frame orientation {iop.tolist()} differs from the reference's axial "
-            f"plane {np.r_[ref_x, ref_y].round(6).tolist()}; resampling SEGs is not supported"
-        )
-    if not np.allclose(ps, reference.spacing[1:], rtol=1e-4, atol=1e-5):
-        raise InputError(
-            f"{path}: SEG pixel spacing {ps.tolist()} mm differs from the "
-            f"reference's {list(reference.spacing[1:])} mm"
-        )
+    masks = _frame_masks(ds, path, len(frames))
+    _check_plane(path, iop, ps, reference)
 
     inv = np.linalg.inv(reference.affine_lps())
     out = np.zeros(reference.shape, dtype=np.uint8)
@@ -240,25 +294,7 @@ def read_dicom_seg(
             continue
         if not mask.any():
             continue
-        kji = (inv @ np.r_[pos[::-1], 1.0])[:3]
-        idx = np.round(kji).astype(int)
-        if np.any(np.abs(kji - idx) > _POSITION_TOL_VOXELS):
-            raise InputError(
-                f"{path}: frame {f + 1} at {pos.round(4).tolist()} mm is off the reference grid "
-                f"(index {kji.round(3).tolist()} in (z, y, x)); was it drawn on another series?"
-            )
-        k, j, i = (int(v) for v in idx)
-        if not (
-            0 <= k < out.shape[0]
-            and 0 <= j
-            and j + rows <= out.shape[1]
-            and 0 <= i
-            and i + cols <= out.shape[2]
-        ):
-            raise InputError(
-                f"{path}: frame {f + 1} at {pos.round(4).tolist()} mm falls outside the reference "
-                f"volume (index {[k, j, i]}, frame {rows}x{cols}, volume {out.shape})"
-            )
+        k, j, i = _frame_index(path, f, pos, inv, (rows, cols), out.shape)
         region = out[k, j : j + rows, i : i + cols]
         np.maximum(region, np.where(mask, np.uint8(value), np.uint8(0)), out=region)
     if ignored:

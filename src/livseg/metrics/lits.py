@@ -59,7 +59,8 @@ import numpy as np
 
 from livseg.metrics.lesions import DetectionCounts, LesionMatching, label_lesions, match_lesions
 from livseg.metrics.overlap import OverlapCounts
-from livseg.metrics.surface import bounding_box, surface_distances
+from livseg.metrics.surface import surface_distances
+from livseg.preprocess.bbox import bounding_box
 
 log = logging.getLogger("livseg.metrics.lits")
 

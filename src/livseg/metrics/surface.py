@@ -41,6 +41,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from livseg.preprocess.bbox import bounding_box
+
 log = logging.getLogger("livseg.metrics.surface")
 
 #: 18-neighbourhood offsets (faces and edges of the 3x3x3 cube, centre excluded).
@@ -57,29 +59,6 @@ Method = Literal["kdtree", "edt"]
 
 class EmptyMaskError(ValueError):
     """A surface metric was asked of an empty mask (no surface; distances undefined)."""
-
-
-def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every True voxel of ``mask``, grown by ``pad``.
-
-    Args:
-        mask: N-D boolean array.
-        pad: voxels added on each side, clipped to the array.
-
-    Returns:
-        One slice per axis, or None when ``mask`` is empty.
-    """
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        proj = np.any(mask, axis=other) if other else mask
-        idx = np.flatnonzero(proj)
-        if idx.size == 0:
-            return None
-        slices.append(
-            slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, mask.shape[axis]))
-        )
-    return tuple(slices)
 
 
 def _padded_crop(mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:

@@ -8,6 +8,10 @@ Registry (:data:`MODELS`): ``unet`` (:class:`UNet`), ``runet`` (:class:`RUNet`),
 (:class:`CRUNet`), ``densefcn`` (:class:`DenseFCN`), and the coarse stage's 3-D ``unet3d``
 (:class:`UNet3D`, volumes (B, C, D, H, W)). Build one with
 ``build_model(name, **options)``; the options are the class's constructor arguments.
+
+A trained network is rebuilt from its checkpoint folder (``model.safetensors`` + ``config.json``)
+by :func:`load_model` (:mod:`livseg.models.checkpoint`), which returns it with its
+:class:`ModelSpec` (name, options and input pre-processing) and needs no training code.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from livseg.models.blocks import (
     foreground_probability,
     nearest_valid_size,
 )
+from livseg.models.checkpoint import ModelSpec, load_model
 from livseg.models.crunet import CRUNet
 from livseg.models.densefcn import DenseFCN
 from livseg.models.runet import RUNet
@@ -34,6 +39,8 @@ logger = logging.getLogger("livseg.models")
 __all__ = [
     "MODELS",
     "build_model",
+    "load_model",
+    "ModelSpec",
     "model_options",
     "foreground_probability",
     "nearest_valid_size",

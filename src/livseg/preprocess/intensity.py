@@ -32,6 +32,9 @@ from livseg.preprocess.resample import resize_slices
 
 logger = logging.getLogger(__name__)
 
+#: HU given to non-finite (NaN/inf) voxels before pre-processing: air, at the fill value CT
+#: scanners store outside the reconstruction circle (the lowest value of 12-bit CT).
+AIR_HU: float = -1024.0
 #: CR-U-Net HU window (paper).
 CRUNET_WINDOW: tuple[float, float] = (-200.0, 250.0)
 #: DenseFCN liver-model HU window (paper).

@@ -197,6 +197,23 @@ def canonical_reorientation(volume: Volume) -> Reorientation:
     )
 
 
+def canonical_view(volume: Volume) -> tuple[np.ndarray, Reorientation]:
+    """A (Z, Y, X) *view* (no copy) of ``volume.array`` in the canonical LPS layout.
+
+    The cheap form of :func:`to_canonical` for large volumes: only the array is returned, as a
+    transposed/flipped view, with the reorientation that produced it.
+
+    Returns:
+        (view, reorientation); ``reorientation.undo`` maps canonical arrays back.
+    """
+    reo = canonical_reorientation(volume)
+    view = np.transpose(volume.array, reo.perm)
+    flips = tuple(d for d in range(3) if reo.flip[d])
+    if flips:
+        view = np.flip(view, axis=flips)
+    return view, reo
+
+
 def to_canonical(volume: Volume) -> tuple[Volume, Reorientation]:
     """Permute/flip a volume's axes into the canonical "LPS" layout (no resampling).
 

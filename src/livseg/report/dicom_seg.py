@@ -27,20 +27,50 @@ _TOL_VOXEL = 0.1
 
 
 def _read_series(series_dir: Path) -> dict[str, list]:
+    """Full datasets of each image series in ``series_dir``, by SeriesInstanceUID.
+
+    The folder is scanned with :func:`livseg.io.dicom.scan_dicom_folder` (its one rule for which
+    files count); only single-frame images with a valid image plane are kept, in path order.
+
+    Raises:
+        InputError: the folder is empty or holds no DICOM file.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from livseg.io.dicom import scan_dicom_folder
+
     groups: dict[str, list] = {}
-    files = sorted(p for p in series_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        if "ImagePositionPatient" not in ds or "PixelData" not in ds:
-            continue
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
+    for series in scan_dicom_folder(series_dir):
+        for sl in series.slices:
+            try:
+                ds = pydicom.dcmread(sl.path)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                log.debug("%s: skipped, unreadable (%s)", sl.path, exc)
+                continue
+            if "PixelData" in ds:
+                groups.setdefault(series.uid, []).append(ds)
     return groups
+
+
+def _on_grid(base, step_c, step_r, frame_shape: tuple[int, int], shape) -> bool:
+    """True when a frame (first pixel at index ``base``, one column / one row further at
+    ``step_c`` / ``step_r``) lies on the voxel grid of a volume of ``shape``, inside it."""
+    rows, cols = frame_shape
+    corners = [
+        base,
+        base + step_c * (cols - 1),
+        base + step_r * (rows - 1),
+        base + step_c * (cols - 1) + step_r * (rows - 1),
+    ]
+    for c in corners:
+        if np.abs(c - np.round(c)).max() > _TOL_VOXEL:
+            return False
+        if np.any(np.round(c) < 0) or np.any(np.round(c) > np.asarray(shape) - 1):
+            return False
+    return not any(
+        np.abs(s - np.round(s)).max() > _TOL_VOXEL / max(rows, cols) for s in (step_c, step_r)
+    )
 
 
 def frame_indices(ds, labels: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -64,24 +94,87 @@ def frame_indices(ds, labels: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarra
     base = to_index(ipp)
     step_c = inv @ (row_cos * dc)[::-1]  # one column to the right
     step_r = inv @ (col_cos * dr)[::-1]  # one row down
-    corners = [
-        base,
-        base + step_c * (cols - 1),
-        base + step_r * (rows - 1),
-        base + step_c * (cols - 1) + step_r * (rows - 1),
-    ]
-    for c in corners:
-        if np.abs(c - np.round(c)).max() > _TOL_VOXEL:
-            return None
-        if np.any(np.round(c) < 0) or np.any(np.round(c) > np.asarray(labels.shape) - 1):
-            return None
-    for s in (step_c, step_r):
-        if np.abs(s - np.round(s)).max() > _TOL_VOXEL / max(rows, cols):
-            return None
+    if not _on_grid(base, step_c, step_r, (rows, cols), labels.shape):
+        return None
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     idx = [np.rint(base[a] + step_c[a] * c + step_r[a] * r).astype(np.intp) for a in range(3)]
     return idx[0], idx[1], idx[2]
+
+
+def _best_series(
+    groups: dict[str, list], labels: Volume, series_uid: str | None, series_dir: Path
+) -> list[tuple]:
+    """The (dataset, frame indices) of the series with most images on the label grid.
+
+    Raises:
+        InputError: ``series_uid`` not in the folder, or no image on the label grid.
+    """
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise InputError(f"{series_dir}: no DICOM series with SeriesInstanceUID {series_uid}")
+        groups = {series_uid: groups[series_uid]}
+    best: list[tuple] = []
+    skipped = 0
+    for datasets in groups.values():
+        matched = [(ds, idx) for ds in datasets if (idx := frame_indices(ds, labels)) is not None]
+        if len(matched) > len(best):
+            best, skipped = matched, len(datasets) - len(matched)
+    if not best:
+        raise InputError(
+            f"{series_dir}: no DICOM image of this folder lies on the label grid; "
+            "cannot write a DICOM-SEG referencing it"
+        )
+    if skipped:
+        log.warning(
+            "%s: %d image(s) of the series are not on the label grid and are not "
+            "referenced by the DICOM-SEG",
+            series_dir,
+            skipped,
+        )
+    return best
+
+
+def _segments(hd, codes, frames: np.ndarray, path: Path) -> tuple[list, np.ndarray]:
+    """Segment descriptions and the (F, R, C, S) uint8 pixel array of the non-empty segments.
+
+    Raises:
+        LivsegError: both segments are empty (no liver).
+    """
+    masks = {1: frames >= 1, 2: frames == 2}
+    algo = hd.AlgorithmIdentificationSequence(
+        name="livseg", family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    names = {
+        1: ("Liver", codes.SCT.Organ, codes.SCT.Liver),
+        2: ("Liver tumour", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm),
+    }
+    descs = []
+    seg_arrays = []
+    for number in (1, 2):
+        if not masks[number].any():
+            log.info(
+                "%s: segment %r is empty and left out of the DICOM-SEG", path, names[number][0]
+            )
+            continue
+        label, cat, typ = names[number]
+        descs.append(
+            hd.seg.SegmentDescription(
+                segment_number=len(descs) + 1,
+                segment_label=label,
+                segmented_property_category=cat,
+                segmented_property_type=typ,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
+        seg_arrays.append(masks[number])
+    if not descs:
+        raise LivsegError(
+            f"{path}: no liver was found, so there is nothing to store in a "
+            "DICOM-SEG (the label NIfTI and measurements are still written)"
+        )
+    return descs, np.stack(seg_arrays, axis=-1).astype(np.uint8)
 
 
 def write_dicom_seg(
@@ -98,7 +191,8 @@ def write_dicom_seg(
 
     Args:
         labels: label Volume (0/1/2) in the geometry the series was read with.
-        series_dir: folder of the source DICOM series (the input of ``livseg segment``).
+        series_dir: folder of the source DICOM series (the input of ``livseg segment``); its
+            files are found as :func:`livseg.io.dicom.dicom_files` says.
         path: output ``.dcm`` path.
         overwrite: replace an existing file.
         series_description: SeriesDescription of the SEG.
@@ -126,72 +220,10 @@ def write_dicom_seg(
         ) from exc
     if not series_dir.is_dir():
         raise InputError(f"{series_dir}: --dicom-seg needs a DICOM series folder as input")
-    groups = _read_series(series_dir)
-    best: list[tuple] = []
-    skipped = 0
-    if series_uid is not None:
-        if series_uid not in groups:
-            raise InputError(f"{series_dir}: no DICOM series with SeriesInstanceUID {series_uid}")
-        groups = {series_uid: groups[series_uid]}
-    for _uid, datasets in groups.items():
-        matched = []
-        miss = 0
-        for ds in datasets:
-            idx = frame_indices(ds, labels)
-            if idx is None:
-                miss += 1
-            else:
-                matched.append((ds, idx))
-        if len(matched) > len(best):
-            best, skipped = matched, miss
-    if not best:
-        raise InputError(
-            f"{series_dir}: no DICOM image of this folder lies on the label grid; "
-            "cannot write a DICOM-SEG referencing it"
-        )
-    if skipped:
-        log.warning(
-            "%s: %d image(s) of the series are not on the label grid and are not "
-            "referenced by the DICOM-SEG",
-            series_dir,
-            skipped,
-        )
+    best = _best_series(_read_series(series_dir), labels, series_uid, series_dir)
     arr = labels.array
     frames = np.stack([arr[k, j, i] for _ds, (k, j, i) in best])  # (F, R, C)
-    masks = {1: frames >= 1, 2: frames == 2}
-    algo = hd.AlgorithmIdentificationSequence(
-        name="livseg", family=codes.cid7162.ArtificialIntelligence, version=__version__
-    )
-    descs = []
-    seg_arrays = []
-    names = {
-        1: ("Liver", codes.SCT.Organ, codes.SCT.Liver),
-        2: ("Liver tumour", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm),
-    }
-    for number in (1, 2):
-        if not masks[number].any():
-            log.info(
-                "%s: segment %r is empty and left out of the DICOM-SEG", path, names[number][0]
-            )
-            continue
-        label, cat, typ = names[number]
-        descs.append(
-            hd.seg.SegmentDescription(
-                segment_number=len(descs) + 1,
-                segment_label=label,
-                segmented_property_category=cat,
-                segmented_property_type=typ,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algo,
-            )
-        )
-        seg_arrays.append(masks[number])
-    if not descs:
-        raise LivsegError(
-            f"{path}: no liver was found, so there is nothing to store in a "
-            "DICOM-SEG (the label NIfTI and measurements are still written)"
-        )
-    pixel_array = np.stack(seg_arrays, axis=-1).astype(np.uint8)  # (F, R, C, S)
+    descs, pixel_array = _segments(hd, codes, frames, path)  # (F, R, C, S)
     seg = hd.seg.Segmentation(
         source_images=[ds for ds, _ in best],
         pixel_array=pixel_array,

@@ -51,6 +51,92 @@ def _rows(pairs: list[tuple[str, str]]) -> str:
     return "".join(f"<tr><th>{_e(k)}</th><td class='num'>{v}</td></tr>" for k, v in pairs)
 
 
+def _flags(m: Measurements, warnings) -> str:
+    """The boxes a reader must not miss: no liver, incomplete coverage, segmentation warnings."""
+    flags = []
+    if not m.liver_found:
+        flags.append(("bad", "No liver was found: the label file is all background."))
+    elif m.incomplete_coverage:
+        flags.append(
+            (
+                "",
+                "The liver touches the first or last slice of the scan: coverage is "
+                "incomplete and the liver volume is a lower bound.",
+            )
+        )
+    flags += [("", w) for w in warnings]
+    return "".join(f"<div class='flag {cls}'>{_e(text)}</div>" for cls, text in flags)
+
+
+def _measurements_table(m: Measurements) -> str:
+    burden = None if m.tumour_burden is None else 100.0 * m.tumour_burden
+    rows = [
+        ("Liver volume (ml)", _num(m.liver_volume_ml, ".1f")),
+        ("Tumour volume (ml)", _num(m.tumour_volume_ml, ".2f")),
+        ("Tumour burden (% of liver)", _num(burden, ".2f")),
+        ("Lesions", str(m.lesion_count)),
+    ]
+    return f"<h2>Measurements</h2><table>{_rows(rows)}</table>"
+
+
+def _lesion_table(m: Measurements) -> str:
+    """The lesion list ('' when there is no lesion)."""
+    if not m.lesions:
+        return ""
+    parts = [
+        "<h2>Lesions</h2><table><tr><th>#</th><th>volume (ml)</th>"
+        "<th>longest axial diameter (mm)</th><th>centroid x, y, z (mm, LPS)</th>"
+        "<th>axial slice</th></tr>"
+    ]
+    for les in m.lesions:
+        x, y, z = les.centroid_lps_mm
+        parts.append(
+            f"<tr><td class='num'>{les.lesion}</td>"
+            f"<td class='num'>{les.volume_ml:.3f}</td>"
+            f"<td class='num'>{les.longest_axial_diameter_mm:.1f}</td>"
+            f"<td class='num'>{x:.1f}, {y:.1f}, {z:.1f}</td>"
+            f"<td class='num'>{les.axial_slice}</td></tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _overlay(name: str, overlay_png: bytes | None) -> str:
+    """The embedded overlay montage ('' without one)."""
+    if not overlay_png:
+        return ""
+    data = base64.b64encode(overlay_png).decode("ascii")
+    return (
+        "<h2>Axial slices through the liver</h2><p class='muted'>Radiological "
+        "convention (patient's right on the left); the legend is in the picture.</p>"
+        f"<img alt='overlay montage of {_e(name)}' src='data:image/png;base64,"
+        f"{data}'>"
+    )
+
+
+def _scan_table(m: Measurements, meta: Mapping[str, Any]) -> str:
+    sz, sy, sx = m.spacing_mm
+    shape = _e(" x ".join(str(v) for v in meta["shape_zyx"])) if "shape_zyx" in meta else "-"
+    scan = [
+        ("Shape (z, y, x)", shape),
+        ("Spacing (mm, z y x)", f"{sz:.3g} x {sy:.3g} x {sx:.3g}"),
+        ("Orientation", _e(meta.get("orientation", "-"))),
+        ("Input kind", _e(meta.get("input_kind", "-"))),
+        ("Liver model", _e(meta.get("liver_model", "-"))),
+        ("Tumour model", _e(meta.get("tumour_model") or "none")),
+        ("Flip TTA", _e(meta.get("tta", "-"))),
+    ]
+    return f"<h2>Scan and models</h2><table>{_rows(scan)}</table>"
+
+
+def _timings_table(timings: Mapping[str, Any]) -> str:
+    """Per-stage timings in seconds ('' when none were recorded)."""
+    if not timings:
+        return ""
+    rows = _rows([(k, f"{float(v):.2f}") for k, v in timings.items()])
+    return f"<h2>Timings (s)</h2><table>{rows}</table>"
+
+
 def report_html(
     name: str,
     m: Measurements,
@@ -78,87 +164,15 @@ def report_html(
         f"<title>livseg: {_e(name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>livseg report: {_e(name)}</h1>",
         f"<p class='muted'>{_e(meta.get('input', ''))}</p>",
-    ]
-
-    flags = []
-    if not m.liver_found:
-        flags.append(("bad", "No liver was found: the label file is all background."))
-    elif m.incomplete_coverage:
-        flags.append(
-            (
-                "",
-                "The liver touches the first or last slice of the scan: coverage is "
-                "incomplete and the liver volume is a lower bound.",
-            )
-        )
-    flags += [("", w) for w in meta.get("warnings", [])]
-    parts += [f"<div class='flag {cls}'>{_e(text)}</div>" for cls, text in flags]
-
-    burden = None if m.tumour_burden is None else 100.0 * m.tumour_burden
-    parts += [
-        "<h2>Measurements</h2><table>",
-        _rows(
-            [
-                ("Liver volume (ml)", _num(m.liver_volume_ml, ".1f")),
-                ("Tumour volume (ml)", _num(m.tumour_volume_ml, ".2f")),
-                ("Tumour burden (% of liver)", _num(burden, ".2f")),
-                ("Lesions", str(m.lesion_count)),
-            ]
-        ),
-        "</table>",
-    ]
-
-    if m.lesions:
-        parts.append(
-            "<h2>Lesions</h2><table><tr><th>#</th><th>volume (ml)</th>"
-            "<th>longest axial diameter (mm)</th><th>centroid x, y, z (mm, LPS)</th>"
-            "<th>axial slice</th></tr>"
-        )
-        for les in m.lesions:
-            x, y, z = les.centroid_lps_mm
-            parts.append(
-                f"<tr><td class='num'>{les.lesion}</td>"
-                f"<td class='num'>{les.volume_ml:.3f}</td>"
-                f"<td class='num'>{les.longest_axial_diameter_mm:.1f}</td>"
-                f"<td class='num'>{x:.1f}, {y:.1f}, {z:.1f}</td>"
-                f"<td class='num'>{les.axial_slice}</td></tr>"
-            )
-        parts.append("</table>")
-
-    if overlay_png:
-        data = base64.b64encode(overlay_png).decode("ascii")
-        parts.append(
-            "<h2>Axial slices through the liver</h2><p class='muted'>Radiological "
-            "convention (patient's right on the left); the legend is in the picture.</p>"
-            f"<img alt='overlay montage of {_e(name)}' src='data:image/png;base64,"
-            f"{data}'>"
-        )
-
-    sz, sy, sx = m.spacing_mm
-    scan = [
-        (
-            "Shape (z, y, x)",
-            _e(" x ".join(str(v) for v in meta["shape_zyx"])) if "shape_zyx" in meta else "-",
-        ),
-        ("Spacing (mm, z y x)", f"{sz:.3g} x {sy:.3g} x {sx:.3g}"),
-        ("Orientation", _e(meta.get("orientation", "-"))),
-        ("Input kind", _e(meta.get("input_kind", "-"))),
-        ("Liver model", _e(meta.get("liver_model", "-"))),
-        ("Tumour model", _e(meta.get("tumour_model") or "none")),
-        ("Flip TTA", _e(meta.get("tta", "-"))),
-    ]
-    parts += ["<h2>Scan and models</h2><table>", _rows(scan), "</table>"]
-    timings = meta.get("timings_s") or {}
-    if timings:
-        parts += [
-            "<h2>Timings (s)</h2><table>",
-            _rows([(k, f"{float(v):.2f}") for k, v in timings.items()]),
-            "</table>",
-        ]
-    parts.append(
+        _flags(m, meta.get("warnings", [])),
+        _measurements_table(m),
+        _lesion_table(m),
+        _overlay(name, overlay_png),
+        _scan_table(m, meta),
+        _timings_table(meta.get("timings_s") or {}),
         f"<p class='muted'>livseg {_e(__version__)}. Research use only; not a medical "
-        "device. Check every result before using it.</p></body></html>\n"
-    )
+        "device. Check every result before using it.</p></body></html>\n",
+    ]
     return "".join(parts)
 
 

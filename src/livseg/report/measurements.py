@@ -5,7 +5,8 @@ Definitions (all from the label volume and its header geometry):
 * liver = label >= 1 (tumour voxels are liver voxels, LiTS convention); tumour = label == 2;
 * volumes in ml = voxel count x voxel volume (1 ml = 1000 mm^3);
 * tumour burden = tumour voxels / liver voxels (``None`` when no liver);
-* lesions = 3-D connected components of the tumour mask, 6-connectivity (as the LiTS scorer);
+* lesions = 3-D connected components of the tumour mask, 6-connectivity (as the LiTS scorer;
+  :func:`livseg.metrics.lesions.label_lesions`, the one labelling of lesions);
 * longest axial diameter (mm) of a lesion = the maximum Feret diameter of its largest axial
   cross-section (the axial slice with most lesion voxels; ties: the first in array order),
   measured on the region covered by its pixels, each pixel an ``sx x sy`` mm
@@ -31,6 +32,8 @@ import numpy as np
 from scipy import ndimage
 
 from livseg.io.atomic import write_text_atomic
+from livseg.metrics.lesions import label_lesions
+from livseg.preprocess.bbox import bounding_box
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.report.measurements")
@@ -133,6 +136,51 @@ def max_feret_diameter(mask2d: np.ndarray, spacing_rc: tuple[float, float]) -> f
     return float(np.sqrt((diff**2).sum(-1)).max())
 
 
+def _incomplete_coverage(liver: np.ndarray, ax: int) -> bool:
+    """True when a non-empty liver mask touches the first or last slice along axis ``ax``."""
+    box = bounding_box(liver)
+    if box is None:
+        return False
+    along = box[ax]
+    return bool(along.start == 0 or along.stop == liver.shape[ax])
+
+
+def _lesion(labels: Volume, sub: np.ndarray, start: np.ndarray, ax: int) -> Lesion:
+    """Measure one lesion given as its own bounding-box mask ``sub`` at global index ``start``.
+
+    The lesion id is left 0 (numbered after sorting).
+    """
+    inplane = [a for a in range(3) if a != ax]
+    sp_rc = (labels.spacing[inplane[0]], labels.spacing[inplane[1]])
+    count = int(sub.sum())
+    idx = np.argwhere(sub).mean(axis=0) + start
+    best = int(np.argmax(sub.sum(axis=tuple(inplane))))
+    diam = max_feret_diameter(np.take(sub, best, axis=ax), sp_rc)
+    lps = labels.index_to_lps(idx)
+    return Lesion(
+        0,
+        count,
+        count * labels.voxel_volume_ml,
+        diam,
+        tuple(float(v) for v in lps),
+        best + int(start[ax]),
+    )
+
+
+def _lesions(labels: Volume, tumour: np.ndarray, ax: int) -> list[Lesion]:
+    """The 6-connected tumour lesions, sorted by decreasing volume and numbered from 1."""
+    # label inside the tumour bounding box only (memory bounded by the tumours, not the scan)
+    box = bounding_box(tumour)
+    comp, _ = label_lesions(tumour[box])
+    offset = np.array([b.start for b in box])
+    lesions = []
+    for i, local in enumerate(ndimage.find_objects(comp), start=1):
+        start = offset + np.array([s.start for s in local])  # global index of sub[0, 0, 0]
+        lesions.append(_lesion(labels, comp[local] == i, start, ax))
+    lesions.sort(key=lambda les: (-les.voxels, les.axial_slice))
+    return [replace(les, lesion=k) for k, les in enumerate(lesions, start=1)]
+
+
 def measure(labels: Volume) -> Measurements:
     """Measure a label volume (0 background, 1 liver, 2 tumour) in its own geometry.
 
@@ -149,53 +197,14 @@ def measure(labels: Volume) -> Measurements:
     tumour = arr == 2
     n_tumour = int(np.count_nonzero(tumour))
     ax = axial_axis(labels)
-    if n_liver:
-        other = tuple(a for a in range(3) if a != ax)
-        along = np.flatnonzero(np.any(liver, axis=other))
-        incomplete = bool(along[0] == 0 or along[-1] == arr.shape[ax] - 1)
-    else:
-        incomplete = False
-    lesions: list[Lesion] = []
-    if n_tumour:
-        # label inside the tumour bounding box only (memory bounded by the tumours, not the scan)
-        nz = [
-            np.flatnonzero(np.any(tumour, axis=tuple(b for b in range(3) if b != a)))
-            for a in range(3)
-        ]
-        box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
-        comp, n = ndimage.label(tumour[box], structure=ndimage.generate_binary_structure(3, 1))
-        offset = np.array([b.start for b in box])
-        inplane = [a for a in range(3) if a != ax]
-        sp_rc = (labels.spacing[inplane[0]], labels.spacing[inplane[1]])
-        for i, local in enumerate(ndimage.find_objects(comp), start=1):
-            sub = comp[local] == i
-            start = offset + np.array([s.start for s in local])  # global index of sub[0, 0, 0]
-            count = int(sub.sum())
-            idx = np.argwhere(sub).mean(axis=0) + start
-            per_slice = sub.sum(axis=tuple(inplane))
-            best = int(np.argmax(per_slice))
-            section = np.take(sub, best, axis=ax)
-            diam = max_feret_diameter(section, sp_rc)
-            lps = labels.index_to_lps(idx)
-            lesions.append(
-                Lesion(
-                    0,
-                    count,
-                    count * vox_ml,
-                    diam,
-                    tuple(float(v) for v in lps),
-                    best + int(start[ax]),
-                )
-            )
-        lesions.sort(key=lambda les: (-les.voxels, les.axial_slice))
-        lesions = [replace(les, lesion=k) for k, les in enumerate(lesions, start=1)]
+    lesions = _lesions(labels, tumour, ax) if n_tumour else []
     return Measurements(
         liver_found=n_liver > 0,
         liver_volume_ml=n_liver * vox_ml,
         tumour_volume_ml=n_tumour * vox_ml,
         tumour_burden=(n_tumour / n_liver) if n_liver else None,
         lesion_count=len(lesions),
-        incomplete_coverage=incomplete,
+        incomplete_coverage=_incomplete_coverage(liver, ax),
         voxel_volume_ml=vox_ml,
         spacing_mm=tuple(labels.spacing),
         lesions=lesions,

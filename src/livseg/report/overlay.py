@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from livseg.errors import InputError
-from livseg.infer.predictor import canonical_view
 from livseg.io.atomic import atomic_path
+from livseg.preprocess.bbox import bounding_box
+from livseg.preprocess.orientation import canonical_view
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.report.overlay")
@@ -42,8 +43,8 @@ def choose_slices(liver: np.ndarray, n_slices: int) -> list[int]:
         Sorted from superior to inferior (descending canonical z), without duplicates.
     """
     z = liver.shape[0]
-    rows = np.flatnonzero(np.any(liver, axis=(1, 2)))
-    lo, hi = (int(rows[0]), int(rows[-1])) if rows.size else (z // 4, max(z // 4, 3 * z // 4 - 1))
+    box = bounding_box(liver)
+    lo, hi = (box[0].start, box[0].stop - 1) if box else (z // 4, max(z // 4, 3 * z // 4 - 1))
     picks = np.unique(np.round(np.linspace(lo, hi, num=max(1, n_slices))).astype(int))
     return sorted((int(p) for p in picks), reverse=True)
 

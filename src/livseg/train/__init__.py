@@ -6,8 +6,9 @@ Public API:
   configurations from JSON files or bundled names, with ``section.key=value`` overrides;
 * :func:`train` (:mod:`livseg.train.trainer`): train a configuration on a dataset (all stages);
 * :func:`cross_validate` (:mod:`livseg.train.cv`): k-fold cross-validation by patient;
-* :func:`load_model` (:mod:`livseg.train.checkpoint`): rebuild a model from a checkpoint folder;
-* :func:`resolve_device` (:mod:`livseg.train.device`): the device policy.
+* :func:`save_checkpoint` (:mod:`livseg.train.checkpoint`): write a checkpoint folder (loading
+  one for inference is :func:`livseg.models.checkpoint.load_model`; the device policy is
+  :mod:`livseg.device`).
 
 Importing this package imports torch lazily (on first use of these names).
 """
@@ -26,9 +27,7 @@ __all__ = [
     "TrainResult",
     "cross_validate",
     "CVResult",
-    "load_model",
     "save_checkpoint",
-    "resolve_device",
 ]
 
 _WHERE = {
@@ -41,9 +40,7 @@ _WHERE = {
     "TrainResult": "trainer",
     "cross_validate": "cv",
     "CVResult": "cv",
-    "load_model": "checkpoint",
     "save_checkpoint": "checkpoint",
-    "resolve_device": "device",
 }
 
 

@@ -1,4 +1,10 @@
-"""Checkpoints: a folder per checkpoint, written atomically, that rebuilds its model alone.
+"""Writing checkpoints and the training state: a folder per checkpoint, written atomically.
+
+Reading a checkpoint for inference (:func:`~livseg.models.checkpoint.load_model`, the file names,
+:func:`~livseg.models.checkpoint.find_checkpoint`, ``load_weights``, ``load_info``) lives in
+:mod:`livseg.models.checkpoint`, so that inference needs no training code; this module adds what
+only training needs: :func:`save_checkpoint`, the resumable state ``state.pt`` and the random
+generators' state, and :func:`load_config_of` (the whole training configuration).
 
 Layout of a checkpoint folder (e.g. ``<run>/best/`` or ``<run>/last/``)::
 
@@ -11,8 +17,8 @@ Layout of a checkpoint folder (e.g. ``<run>/best/`` or ``<run>/last/``)::
 
 The folder is first written under a temporary name and then renamed into place; the previous
 checkpoint is moved aside before and deleted after, so a process killed at any moment leaves
-either the old or the new complete checkpoint (:func:`find_checkpoint` also recovers the
-moved-aside one). Nothing is pickled: loading a checkpoint never executes code.
+either the old or the new complete checkpoint
+(:func:`livseg.models.checkpoint.find_checkpoint` also recovers the moved-aside one). Nothing is pickled: loading a checkpoint never executes code.
 """
 
 from __future__ import annotations
@@ -28,35 +34,33 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from livseg import __version__
 from livseg.errors import InputError
+from livseg.models.checkpoint import (
+    CONFIG_FILE,
+    INFO_FILE,
+    MODEL_FILE,
+    OLD_SUFFIX,
+    read_config_json,
+    require_checkpoint,
+)
 from livseg.train.config import Config, config_from_dict, config_to_dict
 
 logger = logging.getLogger("livseg.train.checkpoint")
 
 __all__ = [
-    "MODEL_FILE",
-    "CONFIG_FILE",
     "STATE_FILE",
-    "INFO_FILE",
     "save_checkpoint",
-    "find_checkpoint",
     "load_config_of",
-    "load_weights",
     "load_state",
-    "load_model",
     "rng_state",
     "set_rng_state",
 ]
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
-INFO_FILE = "checkpoint.json"
-_OLD_SUFFIX = ".old"
 
 
 def rng_state() -> dict[str, Any]:
@@ -150,7 +154,7 @@ def save_checkpoint(
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb+") as fh:
                 os.fsync(fh.fileno())
-        old = folder.with_name(folder.name + _OLD_SUFFIX)
+        old = folder.with_name(folder.name + OLD_SUFFIX)
         if old.exists():
             shutil.rmtree(old)
         if folder.exists():
@@ -173,110 +177,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _complete(folder: Path) -> bool:
-    return (folder / MODEL_FILE).is_file() and (folder / CONFIG_FILE).is_file()
-
-
-def find_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The complete checkpoint at ``folder``, or its moved-aside predecessor after a kill.
-
-    Returns:
-        ``folder`` or ``folder.old`` when complete, else None.
-    """
-    folder = Path(folder)
-    for cand in (folder, folder.with_name(folder.name + _OLD_SUFFIX)):
-        if cand.is_dir() and _complete(cand):
-            return cand
-    return None
-
-
-def _require(folder: str | os.PathLike) -> Path:
-    found = find_checkpoint(folder)
-    if found is None:
-        raise InputError(
-            f"{folder}: not a livseg checkpoint folder (needs {MODEL_FILE} and {CONFIG_FILE})"
-        )
-    return found
-
-
 def load_config_of(checkpoint_dir: str | os.PathLike) -> Config:
     """The resolved configuration saved in a checkpoint folder."""
-    folder = _require(checkpoint_dir)
-    path = folder / CONFIG_FILE
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the checkpoint's configuration ({exc})") from exc
-    return config_from_dict(d, str(path))
-
-
-def load_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
-    """The content of ``checkpoint.json`` (empty dict when absent)."""
-    path = _require(checkpoint_dir) / INFO_FILE
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def load_weights(model: nn.Module, checkpoint_dir: str | os.PathLike, prefix: str = "") -> None:
-    """Load ``model.safetensors`` into ``model`` (strict).
-
-    Args:
-        model: The module to fill.
-        checkpoint_dir: The checkpoint folder.
-        prefix: Load only the keys starting with ``prefix`` (stripped), e.g. ``"level1."`` to
-            fill a CR-U-Net's level 1 from a full-model checkpoint.
-
-    Raises:
-        InputError: Missing folder/file, or keys/shapes that do not match the model.
-    """
-    path = _require(checkpoint_dir) / MODEL_FILE
-    weights = load_file(str(path))
-    if prefix:
-        weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not fit the model ({exc})") from exc
+    folder = require_checkpoint(checkpoint_dir)
+    return config_from_dict(read_config_json(folder), str(folder / CONFIG_FILE))
 
 
 def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     """The training state ``state.pt`` (``torch.load(weights_only=True)``, on the CPU)."""
-    path = _require(checkpoint_dir) / STATE_FILE
+    path = require_checkpoint(checkpoint_dir) / STATE_FILE
     if not path.is_file():
         raise InputError(f"{path}: checkpoint has no training state to resume from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file
         raise InputError(f"{path}: cannot read the training state ({exc})") from exc
-
-
-def load_model(
-    checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Config]:
-    """Rebuild a trained model from its checkpoint folder alone.
-
-    Args:
-        checkpoint_dir: A checkpoint folder (``model.safetensors`` + ``config.json``), e.g.
-            ``run/best`` or ``run/level2/best``.
-        device: Where to put the model (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
-
-    Returns:
-        ``(model, config)``; the model is in eval mode and returns logits. A CR-U-Net checkpoint
-        written during level-1 training is returned at stage ``"level1"`` (its level 2 is
-        untrained), one written during or after level-2 training at stage ``"full"``.
-
-    Raises:
-        InputError: Not a checkpoint, unreadable configuration, weights that do not fit.
-    """
-    from livseg.models import build_model
-
-    folder = _require(checkpoint_dir)
-    config = load_config_of(folder)
-    model = build_model(config.model.name, **config.model.options)
-    load_weights(model, folder)
-    if config.model.name == "crunet":
-        stage = load_info(folder).get("stage", "level2")
-        model.set_stage("level1" if stage == "level1" else "full")
-    model.eval()
-    return model.to(device), config

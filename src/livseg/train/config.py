@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from livseg.data.augment import Augmentation
-from livseg.data.cache import PreprocessSettings
 from livseg.errors import LivsegError
+from livseg.preprocess.pipeline import PreprocessSettings
 
 logger = logging.getLogger("livseg.train.config")
 
@@ -203,7 +203,7 @@ class Config:
         model: The network.
         loss: The loss.
         data: Pre-processing settings of the slice cache (see
-            :class:`livseg.data.cache.PreprocessSettings`).
+            :class:`livseg.preprocess.pipeline.PreprocessSettings`).
         augment: Augmentation of the training slices (see
             :class:`livseg.data.augment.Augmentation`); null disables augmentation.
         optimizer: Optimiser settings.
@@ -441,7 +441,7 @@ def _validate(cfg: Config) -> None:
             f"train.stage={t.stage!r} applies to the crunet model only "
             f"(model.name is {cfg.model.name!r}); use 'all'"
         )
-    from livseg.train.device import parse_device
+    from livseg.device import parse_device
 
     parse_device(t.device, "train.device")
     in_ch = cfg.model.options.get("in_channels", 1)

@@ -61,19 +61,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from livseg.data.cache import CachedCase, SliceCache, build_slice_cache
 from livseg.data.dataset import SliceDataset
+from livseg.device import amp_enabled, resolve_device
 from livseg.errors import InputError, LivsegError, OutputExistsError
 from livseg.io.atomic import write_text_atomic
+from livseg.models.checkpoint import find_checkpoint, load_info, load_weights
 from livseg.train.checkpoint import (
-    find_checkpoint,
-    load_info,
     load_state,
-    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from livseg.train.config import Config, ScheduleConfig, config_to_dict
-from livseg.train.device import amp_enabled, resolve_device
 from livseg.train.distributed import (
     DistInfo,
     DistributedWeightedSampler,

@@ -1,5 +1,8 @@
 """Device policy, in one place: ``auto | cpu | cuda | cuda:N``.
 
+Used by inference (:mod:`livseg.infer`) and training (:mod:`livseg.train`) alike, so it lives at
+the package top level and imports nothing but :mod:`livseg.errors` (torch only when called).
+
 ``auto`` picks CUDA when available (under torchrun: the GPU of this process's ``LOCAL_RANK``),
 else the CPU. Mixed precision (autocast + GradScaler) is used only on CUDA devices
 (:func:`amp_enabled`).
@@ -12,7 +15,7 @@ import re
 
 from livseg.errors import LivsegError
 
-logger = logging.getLogger("livseg.train.device")
+logger = logging.getLogger("livseg.device")
 
 __all__ = ["DeviceError", "parse_device", "resolve_device", "amp_enabled"]
 

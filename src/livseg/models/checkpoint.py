@@ -1,0 +1,226 @@
+"""Reading a checkpoint folder: ``model.safetensors`` + ``config.json`` -> the trained network.
+
+Layout of a checkpoint folder (written by :func:`livseg.train.checkpoint.save_checkpoint`)::
+
+    model.safetensors   the model's full state dict (weights and buffers), safetensors format
+    config.json         the resolved training configuration
+    checkpoint.json     epoch, stage, validation metrics, livseg version (informative)
+    state.pt            training state for resuming (training only; never read here)
+
+**Why this lives beside the models and not in** :mod:`livseg.train`: inference (``io ->
+preprocess -> models -> infer -> report``) must stand alone, without the training code. The
+``config.json`` of a checkpoint is the trainer's whole :class:`livseg.train.config.Config`
+(model, loss, data, augmentation, optimiser, schedule, loop); rebuilding the network needs only
+two of its sections:
+
+* ``model``: the registry name and constructor options (:func:`livseg.models.build_model`);
+* ``data``: the pre-processing the network was trained with
+  (:class:`livseg.preprocess.pipeline.PreprocessSettings`, already a frozen dataclass below
+  training).
+
+:func:`model_spec` reads exactly these into a small frozen :class:`ModelSpec`, without the
+trainer's ``Config`` class (whose loss, augmentation and optimiser sections belong to training
+and import :mod:`livseg.data`); the other sections are left to
+:func:`livseg.train.checkpoint.load_config_of`. Writing checkpoints and the training state
+(``save_checkpoint``, ``state.pt``, RNG states, resuming) stays in :mod:`livseg.train.checkpoint`,
+which takes the file names and the folder checks from here.
+
+Nothing is pickled: loading a checkpoint never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from livseg.errors import InputError, LivsegError
+from livseg.preprocess.pipeline import PreprocessSettings
+
+logger = logging.getLogger("livseg.models.checkpoint")
+
+__all__ = [
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "INFO_FILE",
+    "OLD_SUFFIX",
+    "ModelSpec",
+    "find_checkpoint",
+    "require_checkpoint",
+    "read_config_json",
+    "model_spec",
+    "load_info",
+    "load_weights",
+    "load_model",
+]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+INFO_FILE = "checkpoint.json"
+OLD_SUFFIX = ".old"
+"""Suffix of the previous checkpoint, moved aside while a new one is renamed into place."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a checkpoint says about its network: enough to rebuild it and to feed it.
+
+    Attributes:
+        name: :data:`livseg.models.MODELS` name (``unet``, ``runet``, ``crunet``, ``densefcn``).
+        options: Constructor options of that model.
+        preprocess: The pre-processing of the network's input (the config's ``data`` section).
+    """
+
+    name: str
+    options: dict[str, Any]
+    preprocess: PreprocessSettings
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / MODEL_FILE).is_file() and (folder / CONFIG_FILE).is_file()
+
+
+def find_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The complete checkpoint at ``folder``, or its moved-aside predecessor after a kill.
+
+    Returns:
+        ``folder`` or ``folder.old`` when complete, else None.
+    """
+    folder = Path(folder)
+    for cand in (folder, folder.with_name(folder.name + OLD_SUFFIX)):
+        if cand.is_dir() and _complete(cand):
+            return cand
+    return None
+
+
+def require_checkpoint(folder: str | os.PathLike) -> Path:
+    """:func:`find_checkpoint`, raising when there is none.
+
+    Raises:
+        InputError: ``folder`` (and ``folder.old``) is not a complete checkpoint.
+    """
+    found = find_checkpoint(folder)
+    if found is None:
+        raise InputError(
+            f"{folder}: not a livseg checkpoint folder (needs {MODEL_FILE} and {CONFIG_FILE})"
+        )
+    return found
+
+
+def read_config_json(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint folder.
+
+    Raises:
+        InputError: Not a checkpoint, or an unreadable / non-JSON configuration.
+    """
+    path = require_checkpoint(checkpoint_dir) / CONFIG_FILE
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the checkpoint's configuration ({exc})") from exc
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: a configuration must be a JSON object")
+    return d
+
+
+def model_spec(config: dict[str, Any], source: str = CONFIG_FILE) -> ModelSpec:
+    """The ``model`` and ``data`` sections of a checkpoint configuration.
+
+    Args:
+        config: The parsed ``config.json``.
+        source: Name used in error messages (the file's path).
+
+    Raises:
+        InputError: A missing or malformed ``model`` section, or no valid pre-processing
+            settings (a ``data`` section with a ``pipeline``).
+    """
+    model = config.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise InputError(f"{source}: checkpoint config has no 'model' section with a 'name'")
+    options = model.get("options", {})
+    if not isinstance(options, dict):
+        raise InputError(f"{source}: model.options must be a JSON object, got {options!r}")
+    data = config.get("data")
+    if not isinstance(data, dict) or "pipeline" not in data:
+        raise InputError(
+            f"{source}: checkpoint config holds no pre-processing settings "
+            "(expected a 'data' section with a 'pipeline')"
+        )
+    try:
+        preprocess = PreprocessSettings.from_dict(data)
+    except (LivsegError, TypeError) as exc:
+        raise InputError(f"{source}: data: {exc}") from exc
+    return ModelSpec(model["name"], dict(options), preprocess)
+
+
+def load_info(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+    """The content of ``checkpoint.json`` (empty dict when absent)."""
+    path = require_checkpoint(checkpoint_dir) / INFO_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_weights(model: nn.Module, checkpoint_dir: str | os.PathLike, prefix: str = "") -> None:
+    """Load ``model.safetensors`` into ``model`` (strict).
+
+    Args:
+        model: The module to fill.
+        checkpoint_dir: The checkpoint folder.
+        prefix: Load only the keys starting with ``prefix`` (stripped), e.g. ``"level1."`` to
+            fill a CR-U-Net's level 1 from a full-model checkpoint.
+
+    Raises:
+        InputError: Missing folder/file, or keys/shapes that do not match the model.
+    """
+    path = require_checkpoint(checkpoint_dir) / MODEL_FILE
+    weights = load_file(str(path))
+    if prefix:
+        weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not fit the model ({exc})") from exc
+
+
+def load_model(
+    checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a trained model from its checkpoint folder alone.
+
+    Args:
+        checkpoint_dir: A checkpoint folder (``model.safetensors`` + ``config.json``), e.g.
+            ``run/best`` or ``run/level2/best``.
+        device: Where to put the model (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
+
+    Returns:
+        ``(model, spec)``; the model is in eval mode and returns logits; ``spec.preprocess`` is
+        the input pre-processing it was trained with. A CR-U-Net checkpoint written during
+        level-1 training is returned at stage ``"level1"`` (its level 2 is untrained), one
+        written during or after level-2 training at stage ``"full"``.
+
+    Raises:
+        InputError: Not a checkpoint, unreadable configuration, unknown model or options,
+            weights that do not fit.
+    """
+    from livseg.models import build_model  # livseg.models imports this module
+
+    folder = require_checkpoint(checkpoint_dir)
+    spec = model_spec(read_config_json(folder), str(folder / CONFIG_FILE))
+    try:
+        model = build_model(spec.name, **spec.options)
+    except LivsegError as exc:
+        raise InputError(f"{folder / CONFIG_FILE}: {exc}") from exc
+    load_weights(model, folder)
+    if spec.name == "crunet":
+        stage = load_info(folder).get("stage", "level2")
+        model.set_stage("level1" if stage == "level1" else "full")
+    model.eval()
+    return model.to(device), spec
