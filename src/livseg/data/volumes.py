@@ -3,8 +3,9 @@
 Every case is read once, put in the canonical orientation, resampled to the coarse grid with
 :func:`livseg.preprocess.coarse.coarse_image` / :func:`~livseg.preprocess.coarse.coarse_labels`
 (the same functions inference uses) and stored as ``<root>/<key>/<case_id>/{image,label}.npy``
-(image float16 in [0, 1], labels uint8) with a ``meta.json``. ``key`` hashes the settings, so
-changing the spacing or the window builds a new cache; a case is rebuilt when its source files
+(image float16 in [0, 1], labels uint8) with a ``meta.json``. ``key`` is the settings' key
+(:meth:`livseg.preprocess.pipeline.PreprocessSettings.key`, pipeline ``coarse``), so changing
+the spacing or the window builds a new cache; a case is rebuilt when its source files
 change (size and mtime recorded). Writes are atomic (temporary folder, then rename).
 
 :class:`VolumeDataset` draws random augmented patches (:class:`~livseg.data.augment3d.
@@ -13,14 +14,12 @@ Augmentation3D`) for training and gives whole padded volumes for validation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,37 +29,16 @@ from torch.utils.data import Dataset
 
 from livseg.data.augment3d import Augmentation3D, random_patch
 from livseg.preprocess.coarse import (
-    COARSE_WINDOW,
     coarse_image,
     coarse_labels,
     coarse_spacing,
     pad_to,
 )
+from livseg.preprocess.pipeline import PreprocessSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CoarseSettings", "VolumeCache", "VolumeDataset", "build_volume_cache"]
-
-VOLUME_CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CoarseSettings:
-    """What determines a coarse volume cache.
-
-    Attributes:
-        spacing_mm: Target spacing of the coarse grid (mm).
-        window: HU window scaled to [0, 1].
-    """
-
-    spacing_mm: float = 4.0
-    window: tuple[float, float] = COARSE_WINDOW
-
-    def key(self) -> str:
-        """Cache folder name: ``coarse_<spacing>mm_<12 hex digits>``."""
-        payload = json.dumps({"v": VOLUME_CACHE_VERSION, **asdict(self)}, sort_keys=True)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-        return f"coarse_{self.spacing_mm:g}mm_{digest}"
+__all__ = ["VolumeCache", "VolumeDataset", "build_volume_cache"]
 
 
 def _stamp(path: Path) -> dict[str, Any]:
@@ -68,7 +46,7 @@ def _stamp(path: Path) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _build_case(case_id: str, image: Path, label: Path, s: CoarseSettings, dest: Path) -> None:
+def _build_case(case_id: str, image: Path, label: Path, s: PreprocessSettings, dest: Path) -> None:
     from livseg.io import read_volume
     from livseg.preprocess.orientation import canonical_view
 
@@ -79,7 +57,7 @@ def _build_case(case_id: str, image: Path, label: Path, s: CoarseSettings, dest:
     hu, reo = canonical_view(img)
     lab_c, _ = canonical_view(lab)
     spacing = reo.canonical_geometry()[0]
-    x = coarse_image(hu, spacing, s.spacing_mm, s.window)
+    x = coarse_image(hu, spacing, s.spacing_mm, s.windows[0])
     y = coarse_labels(lab_c, spacing, s.spacing_mm)
     tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}-", dir=dest.parent))
     try:
@@ -130,14 +108,14 @@ class VolumeCache:
         return out
 
 
-def build_volume_cache(cases: Sequence[Any], root: str | os.PathLike, s: CoarseSettings):
+def build_volume_cache(cases: Sequence[Any], root: str | os.PathLike, s: PreprocessSettings):
     """Build (or reuse) the coarse volumes of ``cases`` under ``root``.
 
     Args:
         cases: Objects with ``case_id``, ``image`` and ``label`` paths
             (:class:`livseg.io.datasets.Case`); every case needs a label.
         root: Cache root folder.
-        s: The coarse settings.
+        s: The settings (pipeline ``coarse``).
 
     Returns:
         :class:`VolumeCache` with every case.
