@@ -22,7 +22,8 @@ from livseg.train.config import (
 )
 from livseg.train.device import DeviceError, amp_enabled, parse_device, resolve_device
 from livseg.train.distributed import DistributedWeightedSampler
-from livseg.train.trainer import learning_rate, stages_of
+from livseg.train.schedules import learning_rate
+from livseg.train.staging import stages_of
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = {

@@ -224,13 +224,13 @@ def test_early_stopping(phantoms, tmp_path):
 def test_logs_without_tensorboard(tmp_path, monkeypatch):
     import sys
 
-    from livseg.train.trainer import _Logs
+    from livseg.train.logs import StageLogs
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    logs = _Logs(tmp_path, start_epoch=0, global_step=0, enabled=True)
+    logs = StageLogs(tmp_path, start_epoch=0, global_step=0, enabled=True)
     assert logs.tb is None
     logs.step(10, 0.5, 1e-4)
-    logs.epoch({"epoch": 1, "stage": "model", "train_loss": 0.5}, 10)
+    logs.epoch({"epoch": 1, "stage": "model", "train_loss": 0.5})
     logs.close()
     assert _log_epochs(tmp_path) == [1]
     assert not (tmp_path / "tensorboard").exists()
