@@ -236,66 +236,85 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _convert_union(value: Any, tp: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:
+        return _convert(value, options[0], where)
+    for a in options:
+        try:
+            return _convert(value, a, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: {value!r} does not fit {_type_name(tp)}")
+
+
+def _convert_dataclass(value: Any, tp: type, where: str) -> Any:
+    if dataclasses.is_dataclass(value) and isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a JSON object for {tp.__name__}, got {value!r}")
+    return _dataclass_from_dict(tp, value, where)
+
+
+def _convert_tuple(value: Any, tp: Any, where: str) -> tuple[Any, ...]:
+    args = typing.get_args(tp)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list for {_type_name(tp)}, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+    return tuple(
+        _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_SCALARS: dict[type, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+"""Scalar field type -> (check of a parsed JSON value, what the error says was expected)."""
+
+
+def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
+    if tp not in _SCALARS:  # pragma: no cover - every field type is covered
+        raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+    check, expected = _SCALARS[tp]
+    if not check(value):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return float(value) if tp is float else value
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` (parsed JSON) against type ``tp`` and convert it (lists -> tuples...)."""
     if tp is Any:
         return value
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin is Literal:
+        args = typing.get_args(tp)
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _convert(value, options[0], where)
-        for a in options:
-            try:
-                return _convert(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {_type_name(tp)}")
+        return _convert_union(value, tp, where)
     if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value) and isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a JSON object for {tp.__name__}, got {value!r}")
-        return _dataclass_from_dict(tp, value, where)
+        return _convert_dataclass(value, tp, where)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list for {_type_name(tp)}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(
-            _convert(v, a, f"{where}[{i}]")
-            for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
+        return _convert_tuple(value, tp, where)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")  # pragma: no cover
+    return _convert_scalar(value, tp, where)
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -473,6 +492,71 @@ def _dataclass_in(tp: Any) -> type | None:
     return None
 
 
+def _parse_override(item: str) -> tuple[str, list[str], Any]:
+    """``"section.key=value"`` -> (key text, key parts, parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, _, text = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    return key, parts, _parse_value(text.strip())
+
+
+def _set_key(
+    section: dict[str, Any], key: str, parts: list[str], section_cls: type | None, value: Any
+) -> None:
+    """Set ``section.key`` of a dataclass section, checking that the key exists."""
+    if len(parts) != 2:
+        raise ConfigError(f"--set {key}: expected section.key=value")
+    if section_cls is None:
+        raise ConfigError(f"--set {key}: {parts[0]!r} has no keys; use {parts[0]}=value")
+    valid = list(_fields(section_cls))
+    if parts[1] not in valid:
+        raise ConfigError(
+            f"--set {key}: unknown key {parts[1]!r} in {parts[0]!r}; valid keys: {', '.join(valid)}"
+        )
+    section[parts[1]] = value
+
+
+def _set_registry_entry(
+    section: dict[str, Any], key: str, parts: list[str], section_cls: type | None, value: Any
+) -> None:
+    """``model.<x>`` / ``loss.<x>``: the name, or a constructor option (checked later)."""
+    if parts[1] not in ("name", "options"):
+        parts = [parts[0], "options", *parts[1:]]
+    if parts[1] != "options":
+        _set_key(section, key, parts, section_cls, value)
+        return
+    if len(parts) != 3:
+        raise ConfigError(f"--set {key}: expected {parts[0]}.<option>=value")
+    section["options"][parts[2]] = value
+
+
+def _apply_override(d: dict[str, Any], item: str) -> None:
+    """Apply one override to the configuration dict ``d`` (in place)."""
+    key, parts, value = _parse_override(item)
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if parts[0] not in sections:
+        raise ConfigError(
+            f"--set {key}: unknown section {parts[0]!r}; valid: {', '.join(sections)}"
+        )
+    section_cls = _dataclass_in(_fields(Config)[parts[0]])
+    if len(parts) == 1:
+        if section_cls is not None and not (value is None or isinstance(value, dict)):
+            raise ConfigError(
+                f"--set {key}: give a key inside {parts[0]!r}, e.g. {parts[0]}.<key>=value"
+            )
+        d[parts[0]] = value
+        return
+    if d[parts[0]] is None:  # e.g. augment was null: start from the defaults
+        d[parts[0]] = {}
+    if parts[0] in ("model", "loss"):
+        _set_registry_entry(d[parts[0]], key, parts, section_cls, value)
+    else:
+        _set_key(d[parts[0]], key, parts, section_cls, value)
+
+
 def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
     """Apply ``section.key=value`` overrides and validate the result.
 
@@ -491,47 +575,7 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
     """
     d = config_to_dict(config)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        key, _, text = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        value = _parse_value(text.strip())
-        if not parts:
-            raise ConfigError(f"--set {item!r}: empty key")
-        sections = {f.name: f for f in dataclasses.fields(Config)}
-        if parts[0] not in sections:
-            raise ConfigError(
-                f"--set {key}: unknown section {parts[0]!r}; valid: {', '.join(sections)}"
-            )
-        section_cls = _dataclass_in(_fields(Config)[parts[0]])
-        if len(parts) == 1:
-            if section_cls is not None and not (value is None or isinstance(value, dict)):
-                raise ConfigError(
-                    f"--set {key}: give a key inside {parts[0]!r}, e.g. {parts[0]}.<key>=value"
-                )
-            d[parts[0]] = value
-            continue
-        if d[parts[0]] is None:  # e.g. augment was null: start from the defaults
-            d[parts[0]] = {}
-        section = d[parts[0]]
-        if parts[0] in ("model", "loss") and parts[1] not in ("name", "options"):
-            parts = [parts[0], "options", *parts[1:]]
-        if parts[0] in ("model", "loss") and parts[1] == "options":
-            if len(parts) != 3:
-                raise ConfigError(f"--set {key}: expected {parts[0]}.<option>=value")
-            section["options"][parts[2]] = value
-            continue
-        if len(parts) != 2:
-            raise ConfigError(f"--set {key}: expected section.key=value")
-        if section_cls is None:
-            raise ConfigError(f"--set {key}: {parts[0]!r} has no keys; use {parts[0]}=value")
-        valid = list(_fields(section_cls))
-        if parts[1] not in valid:
-            raise ConfigError(
-                f"--set {key}: unknown key {parts[1]!r} in {parts[0]!r}; valid keys: "
-                f"{', '.join(valid)}"
-            )
-        section[parts[1]] = value
+        _apply_override(d, item)
     return config_from_dict(d, "--set")
 
 
