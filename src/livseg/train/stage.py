@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -126,13 +126,20 @@ def _log_start(run: Run, stage: str, trainee: Trainee) -> None:
 
 # --- one stage: an epoch --------------------------------------------------------------------------
 def _report(
-    run: Run, stage: str, phase: str, epoch: int, steps: int, stats: EpochStats, **extra: Any
+    run: Run,
+    stage: str,
+    phase: Literal["val", "epoch"],
+    epoch: int,
+    steps: int,
+    stats: EpochStats,
+    **extra: Any,
 ) -> None:
+    """Report validation start or epoch end to the progress callback."""
     if run.progress is not None:
         run.progress(
             TrainProgress(
                 stage,
-                phase,  # type: ignore[arg-type]
+                phase,
                 epoch,
                 run.config.train.epochs,
                 steps,
