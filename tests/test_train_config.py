@@ -14,7 +14,6 @@ from livseg.train.config import (
     Config,
     ConfigError,
     ScheduleConfig,
-    apply_overrides,
     bundled_configs,
     config_from_dict,
     config_to_dict,
@@ -22,6 +21,7 @@ from livseg.train.config import (
 )
 from livseg.train.device import DeviceError, amp_enabled, parse_device, resolve_device
 from livseg.train.distributed import DistributedWeightedSampler
+from livseg.train.overrides import apply_overrides
 from livseg.train.schedules import learning_rate
 from livseg.train.staging import stages_of
 
