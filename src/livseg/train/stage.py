@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,6 +210,16 @@ def _epoch_row(
     return row
 
 
+@dataclass(frozen=True)
+class _Validated:
+    """An epoch's validation: LiTS summary, per-case rows, monitored score, improvement."""
+
+    summary: dict[str, float] | None
+    rows: list[dict[str, Any]] | None
+    score: float | None
+    improved: bool
+
+
 def _save_epoch(
     run: Run,
     stage: str,
@@ -216,19 +227,18 @@ def _save_epoch(
     trainee: Trainee,
     opt: Optimisation,
     state: StageState,
-    validation: tuple[dict[str, float] | None, list[dict[str, Any]] | None, float | None, bool],
+    val: _Validated,
 ) -> None:
     """Write the best checkpoint (when improved) and the last one (with the resume state)."""
-    summary, rows, value, improved = validation
     cfg = run.config
-    info = {"epoch": state.epoch, "stage": stage, "monitor": cfg.train.monitor, "score": value}
-    if improved:
+    info = {"epoch": state.epoch, "stage": stage, "monitor": cfg.train.monitor, "score": val.score}
+    if val.improved:
         save_checkpoint(
             paths.best,
             trainee.model,
             cfg,
             state=None,
-            info={**info, "val_summary": summary, "val_cases": rows},
+            info={**info, "val_summary": val.summary, "val_cases": val.rows},
         )
     state_out = resume_state(state, stage, opt)
     save_checkpoint(paths.last, trainee.model, cfg, state=state_out, info=info)
@@ -252,7 +262,8 @@ def _epoch(
     improved = value is not None and state.record_validation(value, t.min_delta)
     state.end_epoch(t.epochs, t.patience)
     if run.dist.is_main:
-        _save_epoch(run, stage, paths, trainee, opt, state, (summary, rows, value, improved))
+        val = _Validated(summary, rows, value, improved)
+        _save_epoch(run, stage, paths, trainee, opt, state, val)
         row = _epoch_row(stage, state, stats, summary, value, improved)
         logs.epoch(row)
         logger.info(
