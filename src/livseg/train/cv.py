@@ -32,7 +32,10 @@ from typing import Any
 from livseg.errors import InputError
 from livseg.io.atomic import write_text_atomic
 from livseg.train.config import Config
-from livseg.train.trainer import ProgressCallback, TrainResult, json_safe, stages_of, train
+from livseg.train.logs import json_safe
+from livseg.train.results import ProgressCallback, TrainResult
+from livseg.train.staging import stages_of
+from livseg.train.trainer import train
 
 logger = logging.getLogger("livseg.train.cv")
 
