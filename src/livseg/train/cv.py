@@ -47,8 +47,8 @@ Output folder ``out``::
 **Resuming.** Running again into the same ``out`` with the same cases, folds, seed and
 configurations continues: finished folds are skipped (nothing retrained or re-segmented), an
 interrupted training resumes from its last checkpoint, a fold stopped while segmenting segments
-its cases again. ``out`` holding anything else is refused. The pooled scores are recomputed from
-the written predictions on every run.
+its cases again. ``out`` holding anything else is refused. Cases of folds finished by an earlier
+run are scored again from their written predictions for the pooled results.
 
 CPU minutes are the user + system time of this process and of its finished child processes
 (data-loader workers) during a training call; for a training resumed after a kill they cover
@@ -67,13 +67,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from livseg.data.splits import Split
 from livseg.errors import OutputExistsError
 from livseg.io.atomic import write_text_atomic
 from livseg.train.config import Config, ConfigError
 
 if TYPE_CHECKING:
     from livseg.io.datasets import Case
-    from livseg.metrics import EvaluationResult
+    from livseg.metrics import CaseResult, EvaluationResult
 
 logger = logging.getLogger("livseg.train.cv")
 
@@ -85,8 +86,6 @@ FOLD_FILE = "fold.json"
 SUMMARY_FILE = "cv_summary.json"
 TIMING_FILE = "cv_timing.json"
 STAGES = ("liver", "tumour")
-
-Split = dict[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -363,16 +362,29 @@ def _prediction(out: Path, fold: int, cascade: str, case_id: str) -> Path:
     return output_paths(case_id, folder, dicom_seg=False, overlay=False)["labels"]
 
 
-def _score(plan: _Plan, out: Path, cascade: str, fold_of: dict[str, int]) -> EvaluationResult:
-    """Score the written predictions of ``cascade`` for the cases ``fold_of`` names."""
+def _score(
+    plan: _Plan,
+    out: Path,
+    cascade: str,
+    fold_of: dict[str, int],
+    known: dict[str, CaseResult] | None = None,
+) -> EvaluationResult:
+    """Score the written predictions of ``cascade`` for the cases ``fold_of`` names.
+
+    Cases in ``known`` (scored earlier in this call, from the same files) are not scored again.
+    """
     from livseg.metrics import EvaluationResult, evaluate_case, summarize
     from livseg.metrics.evaluate import CasePair, load_pair
 
+    known = known or {}
     pairs = [
         CasePair(cid, _prediction(out, k, cascade, cid), plan.cases[cid].label)
         for cid, k in fold_of.items()
     ]
-    cases = tuple(evaluate_case(*load_pair(p), case_id=p.case_id) for p in pairs)
+    cases = tuple(
+        known[p.case_id] if p.case_id in known else evaluate_case(*load_pair(p), case_id=p.case_id)
+        for p in pairs
+    )
     return EvaluationResult(
         cases=cases,
         summary=summarize(cases),
@@ -382,11 +394,11 @@ def _score(plan: _Plan, out: Path, cascade: str, fold_of: dict[str, int]) -> Eva
 
 def _segment_fold(
     plan: _Plan, k: int, liver: Config, models: dict[str, dict], out: Path, device: str | None
-) -> dict[str, float]:
+) -> tuple[dict[str, float], EvaluationResult]:
     """Segment fold ``k``'s held-out cases with ``liver``'s cascade and score them.
 
     Returns:
-        Seconds per case (reading, segmenting and writing).
+        Seconds per case (reading, segmenting and writing) and the fold's scores.
     """
     from livseg.infer import Cascade, segment_case
     from livseg.metrics import write_results
@@ -408,11 +420,16 @@ def _segment_fold(
         logger.info("fold %d: %s segmented by %s in %.1f s", k, cid, liver.name, seconds[cid])
     result = _score(plan, out, liver.name, {cid: k for cid in plan.splits[k]["val"]})
     write_results(result, out / f"fold{k}" / "scores" / liver.name, overwrite=True)
-    return seconds
+    return seconds, result
 
 
-def _run_fold(plan: _Plan, k: int, out: Path, opts: _Options) -> None:
-    """Train fold ``k``'s models, segment and score its held-out cases (skipped when done)."""
+def _run_fold(
+    plan: _Plan, k: int, out: Path, opts: _Options, scored: dict[str, dict[str, CaseResult]]
+) -> None:
+    """Train fold ``k``'s models, segment and score its held-out cases (skipped when done).
+
+    The case results are added to ``scored[cascade][case_id]``.
+    """
     from livseg.train.distributed import barrier
 
     fold_dir = out / f"fold{k}"
@@ -432,10 +449,10 @@ def _run_fold(plan: _Plan, k: int, out: Path, opts: _Options) -> None:
         for c in plan.configs
     }
     if _rank() == 0:
-        seconds = {
-            liver.name: _segment_fold(plan, k, liver, models, out, opts.device)
-            for liver in plan.livers
-        }
+        seconds = {}
+        for liver in plan.livers:
+            seconds[liver.name], result = _segment_fold(plan, k, liver, models, out, opts.device)
+            scored.setdefault(liver.name, {}).update({c.case_id: c for c in result.cases})
         doc = {"fold": k, **split, "models": list(models.values()), "segment_seconds": seconds}
         write_text_atomic(fold_dir / FOLD_FILE, json.dumps(doc, indent=1) + "\n", overwrite=True)
     barrier()
@@ -465,8 +482,11 @@ def _cascade_doc(
     }
 
 
-def _pool(plan: _Plan, out: Path) -> CVResult:
-    """Score every held-out case once and write the pooled results and ``cv_summary.json``."""
+def _pool(plan: _Plan, out: Path, scored: dict[str, dict[str, CaseResult]]) -> CVResult:
+    """Pool every held-out case's scores; write the pooled results and ``cv_summary.json``.
+
+    Cases of folds finished by an earlier call are scored again from their predictions.
+    """
     from livseg.metrics import DEFAULT_PENALTY, DEFINITIONS_VERSION, write_results
 
     main = _rank() == 0
@@ -478,7 +498,7 @@ def _pool(plan: _Plan, out: Path) -> CVResult:
     ]
     scores, cascades = {}, {}
     for liver in plan.livers:
-        scores[liver.name] = _score(plan, out, liver.name, fold_of)
+        scores[liver.name] = _score(plan, out, liver.name, fold_of, scored.get(liver.name))
         cascades[liver.name] = _cascade_doc(plan, liver, scores[liver.name], fold_of, folds)
         if main:
             write_results(scores[liver.name], out / "scores" / liver.name, overwrite=True)
@@ -579,6 +599,7 @@ def cross_validate(
         progress=progress,
         cache_progress=cache_progress,
     )
+    scored: dict[str, dict[str, CaseResult]] = {}
     for k in range(len(plan.splits)):
-        _run_fold(plan, k, out, opts)
-    return _pool(plan, out)
+        _run_fold(plan, k, out, opts, scored)
+    return _pool(plan, out, scored)
