@@ -1,4 +1,4 @@
-"""Slow training tests: staged CR-U-Net, SIGKILL + resume, DDP with 2 gloo processes, CV.
+"""Slow training tests: staged CR-U-Net, SIGKILL + resume, DDP with 2 gloo processes.
 
 Run with ``python -m pytest -m slow tests/test_train_slow.py``.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -228,80 +227,6 @@ def test_ddp_two_gloo_processes(phantoms, tmp_path):
     assert _log_epochs(run) == [1]
     model, _ = load_model(run / "best")
     assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
-
-
-def test_cross_validation_one_command(phantoms, tmp_path):
-    out = tmp_path / "cv"
-    assert (
-        main(
-            [
-                "-q",
-                "cv",
-                "runet",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--folds",
-                "3",
-                "--device",
-                "cpu",
-                *_sets(TINY),
-            ]
-        )
-        == 0
-    )
-    splits = json.loads((out / "splits.json").read_text())["folds"]
-    assert sorted(c for f in splits for c in f["val"]) == ["volume-0", "volume-1", "volume-2"]
-    doc = json.loads((out / "cv_summary.json").read_text())
-    dice = doc["metrics"]["liver_dice_per_case"]
-    assert len(dice["per_fold"]) == 3
-    assert dice["mean"] == pytest.approx(sum(dice["per_fold"]) / 3)
-    with open(out / "cv_cases.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert sorted(r["case"] for r in rows) == ["volume-0", "volume-1", "volume-2"]
-    with open(out / "cv_folds.csv", newline="") as fh:
-        assert [r["fold"] for r in csv.DictReader(fh)] == ["0", "1", "2", "mean", "sd"]
-    # resuming a finished cross-validation retrains nothing
-    t0 = (out / "fold0" / "last" / "state.pt").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "-q",
-                "cv",
-                "runet",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--folds",
-                "3",
-                "--device",
-                "cpu",
-                "--resume",
-                *_sets(TINY),
-            ]
-        )
-        == 0
-    )
-    assert (out / "fold0" / "last" / "state.pt").stat().st_mtime_ns == t0
-    assert (
-        main(
-            [
-                "-q",
-                "cv",
-                "runet",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--folds",
-                "3",
-                *_sets(TINY),
-            ]
-        )
-        == 2
-    )
 
 
 def test_tumour_model_trains(phantoms, tmp_path):
