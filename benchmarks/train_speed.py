@@ -80,6 +80,7 @@ def _measure(
         from livseg.losses import build_loss
         from livseg.models import build_model
         from livseg.train.config import load_config
+        from livseg.train.staging import freeze_for_stage
 
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         config_name, stage = MODELS[model_key]
@@ -88,15 +89,9 @@ def _measure(
         torch.manual_seed(0)
         model = build_model(cfg.model.name, **cfg.model.options)
         channels = cfg.data.channels
-        if stage == "level1":
-            model.set_stage("level1")
-            net = model.level1
-        elif stage == "level2":
-            model.set_stage("level2")
-            net = model.level2
+        net = freeze_for_stage(model, stage or "model")
+        if stage == "level2":
             channels = net.in_channels
-        else:
-            net = model
         net.to(dev).train()
         loss_fn = build_loss(cfg.loss.name, **cfg.loss.options).to(dev)
         b = batch_size or cfg.train.batch_size

@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Write the cross-validation tables of ``src/livseg/weights/MODEL_CARD.md`` from the results.
 
-Reads ``cv_summary.json`` written by ``scripts/train_pretrained.py`` and prints Markdown tables
-(one summary column per cascade, then per case for each) to paste or to include in the model
-card, so that every number in the card is traceable to a file produced by the documented
-procedure.
+Reads a ``cv_summary.json`` written by ``livseg cv`` / :func:`livseg.train.cv.cross_validate`
+(``scripts/train_pretrained.py --install`` copies it to ``src/livseg/weights/``) and prints
+Markdown tables (one summary column per cascade, then per case for each, then the training time
+of every fold model) to paste or to include in the model card, so that every number in the card
+is traceable to a file produced by the documented procedure.
+
+Both formats are read: ``livseg-cv-2`` (``format`` key; cases carry their ``fold``, ``models``
+their CPU and wall minutes) and the earlier file without a ``format`` key (the one shipped with
+v0.2: cascades, summaries and cases only). A cascade named ``crunet`` or ``densefcn`` is headed
+by its ``livseg segment --model``; any other by its name.
 
 Usage::
 
@@ -45,27 +51,48 @@ def _fmt(v) -> str:
     return f"{v:.3f}"
 
 
+#: cascades named after ``livseg segment --model``
+SEGMENT_MODELS = ("crunet", "densefcn")
+
+
+def _heading(name: str) -> str:
+    return f"`--model {name}`" if name in SEGMENT_MODELS else f"`{name}`"
+
+
 def main(path: str) -> int:
-    doc = json.load(open(path))
+    with open(path, encoding="utf-8") as fh:
+        doc = json.load(fh)
     cascades = doc["cascades"]
     names = list(cascades)
-    print("| metric | " + " | ".join(f"`--model {n}`" for n in names) + " |")
+    print("| metric | " + " | ".join(_heading(n) for n in names) + " |")
     print("|---|" + "---|" * len(names))
     for key, name in SUMMARY_ROWS:
         print(
             f"| {name} | " + " | ".join(_fmt(cascades[n]["summary"].get(key)) for n in names) + " |"
         )
     for n in names:
-        print(
-            f"\nPer case, `--model {n}` ({cascades[n].get('liver_config', '')} + "
-            f"{cascades[n].get('tumour_config', '')}):\n"
-        )
+        tumour = cascades[n].get("tumour_config") or "no tumour stage"
+        print(f"\nPer case, {_heading(n)} ({cascades[n].get('liver_config', '')} + {tumour}):\n")
         _cases(cascades[n]["cases"])
+    if doc.get("models"):
+        _models(doc["models"])
     return 0
+
+
+def _models(models: list[dict]) -> None:
+    print("\nTraining time of the fold models (CPU: user + system of the training process):\n")
+    print("| fold | configuration | stage | CPU minutes | wall minutes |\n|---|---|---|---|---|")
+    for m in models:
+        resumed = " (resumed)" if m.get("resumed") else ""
+        print(
+            f"| {m['fold']} | {m['config']} | {m['stage']} | {m['cpu_minutes']:.1f}{resumed} | "
+            f"{m['wall_minutes']:.1f} |"
+        )
 
 
 def _cases(rows: list[dict]) -> None:
     cols = [
+        "fold",
         "case",
         "liver_dice",
         "liver_rvd",
@@ -78,7 +105,7 @@ def _cases(rows: list[dict]) -> None:
     ]
     have = [c for c in cols if c in rows[0]]
     print("| " + " | ".join(have) + " |\n|" + "---|" * len(have))
-    plain = ("case", "lesions_ref", "lesion_tp", "lesion_fp")
+    plain = ("fold", "case", "lesions_ref", "lesion_tp", "lesion_fp")
     for r in rows:
         print("| " + " | ".join(str(r[c]) if c in plain else _fmt(r[c]) for c in have) + " |")
 

@@ -15,14 +15,15 @@ from livseg.train.config import (
     Config,
     ConfigError,
     ScheduleConfig,
-    apply_overrides,
     bundled_configs,
     config_from_dict,
     config_to_dict,
     load_config,
 )
 from livseg.train.distributed import DistributedWeightedSampler
-from livseg.train.trainer import learning_rate, stages_of
+from livseg.train.overrides import apply_overrides
+from livseg.train.schedules import learning_rate
+from livseg.train.staging import stages_of
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = {

@@ -225,13 +225,82 @@ def test_early_stopping(phantoms, tmp_path):
 def test_logs_without_tensorboard(tmp_path, monkeypatch):
     import sys
 
-    from livseg.train.trainer import _Logs
+    from livseg.train.logs import StageLogs
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    logs = _Logs(tmp_path, start_epoch=0, global_step=0, enabled=True)
+    logs = StageLogs(tmp_path, start_epoch=0, global_step=0, enabled=True)
     assert logs.tb is None
     logs.step(10, 0.5, 1e-4)
-    logs.epoch({"epoch": 1, "stage": "model", "train_loss": 0.5}, 10)
+    logs.epoch({"epoch": 1, "stage": "model", "train_loss": 0.5})
     logs.close()
     assert _log_epochs(tmp_path) == [1]
     assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.parametrize(("target", "fraction"), [("liver", 0.3), ("tumour", 0.6)])
+def test_foreground_sampler_draws_the_configured_fraction(phantoms, tmp_path, target, fraction):
+    """``train.foreground_fraction`` (shipped configs: 0.5 / 0.6) through the trainer's loader.
+
+    By hand: foreground slices weigh ``f / n_fg`` each and the others ``(1 - f) / (n - n_fg)``,
+    so a draw is a foreground slice with probability ``n_fg * f / n_fg = f``, whatever the
+    share ``n_fg / n`` of foreground slices (here far from ``f``).
+    """
+    from livseg.data.cache import build_slice_cache
+    from livseg.data.dataset import SliceDataset
+    from livseg.io.datasets import discover_cases
+    from livseg.train.distributed import DistInfo, DistributedWeightedSampler
+    from livseg.train.loop import make_loader
+
+    cfg = load_config(
+        "runet",
+        TINY
+        + [
+            "data.margin=20",  # every slice, with and without liver
+            f"train.target={target}",
+            f"train.foreground_fraction={fraction}",
+            "train.iterations_per_epoch=1000",
+            "train.batch_size=4",
+        ],
+    )
+    cache = build_slice_cache(discover_cases(phantoms), cfg.data, tmp_path / "cache")
+    dataset = SliceDataset(cache, augment=None, with_weight=False)
+    flags = dataset.foreground_flags(target)
+    assert 0.1 < flags.mean() < 0.9 and abs(flags.mean() - fraction) > 0.2
+    loader, sampler, steps = make_loader(dataset, cfg.train, DistInfo(), torch.device("cpu"))
+    assert isinstance(sampler, DistributedWeightedSampler) and steps == 1000
+    sampler.set_epoch(3)
+    drawn = np.fromiter(iter(sampler), dtype=np.int64)
+    assert drawn.size == 4000
+    # 4000 draws: standard error sqrt(f (1 - f) / 4000) < 0.008
+    assert flags[drawn].mean() == pytest.approx(fraction, abs=0.03)
+    # the batches hold the drawn slices: count foreground in the labels themselves
+    sampler.set_epoch(3)
+    fg = [
+        bool((lab >= 1).any() if target == "liver" else (lab == 2).any())
+        for batch in loader
+        for lab in batch["label"]
+    ]
+    assert np.mean(fg) == pytest.approx(flags[drawn].mean())
+
+
+def test_training_learns(phantoms, tmp_path):
+    """A tiny network on the phantom: the mean training loss of epoch 3 is below half epoch 1's."""
+    cfg = load_config(
+        "runet",
+        TINY
+        + [
+            'loss={"name": "wce"}',
+            "optimizer.lr=1e-2",
+            "schedule.name=constant",
+            "augment=null",
+            "train.epochs=3",
+            "train.iterations_per_epoch=8",
+            "train.batch_size=4",
+            "train.val_every=3",
+        ],
+    )
+    train(cfg, phantoms, tmp_path / "learn", fold=0, folds=3, device="cpu")
+    with open(tmp_path / "learn" / "log.csv", newline="", encoding="utf-8") as fh:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
+    assert len(losses) == 3
+    assert losses[2] < 0.5 * losses[0]

@@ -1,4 +1,4 @@
-"""Slow training tests: staged CR-U-Net, SIGKILL + resume, DDP with 2 gloo processes, CV.
+"""Slow training tests: staged CR-U-Net, SIGKILL + resume, DDP with 2 gloo processes.
 
 Run with ``python -m pytest -m slow tests/test_train_slow.py``.
 """
@@ -6,7 +6,7 @@ Run with ``python -m pytest -m slow tests/test_train_slow.py``.
 from __future__ import annotations
 
 import csv
-import json
+import importlib.util
 import os
 import signal
 import subprocess
@@ -216,92 +216,17 @@ def test_ddp_two_gloo_processes(phantoms, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert "weights identical on all 2 ranks" in res.stderr
     assert "backend gloo" in res.stderr
-    # one run folder, one checkpoint of each kind, written once (by rank 0)
-    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == [
-        "best",
-        "cache",
-        "last",
-        "tensorboard",
-    ]
+    # one run folder, one checkpoint of each kind, written once (by rank 0); TensorBoard events
+    # only where the optional tensorboard package is installed (log.csv always, checked below)
+    folders = ["best", "cache", "last"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        folders.append("tensorboard")
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == folders
     st = load_state(run / "last")
     assert st["epoch"] == 1 and st["global_step"] == 3
     assert _log_epochs(run) == [1]
     model, _ = load_model(run / "best")
     assert model(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
-
-
-def test_cross_validation_one_command(phantoms, tmp_path):
-    out = tmp_path / "cv"
-    assert (
-        main(
-            [
-                "-q",
-                "cv",
-                "runet",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--folds",
-                "3",
-                "--device",
-                "cpu",
-                *_sets(TINY),
-            ]
-        )
-        == 0
-    )
-    splits = json.loads((out / "splits.json").read_text())["folds"]
-    assert sorted(c for f in splits for c in f["val"]) == ["volume-0", "volume-1", "volume-2"]
-    doc = json.loads((out / "cv_summary.json").read_text())
-    dice = doc["metrics"]["liver_dice_per_case"]
-    assert len(dice["per_fold"]) == 3
-    assert dice["mean"] == pytest.approx(sum(dice["per_fold"]) / 3)
-    with open(out / "cv_cases.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert sorted(r["case"] for r in rows) == ["volume-0", "volume-1", "volume-2"]
-    with open(out / "cv_folds.csv", newline="") as fh:
-        assert [r["fold"] for r in csv.DictReader(fh)] == ["0", "1", "2", "mean", "sd"]
-    # resuming a finished cross-validation retrains nothing
-    t0 = (out / "fold0" / "last" / "state.pt").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "-q",
-                "cv",
-                "runet",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--folds",
-                "3",
-                "--device",
-                "cpu",
-                "--resume",
-                *_sets(TINY),
-            ]
-        )
-        == 0
-    )
-    assert (out / "fold0" / "last" / "state.pt").stat().st_mtime_ns == t0
-    assert (
-        main(
-            [
-                "-q",
-                "cv",
-                "runet",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--folds",
-                "3",
-                *_sets(TINY),
-            ]
-        )
-        == 2
-    )
 
 
 def test_tumour_model_trains(phantoms, tmp_path):

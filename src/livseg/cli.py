@@ -434,35 +434,74 @@ def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
 
 
 def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    _add_training_args(p)
     p.add_argument(
-        "--folds", type=int, required=True, metavar="N", help="number of patient-wise folds"
+        "configs",
+        nargs="+",
+        metavar="CONFIG",
+        help="stage configurations (JSON files or bundled names): one or more liver stages "
+        "and at most one tumour stage (train.target tumour), e.g. pretrained_crunet_liver "
+        "pretrained_densefcn_tumour; without a tumour stage the cascade is liver only",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="dataset folder (LiTS or MSD layout) or CSV/JSON list of cases with labels",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="cross-validation folder; the same command again continues an unfinished one",
+    )
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="folds by patient (5)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="fold assignment seed (0)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[STAGE:]KEY=VALUE",
+        dest="overrides",
+        help="override a value of every configuration, e.g. train.epochs=3, or with a "
+        "prefix only of one stage or configuration name, e.g. tumour:model.growth=4 "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="auto|cpu|cuda[:N]",
+        help="device (default: training the configurations' train.device, segmenting auto)",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="slice-cache folder (default: OUT/cache); reuse it across runs",
     )
 
     def handler(args: argparse.Namespace) -> int:
-        from livseg.train.config import load_config
-        from livseg.train.cv import cross_validate
+        from livseg.train.cv import cross_validate, load_stage_configs
         from livseg.train.distributed import shutdown_distributed
 
         _training_logging()
-        config = load_config(args.config, args.overrides)
+        configs = load_stage_configs(args.configs, args.overrides)
         bar = _TrainBar(_progress_enabled(args))
         try:
             result = cross_validate(
-                config,
+                configs,
                 args.data,
                 args.out,
                 args.folds,
-                cache=args.cache,
+                seed=args.seed,
                 device=args.device,
-                resume=args.resume,
+                cache=args.cache,
                 progress=bar,
                 cache_progress=progress,
             )
         finally:
             bar.close()
             shutdown_distributed()
-        log.info("cross-validation summary: %s", result.out / "cv_summary.json")
+        log.info("cross-validation summary: %s", result.summary_file)
         return EXIT_OK
 
     return handler
@@ -472,7 +511,12 @@ COMMANDS.append(
     ("train", "train a model configuration (CR-U-Net runs both levels)", _register_train)
 )
 COMMANDS.append(
-    ("cv", "cross-validate a configuration by patient (k folds, LiTS metrics)", _register_cv)
+    (
+        "cv",
+        "cross-validate cascades by patient: train k folds, segment held-out cases at full "
+        "resolution, LiTS scores",
+        _register_cv,
+    )
 )
 # <<< train / cv
 

@@ -24,6 +24,24 @@ SPLITS_FORMAT = "livseg-splits-1"
 Split = dict[str, list[str]]
 
 
+def _patient_function(
+    ids: list[str], patient_of: Mapping[str, str] | Callable[[str], str] | None
+) -> Callable[[str], str]:
+    """case id -> patient id from ``patient_of`` (default: every case is its own patient).
+
+    Raises:
+        LivsegError: A mapping that lacks some of ``ids``.
+    """
+    if patient_of is None:
+        return str
+    if isinstance(patient_of, Mapping):
+        missing = [c for c in ids if c not in patient_of]
+        if missing:
+            raise LivsegError(f"no patient given for cases: {', '.join(sorted(missing))}")
+        return lambda c: str(patient_of[c])
+    return lambda c: str(patient_of(c))
+
+
 def kfold_by_patient(
     case_ids: Sequence[str],
     n_folds: int,
@@ -55,22 +73,7 @@ def kfold_by_patient(
     if len(set(ids)) != len(ids):
         dup = sorted({c for c in ids if ids.count(c) > 1})
         raise LivsegError(f"duplicate case ids: {', '.join(dup)}")
-    if patient_of is None:
-
-        def patient(c: str) -> str:
-            return c
-    elif isinstance(patient_of, Mapping):
-        missing = [c for c in ids if c not in patient_of]
-        if missing:
-            raise LivsegError(f"no patient given for cases: {', '.join(sorted(missing))}")
-
-        def patient(c: str) -> str:
-            return str(patient_of[c])
-    else:
-
-        def patient(c: str) -> str:
-            return str(patient_of(c))
-
+    patient = _patient_function(ids, patient_of)
     patients = sorted({patient(c) for c in ids})
     if n_folds < 2:
         raise LivsegError(f"n_folds must be >= 2, got {n_folds}")
@@ -78,12 +81,16 @@ def kfold_by_patient(
         raise LivsegError(f"n_folds={n_folds} exceeds the number of patients ({len(patients)})")
     order = np.random.default_rng(seed).permutation(len(patients))
     fold_of = {patients[p]: k % n_folds for k, p in enumerate(order)}
-    folds: list[Split] = []
-    for f in range(n_folds):
-        val = sorted(c for c in ids if fold_of[patient(c)] == f)
-        train = sorted(c for c in ids if fold_of[patient(c)] != f)
-        folds.append({"train": train, "val": val})
-    return folds
+    case_fold = {c: fold_of[patient(c)] for c in ids}
+    return [_fold(case_fold, f) for f in range(n_folds)]
+
+
+def _fold(case_fold: dict[str, int], f: int) -> Split:
+    """Fold ``f``: its cases validate, the others train (sorted case ids)."""
+    return {
+        "train": sorted(c for c, k in case_fold.items() if k != f),
+        "val": sorted(c for c, k in case_fold.items() if k == f),
+    }
 
 
 def save_splits(

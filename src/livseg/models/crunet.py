@@ -28,10 +28,11 @@ thresholded at 0.5, without closing/opening (our choice: the thresholded mask ra
 probability, so level 2 always sees a binary mask); (c) Dice loss and (d) MDice loss are chosen in
 the loss, not here.
 
-Training is staged (morphology is not differentiable): :meth:`CRUNet.set_stage` ``"level1"`` trains
-:attr:`CRUNet.level1` alone (``forward`` returns level-1 logits); ``"level2"`` freezes level 1
-(no gradients, kept in eval mode) and ``forward`` returns level-2 logits computed on the frozen
-level-1 outputs; ``"full"`` (default) is inference: ``forward`` returns level-2 logits.
+Stages: :meth:`CRUNet.set_stage` selects what ``forward`` returns: ``"full"`` (default) the
+cascade's level-2 logits, ``"level1"`` level 1's logits (a checkpoint written during level-1
+training, whose level 2 is untrained). The morphology is not differentiable, so the cascade
+trains level by level; that staged training (freezing, level-1 masks, level-2 data) lives in
+:mod:`livseg.train.staging`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ __all__ = [
     "binary_opening",
 ]
 
-STAGES: tuple[str, ...] = ("full", "level1", "level2")
+STAGES: tuple[str, ...] = ("full", "level1")
 LEVEL2_INPUTS: tuple[str, ...] = ("concat", "masked")
 
 
@@ -228,7 +229,7 @@ class CRUNet(nn.Module):
         reference_size: Slice size the radii refer to (512).
         threshold: Threshold on the level-1 probability (paper: 0.5); foreground is ``p > t``.
         bias_init: Initial bias of every convolution (paper: 0.1).
-        stage: ``"full"``, ``"level1"`` or ``"level2"``; see :meth:`set_stage`.
+        stage: ``"full"`` or ``"level1"``; see :meth:`set_stage`.
 
     Shapes:
         input (B, in_channels * (2 * context_slices + 1), H, W), H and W divisible by
@@ -296,14 +297,11 @@ class CRUNet(nn.Module):
         self.set_stage(stage)
 
     def set_stage(self, stage: str) -> None:
-        """Select what :meth:`forward` computes and which level trains.
+        """Select what :meth:`forward` returns.
 
         Args:
-            stage: ``"level1"``: forward returns level-1 logits, level 2 is frozen
-                (``requires_grad=False``). ``"level2"``: level 1 is frozen and kept in eval mode
-                (BatchNorm statistics and dropout fixed, even under ``.train()``); forward returns
-                level-2 logits. ``"full"``: every parameter trainable, forward returns level-2
-                logits (inference).
+            stage: ``"full"``: the cascade's level-2 logits (inference); ``"level1"``: level 1's
+                logits (for a model whose level 2 is not trained yet).
 
         Raises:
             ModelOptionError: An unknown stage.
@@ -311,18 +309,6 @@ class CRUNet(nn.Module):
         if stage not in STAGES:
             raise ModelOptionError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
         self.stage = stage
-        for p in self.level1.parameters():
-            p.requires_grad_(stage != "level2")
-        for p in self.level2.parameters():
-            p.requires_grad_(stage != "level1")
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> CRUNet:
-        """As :meth:`torch.nn.Module.train`, but level 1 stays in eval mode at stage ``"level2"``."""
-        super().train(mode)
-        if self.stage == "level2":
-            self.level1.eval()
-        return self
 
     def radius_px(self, size: int) -> int:
         """Closing/opening disk radius in pixels for slices of ``size`` px (larger side)."""
@@ -380,11 +366,7 @@ class CRUNet(nn.Module):
             through ``logits1`` (the intermediate mask is not differentiable).
         """
         self._check(x)
-        if self.stage == "level2":
-            with torch.no_grad():
-                logits1 = self.level1(x)
-        else:
-            logits1 = self.level1(x)
+        logits1 = self.level1(x)
         mask = self.intermediate(foreground_probability(logits1.detach()))
         logits2 = self.level2(self.level2_input(x, mask))
         return logits1, logits2

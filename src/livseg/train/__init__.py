@@ -3,7 +3,8 @@
 Public API:
 
 * :func:`load_config` / :class:`Config` (:mod:`livseg.train.config`): frozen-dataclass
-  configurations from JSON files or bundled names, with ``section.key=value`` overrides;
+  configurations from JSON files or bundled names, with ``section.key=value`` overrides
+  (:func:`apply_overrides`, :mod:`livseg.train.overrides`);
 * :func:`train` (:mod:`livseg.train.trainer`): train a configuration on a dataset (all stages);
 * :func:`cross_validate` (:mod:`livseg.train.cv`): k-fold cross-validation by patient;
 * :func:`save_checkpoint` (:mod:`livseg.train.checkpoint`): write a checkpoint folder (loading
@@ -33,11 +34,11 @@ __all__ = [
 _WHERE = {
     "Config": "config",
     "load_config": "config",
-    "apply_overrides": "config",
+    "apply_overrides": "overrides",
     "bundled_configs": "config",
     "train": "trainer",
-    "TrainProgress": "trainer",
-    "TrainResult": "trainer",
+    "TrainProgress": "results",
+    "TrainResult": "results",
     "cross_validate": "cv",
     "CVResult": "cv",
     "save_checkpoint": "checkpoint",

@@ -11,9 +11,9 @@ a link to it, so there is one copy); :func:`load_config` takes a path or a bundl
     cfg = load_config("crunet_mdice", overrides=["train.epochs=3", "model.base_width=16"])
 
 Overrides are ``section.key=value`` with ``value`` parsed as JSON when it parses (``3``, ``1e-4``,
-``true``, ``[[0, 100]]``) and taken as a string otherwise. Every value is type-checked against the
-dataclass field (or, for ``model.*`` and ``loss.*`` options, against the model's / loss's
-constructor); an unknown key is an error that lists the valid ones.
+``true``, ``[[0, 100]]``) and taken as a string otherwise (:mod:`livseg.train.overrides`). Every
+value is type-checked against the dataclass field (or, for ``model.*`` and ``loss.*`` options,
+against the model's / loss's constructor); an unknown key is an error that lists the valid ones.
 
 The resolved configuration is saved as ``config.json`` beside every checkpoint
 (:func:`config_to_dict` / :func:`config_from_dict` round-trip it exactly).
@@ -50,7 +50,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "config_to_dict",
-    "apply_overrides",
+    "field_types",
     "SCHEDULES",
     "OPTIMIZERS",
 ]
@@ -236,76 +236,95 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _convert_union(value: Any, tp: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:
+        return _convert(value, options[0], where)
+    for a in options:
+        try:
+            return _convert(value, a, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: {value!r} does not fit {_type_name(tp)}")
+
+
+def _convert_dataclass(value: Any, tp: type, where: str) -> Any:
+    if dataclasses.is_dataclass(value) and isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a JSON object for {tp.__name__}, got {value!r}")
+    return _dataclass_from_dict(tp, value, where)
+
+
+def _convert_tuple(value: Any, tp: Any, where: str) -> tuple[Any, ...]:
+    args = typing.get_args(tp)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list for {_type_name(tp)}, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+    return tuple(
+        _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_SCALARS: dict[type, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+"""Scalar field type -> (check of a parsed JSON value, what the error says was expected)."""
+
+
+def _convert_scalar(value: Any, tp: Any, where: str) -> Any:
+    if tp not in _SCALARS:  # pragma: no cover - every field type is covered
+        raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+    check, expected = _SCALARS[tp]
+    if not check(value):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return float(value) if tp is float else value
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` (parsed JSON) against type ``tp`` and convert it (lists -> tuples...)."""
     if tp is Any:
         return value
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin is Literal:
+        args = typing.get_args(tp)
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _convert(value, options[0], where)
-        for a in options:
-            try:
-                return _convert(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {_type_name(tp)}")
+        return _convert_union(value, tp, where)
     if dataclasses.is_dataclass(tp):
-        if dataclasses.is_dataclass(value) and isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a JSON object for {tp.__name__}, got {value!r}")
-        return _dataclass_from_dict(tp, value, where)
+        return _convert_dataclass(value, tp, where)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list for {_type_name(tp)}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(
-            _convert(v, a, f"{where}[{i}]")
-            for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
+        return _convert_tuple(value, tp, where)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")  # pragma: no cover
+    return _convert_scalar(value, tp, where)
 
 
-def _fields(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     """Field name -> resolved type of a dataclass (init fields only)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
 def _dataclass_from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
-    types_ = _fields(cls)
+    types_ = field_types(cls)
     unknown = sorted(set(d) - set(types_))
     if unknown:
         raise ConfigError(
@@ -455,86 +474,6 @@ def _validate(cfg: Config) -> None:
         )
 
 
-# --- overrides --------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _dataclass_in(tp: Any) -> type | None:
-    """The dataclass type of a field (also inside ``X | None``), or None."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for a in typing.get_args(tp):
-        if dataclasses.is_dataclass(a):
-            return a
-    return None
-
-
-def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """Apply ``section.key=value`` overrides and validate the result.
-
-    ``model.<option>`` and ``loss.<option>`` set constructor options (``model.options.<option>``
-    works too); ``model.name=...`` switches the network.
-
-    Args:
-        config: The configuration to start from.
-        overrides: Strings ``"section.key=value"``; ``value`` is JSON or a bare string.
-
-    Returns:
-        A new, validated configuration.
-
-    Raises:
-        ConfigError: Malformed override, unknown key (listing the valid ones), wrong type.
-    """
-    d = config_to_dict(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        key, _, text = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        value = _parse_value(text.strip())
-        if not parts:
-            raise ConfigError(f"--set {item!r}: empty key")
-        sections = {f.name: f for f in dataclasses.fields(Config)}
-        if parts[0] not in sections:
-            raise ConfigError(
-                f"--set {key}: unknown section {parts[0]!r}; valid: {', '.join(sections)}"
-            )
-        section_cls = _dataclass_in(_fields(Config)[parts[0]])
-        if len(parts) == 1:
-            if section_cls is not None and not (value is None or isinstance(value, dict)):
-                raise ConfigError(
-                    f"--set {key}: give a key inside {parts[0]!r}, e.g. {parts[0]}.<key>=value"
-                )
-            d[parts[0]] = value
-            continue
-        if d[parts[0]] is None:  # e.g. augment was null: start from the defaults
-            d[parts[0]] = {}
-        section = d[parts[0]]
-        if parts[0] in ("model", "loss") and parts[1] not in ("name", "options"):
-            parts = [parts[0], "options", *parts[1:]]
-        if parts[0] in ("model", "loss") and parts[1] == "options":
-            if len(parts) != 3:
-                raise ConfigError(f"--set {key}: expected {parts[0]}.<option>=value")
-            section["options"][parts[2]] = value
-            continue
-        if len(parts) != 2:
-            raise ConfigError(f"--set {key}: expected section.key=value")
-        if section_cls is None:
-            raise ConfigError(f"--set {key}: {parts[0]!r} has no keys; use {parts[0]}=value")
-        valid = list(_fields(section_cls))
-        if parts[1] not in valid:
-            raise ConfigError(
-                f"--set {key}: unknown key {parts[1]!r} in {parts[0]!r}; valid keys: "
-                f"{', '.join(valid)}"
-            )
-        section[parts[1]] = value
-    return config_from_dict(d, "--set")
-
-
 # --- files --------------------------------------------------------------------------------
 def bundled_configs() -> list[str]:
     """Names of the configurations shipped inside the package (``livseg/configs/*.json``)."""
@@ -557,7 +496,8 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     Args:
         name_or_path: Path to a JSON file, or the name of a bundled configuration
             (see :func:`bundled_configs`), e.g. ``"crunet_mdice"``.
-        overrides: ``section.key=value`` strings, see :func:`apply_overrides`.
+        overrides: ``section.key=value`` strings, see
+            :func:`livseg.train.overrides.apply_overrides`.
 
     Returns:
         The validated configuration.
@@ -580,5 +520,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         res = resources.files("livseg") / "configs" / f"{name}.json"
         cfg = config_from_dict(_read_json(res, f"bundled configuration {name}"), name)
     if overrides:
+        from livseg.train.overrides import apply_overrides
+
         cfg = apply_overrides(cfg, list(overrides))
     return cfg

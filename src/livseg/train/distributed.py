@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,8 +222,3 @@ class DistributedWeightedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
-
-
-def per_rank_count(n: int, world_size: int) -> int:
-    """Items per rank of a ``DistributedSampler`` over ``n`` items (it pads to equal counts)."""
-    return int(math.ceil(n / world_size))
