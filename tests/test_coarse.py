@@ -265,3 +265,96 @@ def test_truncation_turns_the_scan_beyond_the_cut_into_air():
     assert not x[part].any() and not y[part].any()
     keep = slice(None, cut) if above else slice(cut, None)
     np.testing.assert_array_equal(x[keep], img[keep])
+
+
+# --- the cascade with a coarse stage -------------------------------------------------------------
+
+
+class _Above(torch.nn.Module):
+    """A stand-in network: logit +20 where every input channel is in (lo, hi), else -20."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = ((x > self.lo) & (x < self.hi)).all(dim=1, keepdim=True)
+        return torch.where(inside, 20.0, -20.0)
+
+
+def _two_bodies():
+    """Air with a 'liver' (100 HU) and a larger, brighter 'heart' (300 HU) far from it."""
+    from livseg.volume import Volume
+
+    hu = np.full((32, 64, 64), -1000.0, np.float32)
+    hu[4:30, 4:60, 4:60] = -100.0  # body (fat)
+    hu[10:22, 30:50, 8:24] = 100.0  # liver: 12 x 20 x 16 = 3840 voxels
+    hu[6:28, 8:28, 36:58] = 300.0  # heart: 22 x 20 x 22 = 9680 voxels (larger)
+    return Volume.image(hu, spacing=(2.0, 2.0, 2.0))
+
+
+def _cascade(coarse: CoarseStage | None):
+    from livseg.infer import Cascade
+    from livseg.infer.predictor import SlicePredictor
+    from livseg.preprocess.pipeline import PreprocessSettings
+
+    # densefcn_liver: [-100, 300] HU min-max over the volume -> liver 0.5, heart 1.0, fat 0.0
+    s = PreprocessSettings("densefcn_liver", size=64)
+    liver = SlicePredictor(_Above(0.3, 1.01), s)  # fires on liver AND heart
+    return Cascade(liver, None, coarse=coarse, liver_radius_mm=2.0)
+
+
+def test_coarse_region_removes_a_liver_like_body_far_from_the_liver():
+    vol = _two_bodies()
+    truth = np.zeros(vol.array.shape, bool)
+    truth[10:22, 30:50, 8:24] = True
+    # without the coarse stage the larger bright body wins the largest-component step
+    paper = _cascade(None).segment(vol).labels.array >= 1
+    assert paper[6:28, 8:28, 36:58].mean() > 0.9 and not paper[truth].any()
+    # the coarse stage sees only the liver window (100 HU -> 0.583 in [-250, 350])
+    coarse = CoarseStage([_Above(0.55, 0.62)], spacing_mm=4.0, margin_mm=4.0)
+    result = _cascade(coarse).segment(vol)
+    pred = result.labels.array >= 1
+    assert result.liver_found and "coarse" in result.timings
+    assert not pred[6:28, 8:28, 36:58].any()  # the heart is gone
+    dice = 2 * np.count_nonzero(pred & truth) / (pred.sum() + truth.sum())
+    assert dice > 0.9
+
+
+def test_no_coarse_region_means_no_liver_and_a_warning():
+    vol = _two_bodies()
+    coarse = CoarseStage([_Above(2.0, 3.0)], spacing_mm=4.0)  # never fires
+    result = _cascade(coarse).segment(vol, source="ct.nii.gz")
+    assert not result.liver_found and not result.labels.array.any()
+    assert any("coarse 3-D stage found no liver" in w for w in result.warnings)
+
+
+def test_slice_predictor_ensemble_averages_member_probabilities():
+    from livseg.infer.predictor import SlicePredictor, volume_stats
+    from livseg.preprocess.pipeline import PreprocessSettings
+
+    class Const(torch.nn.Module):
+        def __init__(self, logit: float) -> None:
+            super().__init__()
+            self.logit = logit
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x[:, :1], self.logit)
+
+    hu = np.zeros((3, 16, 16), np.float32)
+    s = PreprocessSettings("densefcn_liver", size=16)
+    pred = SlicePredictor([Const(0.0), Const(float(np.log(3.0)))], s)  # p = 0.5 and 0.75
+    (ks, prob), *_ = list(pred.predict(hu, [0, 1, 2], volume_stats(hu)))
+    np.testing.assert_array_equal(ks, [0, 1, 2])
+    np.testing.assert_allclose(prob, 0.625, atol=1e-6)
+
+
+def test_a_crop_trained_liver_model_needs_the_coarse_stage():
+    from livseg.errors import LivsegError
+    from livseg.infer import Cascade
+    from livseg.infer.predictor import SlicePredictor
+    from livseg.preprocess.pipeline import PreprocessSettings
+
+    s = PreprocessSettings("crunet", size=32, crop_to_liver=True)
+    with pytest.raises(LivsegError, match="inside the coarse stage's liver region"):
+        Cascade(SlicePredictor(_Above(0.3, 1.0), s))

@@ -88,23 +88,35 @@ def _fresh(dest: Path, image: Path, label: Path) -> bool:
 
 
 class VolumeCache:
-    """A built coarse volume cache (arrays loaded in memory: a few MB per case)."""
+    """A built coarse volume cache (arrays loaded in memory: a few MB per case).
+
+    Attributes:
+        root: The cache folder (``<root>/<settings key>``).
+        case_ids: The cases, in order.
+        images: ``case_id -> (D, H, W) float16`` image in [0, 1].
+        labels: ``case_id -> (D, H, W) uint8`` labels 0/1/2.
+        spacing: ``case_id -> (sd, sh, sw)`` mm of the coarse grid.
+    """
 
     def __init__(self, folder: Path, case_ids: Sequence[str]) -> None:
-        self.folder = Path(folder)
+        self.root = Path(folder)
         self.case_ids = list(case_ids)
         self.images: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
+        self.spacing: dict[str, tuple[float, float, float]] = {}
         for cid in self.case_ids:
-            self.images[cid] = np.load(self.folder / cid / "image.npy")
-            self.labels[cid] = np.load(self.folder / cid / "label.npy")
+            self.images[cid] = np.load(self.root / cid / "image.npy")
+            self.labels[cid] = np.load(self.root / cid / "label.npy")
+            meta = json.loads((self.root / cid / "meta.json").read_text())
+            self.spacing[cid] = tuple(float(v) for v in meta["spacing"])
 
     def subset(self, case_ids: Sequence[str]) -> VolumeCache:
         """A view on some of the cases (no copy)."""
         out = object.__new__(VolumeCache)
-        out.folder, out.case_ids = self.folder, list(case_ids)
+        out.root, out.case_ids = self.root, list(case_ids)
         out.images = {c: self.images[c] for c in case_ids}
         out.labels = {c: self.labels[c] for c in case_ids}
+        out.spacing = {c: self.spacing[c] for c in case_ids}
         return out
 
 
