@@ -271,3 +271,45 @@ def test_rerun_skips_finished_folds_and_refuses_other_settings(cv_run, phantoms)
     assert (cv_run / "splits.json").read_text() == splits
     with pytest.raises(OutputExistsError, match="holds no cross-validation"):
         cross_validate(load_stage_configs(["runet"]), phantoms, cv_run / "fold0", 3)
+
+
+def test_coarse_stage_and_training_only_cases(phantoms, tmp_path):
+    """A coarse 3-D stage joins every fold's cascade; --extra cases train every fold, are
+    never held out and never scored."""
+    main_cases = tmp_path / "main"
+    main_cases.mkdir()
+    for name in ("volume-0", "volume-1"):
+        for kind in ("volume", "segmentation"):
+            src = phantoms / f"{kind}-{name.split('-')[1]}.nii.gz"
+            (main_cases / src.name).symlink_to(src)
+    extra = tmp_path / "extra.csv"
+    extra.write_text(
+        "image,label,case_id\n"
+        f"{phantoms / 'volume-2.nii.gz'},{phantoms / 'segmentation-2.nii.gz'},spare\n"
+    )
+    out = tmp_path / "run"
+    tiny_coarse = [
+        "coarse:model.base_width=2",
+        "coarse:model.depth=2",
+        "coarse:train.patch=[8,16,16]",
+        "coarse:data.spacing_mm=8.0",
+    ]
+    args = ["-q", "cv", "coarse_liver", "runet", "--data", str(main_cases), "--out", str(out)]
+    args += ["--folds", "2", "--extra", str(extra), "--device", "cpu"]
+    assert main([*args, *_sets(TINY_CV + tiny_coarse)]) == 0
+    splits = load_splits(out / "splits.json")
+    assert sorted(c for s in splits for c in s["val"]) == ["volume-0", "volume-1"]
+    for k, split in enumerate(splits):
+        assert "spare" in split["train"] and "spare" not in split["val"]
+        fold = json.loads((out / f"fold{k}" / "fold.json").read_text())
+        stages = {m["config"]: m["stage"] for m in fold["models"]}
+        assert stages == {"coarse_liver": "coarse", "runet": "liver"}
+        for m in fold["models"]:
+            assert "spare" in m["train_cases"] and split["val"][0] not in m["train_cases"]
+        pred = read_volume(
+            out / f"fold{k}" / "predictions" / "runet" / f"{split['val'][0]}_seg.nii.gz"
+        )
+        image = read_volume(phantoms / f"volume-{split['val'][0].split('-')[1]}.nii.gz")
+        assert pred.geometry_mismatch(image) is None
+    rows = _rows(out / "scores" / "runet" / "per_case.csv")
+    assert [r["case"] for r in rows] == ["volume-0", "volume-1"]

@@ -457,13 +457,21 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds by patient (5)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="fold assignment seed (0)")
     p.add_argument(
+        "--extra",
+        default=None,
+        metavar="DATA",
+        help="training-only cases (folder or list file): every fold trains on them, none is "
+        "held out or scored",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="[STAGE:]KEY=VALUE",
         dest="overrides",
         help="override a value of every configuration, e.g. train.epochs=3, or with a "
-        "prefix only of one stage or configuration name, e.g. tumour:model.growth=4 "
+        "prefix only of one stage (coarse, liver, tumour) or configuration name, e.g. "
+        "tumour:model.growth=4 "
         "(repeatable)",
     )
     p.add_argument(
@@ -493,6 +501,7 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
                 args.out,
                 args.folds,
                 seed=args.seed,
+                extra=args.extra,
                 device=args.device,
                 cache=args.cache,
                 progress=bar,
