@@ -34,7 +34,10 @@ def test_one_prediction_spanning_two_reference_lesions_merges_them():
     (pair,) = m.pairs
     assert pair.ref_ids == (1, 2) and pair.intersection == 54 and pair.n_pred == 63
     assert pair.iou == pytest.approx(54 / 63)
-    assert m.counts(0.5) == DetectionCounts(tp=1, fp=0, fn=0)
+    # Intended rule: the merged group counts for its 2 lesions (was 1/0/0 under the 13cbb25 rule).
+    assert m.counts(0.5) == DetectionCounts(tp=2, fp=0, fn=0)
+    # Official b9d13be: the detected merged group counts once, so one lesion is "missed".
+    assert m.counts(0.5, "codalab") == DetectionCounts(tp=1, fp=0, fn=1)
 
 
 def test_two_predictions_splitting_one_reference_lesion_merge():

@@ -81,7 +81,6 @@ positive; no predicted lesion -> every reference lesion is a false negative; nei
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -354,11 +353,11 @@ def match_lesions(
     best = _first_per_key(gp_of, -group_counts, gg_of)  # each p's group: largest, lowest id
     pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
     ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
-    pairs = _pairs(
-        gp_of[best], gg_of[best], group_counts[best], group_of, pred_sizes, ref_sizes
-    )
+    pairs = _pairs(gp_of[best], gg_of[best], group_counts[best], group_of, pred_sizes, ref_sizes)
     multi = [g for g in _members(group_of).values() if len(g) > 1]
-    overlaps = dict(zip(zip(gp_of.tolist(), gg_of.tolist(), strict=True), group_counts.tolist()))
+    overlaps = dict(
+        zip(zip(gp_of.tolist(), gg_of.tolist(), strict=True), group_counts.tolist(), strict=True)
+    )
     return LesionMatching(
         n_pred=n_pred,
         n_ref=n_ref,
@@ -404,8 +403,3 @@ def _pairs(
         )
     pairs.sort(key=lambda p: p.pred_ids[0])
     return pairs
-
-
-def lesion_ids_mask(labels: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """Boolean mask of the voxels whose component id is in ``ids`` (same shape as ``labels``)."""
-    return np.isin(labels, np.asarray(ids, dtype=labels.dtype))
