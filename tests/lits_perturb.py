@@ -60,12 +60,36 @@ def _bridge_and_add_blobs(tumour: np.ndarray, liver: np.ndarray, rng: np.random.
         tumour[max(z - 1, 0) : z + 2, max(y - 3, 0) : y + 4, max(x - 3, 0) : x + 4] = True
 
 
+def _largest(labels: np.ndarray, count: int) -> list[int]:
+    sizes = np.bincount(labels.ravel())[1:]
+    return [int(k) + 1 for k in np.argsort(-sizes, kind="stable")[:count]]
+
+
+def _split_largest(tumour: np.ndarray, labels: np.ndarray) -> None:
+    """Cut a 2-voxel gap (a y-plane through its centre) into the largest lesion: a split."""
+    (k,) = _largest(labels, 1)
+    y = int(np.argwhere(labels == k)[:, 1].mean())
+    tumour[:, y : y + 2, :] &= labels[:, y : y + 2, :] != k
+
+
+def _bridge_two_largest(tumour: np.ndarray, labels: np.ndarray) -> None:
+    """Join the centres of the two largest lesions with a 3-voxel-wide tube: a merge."""
+    if labels.max() < 2:
+        return
+    a, b = (np.argwhere(labels == k).mean(axis=0) for k in _largest(labels, 2))
+    steps = int(np.abs(b - a).max()) + 1
+    for t in np.linspace(0.0, 1.0, steps):
+        z, y, x = np.round(a + t * (b - a)).astype(int)
+        tumour[z, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = True
+
+
 def perturb(ref: np.ndarray, case: int, variant: str) -> np.ndarray:
     """A perturbed copy of a (Z, Y, X) reference label map (0/1/2), deterministic per arguments.
 
     Variant ``"a"``: liver dilated by one voxel and shifted by 2 voxels in x; lesions perturbed
-    one by one. Variant ``"b"``: liver eroded by one voxel and shifted by 1 voxel in y; lesions
-    perturbed, neighbouring lesions bridged (merges), and two false-positive blobs added.
+    one by one; the largest lesion cut in two (a split). Variant ``"b"``: liver eroded by one
+    voxel and shifted by 1 voxel in y; lesions perturbed, neighbouring lesions bridged, the two
+    largest joined by a tube (a merge), and two false-positive blobs added.
     """
     rng = np.random.default_rng(1000 * case + ord(variant))
     liver = ref >= 1
@@ -81,8 +105,11 @@ def perturb(ref: np.ndarray, case: int, variant: str) -> np.ndarray:
         grown = tuple(slice(max(s.start - 4, 0), s.stop + 4) for s in box)
         lesion = labels[grown] == k
         tumour[grown] |= _lesion(lesion, str(rng.choice(ops, p=weights)), rng)
+    if variant == "a" and n:
+        _split_largest(tumour, labels)
     if variant == "b":
         _bridge_and_add_blobs(tumour, liver, rng)
+        _bridge_two_largest(tumour, labels)
     pred = liver.astype(np.uint8)
     pred[tumour] = 2
     return pred

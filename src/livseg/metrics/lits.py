@@ -435,7 +435,11 @@ def evaluate_case(
     spacing_t = _check_case(pred, ref, spacing, case_id)
 
     # Everything below is unchanged by cropping to the joint foreground box (distances pad it).
-    box = bounding_box(np.bitwise_or(pred, ref, dtype=pred.dtype) if pred.dtype == ref.dtype else (pred > 0) | (ref > 0))
+    box = bounding_box(
+        np.bitwise_or(pred, ref, dtype=pred.dtype)
+        if pred.dtype == ref.dtype
+        else (pred > 0) | (ref > 0)
+    )
     if box is None:
         box = tuple(slice(0, 0) for _ in range(3))
     p = pred[box]
