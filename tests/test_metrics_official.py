@@ -210,3 +210,15 @@ def test_label_order_is_that_of_the_nifti_file():
     mask[2, 0, 0] = True  # first in (x, y, z) order
     labels, n = label_lesions(mask.T)
     assert n == 2 and labels.T[2, 0, 0] == 1 and labels.T[0, 0, 2] == 2
+
+
+def test_the_one_deliberate_difference_from_0ceebcf():
+    """ref T.T.., pred TTTTT: 0ceebcf counts the missed merged group as 1 FN, livseg as 2."""
+    ref = np.array([1, 0, 1, 0, 0], bool)[:, None, None]
+    pred = np.ones(5, bool)[:, None, None]
+    pl, _ = ndimage.label(pred, output=np.int16)
+    rl, _ = ndimage.label(ref, output=np.int16)
+    _, _, tp, fp, fn, *_ = official.detect_lesions_0ceebcf(pl, rl, 0.5)
+    assert (tp, fp, fn) == (0, 1, 1)
+    counts = match_lesions(pl.astype(np.int32), rl.astype(np.int32)).counts(0.5)
+    assert (counts.tp, counts.fp, counts.fn) == (0, 1, 2)
