@@ -354,6 +354,7 @@ class _Lesions:
 def _lesions(
     tum_p: np.ndarray,
     tum_r: np.ndarray,
+    tumor: SegmentationScores,
     spacing: tuple[float, float, float],
     penalty: float,
     rule: str,
@@ -371,7 +372,10 @@ def _lesions(
     ref_labels, n_ref = label_lesions(tum_r[tbox].T)
     matching = match_lesions(pred_labels, ref_labels, n_pred, n_ref)
     groups = matching.scored_groups(rule)
-    scores = _lesion_scores(pred_labels, ref_labels, groups, spacing[::-1], penalty)
+    if [tuple(map(len, g)) for g in groups] == [(n_pred, n_ref)]:
+        scores = [tumor]  # one group holding every lesion: the whole-tumour pair, scored already
+    else:
+        scores = _lesion_scores(pred_labels, ref_labels, groups, spacing[::-1], penalty)
     if rule == "codalab":
         scores = [_official_rvd(s) for s in scores]
     return _Lesions(
@@ -449,7 +453,7 @@ def evaluate_case(
     tumor = segmentation_scores(
         tum_p, tum_r, spacing_t, penalty=penalty, both_empty_is_perfect=True
     )
-    lesions = _lesions(tum_p, tum_r, spacing_t, penalty, lesion_rule)
+    lesions = _lesions(tum_p, tum_r, tumor, spacing_t, penalty, lesion_rule)
     result = CaseResult(
         case_id=case_id,
         spacing=spacing_t,
@@ -575,31 +579,33 @@ def summarize(cases: Sequence[CaseResult], penalty: float = DEFAULT_PENALTY) -> 
     tumour_assd = [c.tumor.assd for c in cases if not math.isnan(c.tumor.assd)]
     out["tumor_assd"] = _mean(tumour_assd) if tumour_assd else float("nan")
 
-    det = sum((c.detection for c in cases), DetectionCounts())
-    det0 = sum((c.detection_greater_zero for c in cases), DetectionCounts())
-    out["lesion_precision"] = det.precision
-    out["lesion_recall"] = det.recall
-    out["lesion_precision_greater_zero"] = det0.precision
-    out["lesion_recall_greater_zero"] = det0.recall
+    out.update(_detection_summary(cases))
     out.update(_lesion_means(cases, rule, penalty))
 
     err = _burden_errors(cases, rule, penalty)
     out["tumor_burden_rmse"] = float(np.sqrt(np.mean(err**2)))
     out["tumor_burden_max_abs_error"] = float(np.max(err if rule == "codalab" else np.abs(err)))
-
     out["n_cases"] = len(cases)
-    out.update(
-        {
-            "lesion_tp": det.tp,
-            "lesion_fp": det.fp,
-            "lesion_fn": det.fn,
-            "lesion_tp_greater_zero": det0.tp,
-            "lesion_fp_greater_zero": det0.fp,
-            "lesion_fn_greater_zero": det0.fn,
-            "lesions_detected": sum(len(c.lesion_scores) for c in cases),
-        }
-    )
+    out["lesions_detected"] = sum(len(c.lesion_scores) for c in cases)
     return out
+
+
+def _detection_summary(cases: Sequence[CaseResult]) -> dict[str, float]:
+    """Precision and recall from TP/FP/FN pooled over the cases, and the pooled counts."""
+    det = sum((c.detection for c in cases), DetectionCounts())
+    det0 = sum((c.detection_greater_zero for c in cases), DetectionCounts())
+    return {
+        "lesion_precision": det.precision,
+        "lesion_recall": det.recall,
+        "lesion_precision_greater_zero": det0.precision,
+        "lesion_recall_greater_zero": det0.recall,
+        "lesion_tp": det.tp,
+        "lesion_fp": det.fp,
+        "lesion_fn": det.fn,
+        "lesion_tp_greater_zero": det0.tp,
+        "lesion_fp_greater_zero": det0.fp,
+        "lesion_fn_greater_zero": det0.fn,
+    }
 
 
 @dataclass(frozen=True)

@@ -305,39 +305,39 @@ def surface_distances(
     pad = np.abs(offsets).max(axis=0) if offsets.size else np.zeros(3, dtype=int)
     bp = _boundary_in_padded_box(pred, box, pad)
     br = _boundary_in_padded_box(ref, box, pad)
-    shared = int(np.count_nonzero(bp & br))  # distance 0 both ways: no search needed
+    differ = bp ^ br
+    p_only, r_only = bp & differ, br & differ
+    # Points on both boundaries have distance 0 both ways: no search needed.
     d_pr = np.zeros(int(np.count_nonzero(bp)))
     d_rp = np.zeros(int(np.count_nonzero(br)))
-    d_pr[shared:] = _directed_local(bp & ~br, br, offsets, dist, sp)
-    d_rp[shared:] = _directed_local(br & ~bp, bp, offsets, dist, sp)
+    d_pr[d_pr.size - int(np.count_nonzero(p_only)) :] = _directed_local(
+        p_only, br, offsets, dist, sp
+    )
+    d_rp[d_rp.size - int(np.count_nonzero(r_only)) :] = _directed_local(
+        r_only, bp, offsets, dist, sp
+    )
     return SurfaceDistances(pred_to_ref=d_pr, ref_to_pred=d_rp)
 
 
 def _joint_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...]:
     """Joint bounding box of two masks; EmptyMaskError naming the empty one(s)."""
-    box_p = bounding_box(pred)
-    box_r = bounding_box(ref)
-    if box_p is None or box_r is None:
+    has_p, has_r = bool(pred.any()), bool(ref.any())
+    if not (has_p and has_r):
         which = (
             "prediction and reference"
-            if box_p is None and box_r is None
-            else ("prediction" if box_p is None else "reference")
+            if not has_p and not has_r
+            else ("prediction" if not has_p else "reference")
         )
         raise EmptyMaskError(f"surface distances are undefined: the {which} mask is empty")
-    return tuple(
-        slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_p, box_r, strict=True)
-    )
+    return bounding_box(pred | ref)
 
 
 def _boundary_in_padded_box(
     mask: np.ndarray, box: tuple[slice, ...], pad: np.ndarray
 ) -> np.ndarray:
-    """Boundary of ``mask[box]`` inside a zero array padded by ``max(pad, 1)`` voxels per axis."""
-    pz, py, px = (max(int(p), 1) for p in pad)
-    shape = tuple(s.stop - s.start for s in box)
-    out = np.zeros((shape[0] + 2 * pz, shape[1] + 2 * py, shape[2] + 2 * px), dtype=bool)
-    core = (slice(pz, pz + shape[0]), slice(py, py + shape[1]), slice(px, px + shape[2]))
-    out[core] = mask[box]
-    ring = tuple(slice(c.start - 1, c.stop + 1) for c in core)
-    out[core] = _boundary_of_padded(out[ring])
+    """Boundary of ``mask[box]``, placed inside a zero array padded by ``pad`` voxels per axis."""
+    core = _boundary_of_padded(_padded_crop(mask, box))
+    pz, py, px = (int(p) for p in pad)
+    out = np.zeros(tuple(n + 2 * q for n, q in zip(core.shape, (pz, py, px), strict=True)), bool)
+    out[pz : pz + core.shape[0], py : py + core.shape[1], px : px + core.shape[2]] = core
     return out
