@@ -20,8 +20,8 @@ Every statistic is derived from the two arrays of directed distances, computed o
 * ``msd`` = maximum of both directions (the symmetric Hausdorff distance, MedPy's ``hd``).
 
 Speed: both masks are cropped to their joint bounding box padded with background (exact: the
-padding is background, as outside the array), and the boundary is found with 18 shifted logical
-ANDs. Nearest neighbours (default method ``"kdtree"``): boundary points shared by both masks have
+padding is background, as outside the array), and the boundary is found with 12 logical ANDs of
+shifted views (the 18-neighbourhood erosion as three separable 3x3 square erosions). Nearest neighbours (default method ``"kdtree"``): boundary points shared by both masks have
 distance 0; every other point is first looked up at the voxel offsets nearest in mm (whole
 distance shells; :data:`SEARCH_OFFSETS` of them, more while few points are left), taken in order
 of increasing distance, so the first offset that lands on the other boundary gives the exact
@@ -47,15 +47,6 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 log = logging.getLogger("livseg.metrics.surface")
-
-#: 18-neighbourhood offsets (faces and edges of the 3x3x3 cube, centre excluded).
-_OFFSETS_18 = tuple(
-    (dz, dy, dx)
-    for dz in (-1, 0, 1)
-    for dy in (-1, 0, 1)
-    for dx in (-1, 0, 1)
-    if abs(dz) + abs(dy) + abs(dx) in (1, 2)
-)
 
 Method = Literal["kdtree", "edt"]
 
