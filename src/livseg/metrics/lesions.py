@@ -43,9 +43,10 @@ before labelling; the official scorer never did):
   pairs, as 0ceebcf: ``len(p_id_fp)`` plus the merged predicted components of each miss);
 * the IoU is that of the pair's own voxels (0ceebcf's union fix).
 
-Decision where 0ceebcf and its stated intent differ: 0ceebcf counts an **undetected** merged
-reference group of k lesions as **one** false negative (its ``g_id_detected`` holds only the
-group's first id until a detection adds the others) but a detected one as k true positives.
+Decision where 0ceebcf and its stated intent differ: 0ceebcf counts an **undetected** (or
+unmatched) merged reference group of k lesions as **one** false negative (its ``g_id_detected``
+holds only the group's first id until a detection adds the others) but a detected one as k true
+positives.
 livseg counts k false negatives, as 2259517 states. Reasons: (a) ``TP + FN`` is then the number of
 reference lesions in every case, so recall is the fraction of reference lesions found and its
 denominator does not depend on the prediction; (b) with one FN per undetected group, a prediction
