@@ -34,7 +34,10 @@ def test_one_prediction_spanning_two_reference_lesions_merges_them():
     (pair,) = m.pairs
     assert pair.ref_ids == (1, 2) and pair.intersection == 54 and pair.n_pred == 63
     assert pair.iou == pytest.approx(54 / 63)
-    assert m.counts(0.5) == DetectionCounts(tp=1, fp=0, fn=0)
+    # Intended rule: the merged group counts for its 2 lesions (was 1/0/0 under the 13cbb25 rule).
+    assert m.counts(0.5) == DetectionCounts(tp=2, fp=0, fn=0)
+    # Official b9d13be: the detected merged group counts once, so one lesion is "missed".
+    assert m.counts(0.5, "codalab") == DetectionCounts(tp=1, fp=0, fn=1)
 
 
 def test_two_predictions_splitting_one_reference_lesion_merge():
@@ -115,3 +118,74 @@ def test_precision_recall_rules():
     assert DetectionCounts(1, 2, 3) + DetectionCounts(1, 1, 1) == DetectionCounts(2, 3, 4)
     with pytest.raises(ValueError):
         match_lesions(np.zeros((2, 2, 2), int), np.zeros((2, 2, 2), int)).counts(1.0)
+
+
+# --- 1-D examples, both rules (T = tumour voxel; a line along x is a 1x1xN volume) -------------
+
+
+def _line(text: str) -> np.ndarray:
+    return np.array([c == "T" for c in text], dtype=bool)[None, None, :]
+
+
+def _match_lines(ref: str, pred: str):
+    return _match(_line(pred), _line(ref))
+
+
+# (ref, pred, intended @0.5, intended @0, codalab @0.5, codalab @0), counts as (TP, FP, FN).
+LINE_CASES = [
+    # Issue example 1 (union bug): one pair (p1, g2), |P & G| = 1, true union 4 (IoU 1/4). The
+    # official union counts d == p_id = 1, but d holds the pair's reference id 2: union = |g2|
+    # = 1, IoU 1 -> detected.
+    ("T.T.....", "..TTTT..", (0, 1, 2), (1, 0, 1), (1, 0, 1), (1, 0, 1)),
+    # Issue example 2a: p1 spans g1 and g2 (merged, 2 voxels), IoU 2/5 -> missed at 0.5.
+    # Intended: 2 FN (the group's lesions). Official: num_detected = 1 pair - 2 lesions = -1.
+    ("T.T..", "TTTTT", (0, 1, 2), (2, 0, 0), (-1, 2, 3), (1, 0, 1)),
+    # Issue example 2b: merged group detected (IoU 2/3): intended 2 TP, official 1 TP + 1 FN.
+    ("T.T..", "TTT..", (2, 0, 0), (2, 0, 0), (1, 0, 1), (1, 0, 1)),
+    # Issue example 3: p1 and p2 split g1 (merged, IoU 4/5); official FP = 2 components - 1.
+    ("TTTTT", "TT.TT", (1, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 0)),
+    # Found: p1 is a FP at x=0, so pair A = (p2, g1) [IoU 1] and B = (p3, g2) [IoU 2/4]. The
+    # official union of A counts d == 2, i.e. B's 4 predicted voxels: IoU 2/6, missed; B's
+    # counts d == 3 (nothing): IoU 2/2, detected. Same counts, the other lesion detected.
+    ("..TT.TT...", "T.TT.TTTT.", (1, 2, 1), (2, 1, 0), (1, 2, 1), (2, 1, 0)),
+    # Found: A = (p1, g1) exact; p2 spans g2 and g3 (IoU 2/5, missed). Official num_detected =
+    # 2 pairs - 2 lesions = 0, so the case's detected lesion A is not scored either.
+    ("TT....T.T..", "TT...TTTTT.", (1, 1, 2), (3, 0, 0), (0, 2, 3), (2, 0, 1)),
+]
+
+
+@pytest.mark.parametrize(("ref", "pred", "i05", "i0", "c05", "c0"), LINE_CASES)
+def test_line_examples_both_rules(ref, pred, i05, i0, c05, c0):
+    m = _match_lines(ref, pred)
+    assert m.counts(0.5) == DetectionCounts(*i05)
+    assert m.counts(0.0) == DetectionCounts(*i0)
+    assert m.counts(0.5, "codalab") == DetectionCounts(*c05)
+    assert m.counts(0.0, "codalab") == DetectionCounts(*c0)
+
+
+def test_scored_lesions_differ_between_rules():
+    # Found example above: intended scores pair A (p2 on g1); the official code scores B.
+    m = _match_lines("..TT.TT...", "T.TT.TTTT.")
+    assert m.scored_groups() == [((2,), (1,))]
+    assert m.scored_groups("codalab") == [((3,), (2,))]
+    # Issue example 1: nothing detected (true IoU 1/4), but the official code scores p1 vs g2.
+    m = _match_lines("T.T.....", "..TTTT..")
+    assert m.scored_groups() == [] and m.scored_groups("codalab") == [((1,), (2,))]
+    # num_detected = 0 in the official code: no lesion scored although pair A was detected.
+    m = _match_lines("TT....T.T..", "TT...TTTTT.")
+    assert m.scored_groups() == [((1,), (1,))] and m.scored_groups("codalab") == []
+
+
+def test_undetected_merged_group_counts_its_lesions():
+    """The decision of livseg.metrics.lesions: recall's denominator is the reference lesions."""
+    for pred in ("TTTTT", "T....", "....."):  # spanning both badly, one only, none
+        m = _match_lines("T.T..", pred)
+        c = m.counts(0.5)
+        assert c.tp + c.fn == 2  # every reference lesion is a TP or an FN
+    assert _match_lines("T.T..", "TTTTT").counts(0.5).fn == 2  # 0ceebcf would say 1
+
+
+def test_unknown_rule_is_rejected():
+    m = _match_lines("T", "T")
+    with pytest.raises(ValueError, match="intended, codalab"):
+        m.counts(0.5, "official")

@@ -246,3 +246,50 @@ def test_pairing_skips_lits_ct_images_in_reference_folder(tmp_path):
         ("segmentation-0", "segmentation-0.nii.gz"),
         ("segmentation-1", "segmentation-1.nii.gz"),
     ]
+
+
+def test_cli_lesion_rule_codalab_and_intervals(folders, tmp_path, capsys):
+    pred_dir, ref_dir, _ = folders
+    out = tmp_path / "out"
+    argv = ["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--out", str(out)]
+    assert main(argv + ["--lesion-rule", "codalab"]) == 0
+    assert "lesion rule codalab" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lesion_rule"] == "codalab"
+    api = evaluate_folders(pred_dir, ref_dir, lesion_rule="codalab")
+    for key in SUMMARY_KEYS:
+        assert summary[key] == pytest.approx(api.summary[key])
+    ci = summary["confidence_intervals"]
+    assert (ci["confidence"], ci["resamples"], ci["seed"]) == (0.95, 10000, 0)
+    liver = ci["metrics"]["liver_dice_per_case"]
+    assert liver["n"] == 2 and liver["mean"] == pytest.approx(summary["liver_dice_per_case"])
+    assert liver["low"] <= liver["mean"] <= liver["high"]
+    with pytest.raises(SystemExit):  # argparse rejects an unknown rule
+        main(argv + ["--overwrite", "--lesion-rule", "official"])
+
+
+def test_codalab_summary_differences_by_hand():
+    """The official summary formulas, on a case whose prediction has no voxel == 1."""
+    ref = _case(((2, 2, 2), (10, 18, 18)), [((3, 4, 4), (5, 7, 7))])
+    pred = np.zeros_like(ref)
+    pred[3:5, 4:7, 4:7] = 2  # the tumour exactly, no liver label
+    intended = evaluate_cases([(pred, ref, SPACING)]).summary
+    codalab = evaluate_cases([(pred, ref, SPACING)], lesion_rule="codalab").summary
+    n_ref_liver, n_tum = 8 * 16 * 16, 2 * 3 * 3
+    # livseg: the prediction's liver is its tumour (label >= 1): Dice 2*18/(18+2048).
+    assert intended["liver_dice_per_case"] == pytest.approx(2 * n_tum / (n_tum + n_ref_liver))
+    # official: no voxel == 1 -> no liver: Dice 0, penalties, liver Dice global 0.
+    assert codalab["liver_dice_per_case"] == 0.0 and codalab["liver_assd"] == DEFAULT_PENALTY
+    assert codalab["liver_dice_global"] == 0.0
+    # official burden error = ref burden - LARGE (signed, its "max error").
+    assert codalab["tumor_burden_max_abs_error"] == pytest.approx(n_tum / n_ref_liver - 9001.0)
+    assert intended["tumor_burden_max_abs_error"] == pytest.approx(1.0 - n_tum / n_ref_liver)
+    with pytest.raises(ValueError, match="different lesion rules"):
+        from livseg.metrics import evaluate_case
+
+        summarize(
+            [
+                evaluate_case(pred, ref, SPACING),
+                evaluate_case(pred, ref, SPACING, lesion_rule="codalab"),
+            ]
+        )

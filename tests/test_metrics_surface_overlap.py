@@ -155,6 +155,26 @@ def test_kdtree_and_edt_agree_and_crop_is_exact():
     assert k.msd == pytest.approx(brute.max(), abs=1e-9)
 
 
+@pytest.mark.parametrize("spacing", [(5.0, 0.75, 0.75), (1.0, 1.0, 1.0), (0.8, 2.0, 3.0)])
+def test_local_search_near_and_far_points_are_exact(spacing):
+    """Near points (local offsets), mid-range (extended offsets) and far ones (KD-tree)."""
+    from scipy.spatial.distance import cdist
+
+    a = np.zeros((30, 70, 70), bool)
+    b = np.zeros_like(a)
+    a[10:20, 10:40, 10:40] = True
+    b[11:20, 12:41, 9:38] = True  # near: shifted and trimmed
+    b[2:4, 60:64, 60:64] = True  # far from a: only a KD-tree reaches a's surface
+    a[25:27, 50:52, 5:7] = True  # mid-range from b
+    k = surface_distances(a, b, spacing)
+    s18 = ndimage.generate_binary_structure(3, 2)
+    pa = np.argwhere(a ^ ndimage.binary_erosion(a, s18)) * spacing
+    pb = np.argwhere(b ^ ndimage.binary_erosion(b, s18)) * spacing
+    dist = cdist(pa, pb)
+    assert np.sort(k.pred_to_ref) == pytest.approx(np.sort(dist.min(axis=1)), abs=1e-9)
+    assert np.sort(k.ref_to_pred) == pytest.approx(np.sort(dist.min(axis=0)), abs=1e-9)
+
+
 def test_surface_distances_empty_and_bad_input():
     m = _block((5, 5, 5), (1, 1, 1), (3, 3, 3))
     empty = np.zeros_like(m)

@@ -116,7 +116,7 @@ def _make_volume(
         lo, hi = array.min(), array.max()
         if lo < 0 or hi > 255:
             raise InputError(f"{path}: label values must lie in 0..255, found {lo}..{hi}")
-        return Volume(array.astype(np.uint8), spacing, origin, direction, "label")
+        return Volume(array.astype(np.uint8, copy=False), spacing, origin, direction, "label")
     if kind != "image":
         raise ValueError(f"kind must be None, 'image' or 'label', got {kind!r}")
     if np.issubdtype(array.dtype, np.floating):

@@ -24,7 +24,9 @@ above 2 are an error. The spacing used for distances is the reference's.
 **Outputs** (:func:`write_results`, atomic, never overwriting unless asked): ``per_case.csv``
 (columns :data:`livseg.metrics.lits.CASE_COLUMNS` + ``prediction``, ``reference``) and
 ``summary.json`` (keys :data:`livseg.metrics.lits.SUMMARY_KEYS` and counts at the top level,
-plus ``definitions_version``, ``penalty`` and ``cases``: the file pairs). Non-finite values
+plus ``definitions_version``, ``lesion_rule``, ``penalty``, ``confidence_intervals`` -- method,
+confidence, resamples, seed and ``{"mean", "low", "high", "n"}`` for each mean of
+:data:`livseg.metrics.lits.INTERVAL_KEYS` -- and ``cases``: the file pairs). Non-finite values
 are written as JSON ``NaN``/``Infinity`` (Python's json module reads them).
 """
 
@@ -47,6 +49,8 @@ import numpy as np
 from livseg.errors import InputError
 from livseg.io import READABLE_SUFFIXES
 from livseg.io.atomic import check_writable, write_text_atomic
+from livseg.metrics.bootstrap import CONFIDENCE, N_RESAMPLES, SEED
+from livseg.metrics.lesions import check_rule
 from livseg.metrics.lits import (
     CASE_COLUMNS,
     DEFAULT_PENALTY,
@@ -103,6 +107,41 @@ def _natural(text: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
 
 
+def _reference_files(ref_dir: Path) -> dict[Path, str]:
+    refs = _volume_files(ref_dir)
+    if any(_is_lits(stem, "segmentation") for stem in refs.values()):
+        # A LiTS folder holds the CT images (volume-N) beside the references: skip the images.
+        refs = {p: s for p, s in refs.items() if not _is_lits(s, "volume")}
+    if not refs:
+        raise InputError(f"{ref_dir}: no reference label file ({', '.join(READABLE_SUFFIXES)})")
+    return refs
+
+
+def _wanted_stems(stem: str) -> list[str]:
+    """The prediction names that pair with a reference name (rule in the module docstring)."""
+    m = _LITS.match(stem)
+    if not m:
+        return [stem]
+    other = "volume" if m.group(1).lower() == "segmentation" else "segmentation"
+    return [stem, f"{other}-{m.group(2)}"]
+
+
+def _find_prediction(pred_dir: Path, ref: Path, stem: str, by_stem: dict[str, list[Path]]) -> Path:
+    wanted = _wanted_stems(stem)
+    found = [p for w in wanted for p in by_stem.get(w.lower(), [])]
+    if not found:
+        raise InputError(
+            f"{pred_dir}: no prediction for reference {ref.name} (looked for "
+            f"{' or '.join(wanted)} with extension {', '.join(READABLE_SUFFIXES)})"
+        )
+    if len(found) > 1:
+        raise InputError(
+            f"{pred_dir}: several predictions for reference {ref.name}: "
+            f"{', '.join(p.name for p in found)}"
+        )
+    return found[0]
+
+
 def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[CasePair]:
     """Pair every reference file with its prediction (rule in the module docstring).
 
@@ -118,37 +157,16 @@ def pair_files(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> list[
             predictions.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
-    refs = _volume_files(ref_dir)
-    if any(_is_lits(stem, "segmentation") for stem in refs.values()):
-        # A LiTS folder holds the CT images (volume-N) beside the references: skip the images.
-        refs = {p: s for p, s in refs.items() if not _is_lits(s, "volume")}
-    if not refs:
-        raise InputError(f"{ref_dir}: no reference label file ({', '.join(READABLE_SUFFIXES)})")
+    refs = _reference_files(ref_dir)
     preds = _volume_files(pred_dir)
     by_stem: dict[str, list[Path]] = {}
     for path, stem in preds.items():
         by_stem.setdefault(stem.lower(), []).append(path)
-    pairs, used = [], set()
-    for ref, stem in refs.items():
-        wanted = [stem]
-        m = _LITS.match(stem)
-        if m:
-            other = "volume" if m.group(1).lower() == "segmentation" else "segmentation"
-            wanted.append(f"{other}-{m.group(2)}")
-        found = [p for w in wanted for p in by_stem.get(w.lower(), [])]
-        if not found:
-            raise InputError(
-                f"{pred_dir}: no prediction for reference {ref.name} (looked for "
-                f"{' or '.join(wanted)} with extension "
-                f"{', '.join(READABLE_SUFFIXES)})"
-            )
-        if len(found) > 1:
-            raise InputError(
-                f"{pred_dir}: several predictions for reference {ref.name}: "
-                f"{', '.join(p.name for p in found)}"
-            )
-        pairs.append(CasePair(stem, found[0], ref))
-        used.add(found[0])
+    pairs = [
+        CasePair(stem, _find_prediction(pred_dir, ref, stem, by_stem), ref)
+        for ref, stem in refs.items()
+    ]
+    used = {p.pred for p in pairs}
     unused = sorted(p.name for p in preds if p not in used)
     if unused:
         log.warning(
@@ -200,9 +218,42 @@ def load_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, tuple[float, floa
     return pred.array, ref.array, ref.spacing
 
 
-def _evaluate_pair(pair: CasePair, penalty: float) -> CaseResult:
+def _evaluate_pair(pair: CasePair, penalty: float, lesion_rule: str) -> CaseResult:
     pred, ref, spacing = load_pair(pair)
-    return evaluate_case(pred, ref, spacing, penalty=penalty, case_id=pair.case_id)
+    return evaluate_case(
+        pred, ref, spacing, penalty=penalty, case_id=pair.case_id, lesion_rule=lesion_rule
+    )
+
+
+def _evaluate_pairs(
+    pairs: list[CasePair],
+    jobs: int,
+    penalty: float,
+    lesion_rule: str,
+    on_case: Callable[[CaseResult, int], None] | None,
+) -> dict[str, CaseResult]:
+    """Evaluate pairs in this process (jobs = 1) or in a pool; results by case id."""
+    results: dict[str, CaseResult] = {}
+
+    def done(res: CaseResult) -> None:
+        results[res.case_id] = res
+        if on_case is not None:
+            on_case(res, len(pairs))
+
+    if jobs == 1 or len(pairs) == 1:
+        for pair in pairs:
+            done(_evaluate_pair(pair, penalty, lesion_rule))
+        return results
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pairs))) as pool:
+        futures = [pool.submit(_evaluate_pair, pair, penalty, lesion_rule) for pair in pairs]
+        try:
+            for fut in as_completed(futures):
+                done(fut.result())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results
 
 
 def evaluate_folders(
@@ -211,6 +262,7 @@ def evaluate_folders(
     jobs: int = 1,
     penalty: float = DEFAULT_PENALTY,
     on_case: Callable[[CaseResult, int], None] | None = None,
+    lesion_rule: str = "intended",
 ) -> EvaluationResult:
     """Evaluate a folder of predictions against a folder of references (LiTS metric set).
 
@@ -221,42 +273,28 @@ def evaluate_folders(
         penalty: value of undefined distance/volume metrics (see :mod:`livseg.metrics.lits`).
         on_case: called as ``on_case(case_result, n_cases)`` after each case (any order), e.g.
             to drive a progress bar.
+        lesion_rule: ``"intended"`` (default) or ``"codalab"`` (:mod:`livseg.metrics.lesions`).
 
     Returns:
         Per-case results (sorted by case name), the summary and the file pairs.
 
     Raises:
         InputError: pairing or geometry problems (module docstring).
+        ValueError: ``jobs`` < 1 or unknown lesion rule.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    check_rule(lesion_rule)
     pairs = pair_files(pred_dir, ref_dir)
     log.info("evaluating %d case(s) with %d job(s)", len(pairs), jobs)
-    results: dict[str, CaseResult] = {}
-    if jobs == 1 or len(pairs) == 1:
-        for pair in pairs:
-            results[pair.case_id] = _evaluate_pair(pair, penalty)
-            if on_case is not None:
-                on_case(results[pair.case_id], len(pairs))
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(pairs))) as pool:
-            futures = {pool.submit(_evaluate_pair, pair, penalty): pair for pair in pairs}
-            try:
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    results[res.case_id] = res
-                    if on_case is not None:
-                        on_case(res, len(pairs))
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+    results = _evaluate_pairs(pairs, jobs, penalty, lesion_rule, on_case)
     cases = tuple(results[p.case_id] for p in pairs)
     return EvaluationResult(
         cases=cases,
         summary=summarize(cases, penalty),
         penalty=float(penalty),
         pairs=tuple((str(p.pred), str(p.ref)) for p in pairs),
+        lesion_rule=lesion_rule,
     )
 
 
@@ -279,13 +317,26 @@ def results_csv(result: EvaluationResult) -> str:
     return buf.getvalue()
 
 
+def intervals_doc(result: EvaluationResult) -> dict[str, object]:
+    """The ``confidence_intervals`` entry of ``summary.json`` (method and one entry per mean)."""
+    return {
+        "method": "percentile bootstrap over cases (livseg.metrics.bootstrap)",
+        "confidence": CONFIDENCE,
+        "resamples": N_RESAMPLES,
+        "seed": SEED,
+        "metrics": {k: v.as_dict() for k, v in result.intervals().items()},
+    }
+
+
 def results_json(result: EvaluationResult) -> str:
     """The summary JSON text (keys documented in the module docstring)."""
     doc: dict[str, object] = {
         "definitions_version": result.definitions_version,
+        "lesion_rule": result.lesion_rule,
         "penalty": result.penalty,
     }
     doc.update(result.summary)
+    doc["confidence_intervals"] = intervals_doc(result)
     doc["cases"] = [
         {
             "case": c.case_id,
@@ -319,7 +370,7 @@ def write_results(
 
 
 def format_table(result: EvaluationResult) -> str:
-    """A readable text table: one line per case, then the summary."""
+    """A readable text table: one line per case, then the summary with its intervals."""
     head = (
         f"{'case':<20} {'liver Dice':>10} {'ASSD mm':>8} {'MSD mm':>8} {'tumour Dice':>11} "
         f"{'lesions ref/pred':>16} {'TP':>4} {'FP':>4} {'FN':>4}"
@@ -335,9 +386,13 @@ def format_table(result: EvaluationResult) -> str:
         )
     lines.append("")
     lines.append(
-        f"summary over {len(result.cases)} case(s) ({result.definitions_version}, "
-        f"penalty {result.penalty:g}):"
+        f"summary over {len(result.cases)} case(s) ({result.definitions_version}, lesion rule "
+        f"{result.lesion_rule}, penalty {result.penalty:g}); [{CONFIDENCE:.0%} bootstrap "
+        f"interval over cases, seed {SEED}]:"
     )
+    intervals = result.intervals()
     for key in SUMMARY_KEYS:
-        lines.append(f"  {key:<32} {result.summary[key]:.4f}")
+        ci = intervals.get(key)
+        extra = f"  [{ci.low:.4f}, {ci.high:.4f}] (n={ci.n})" if ci is not None else ""
+        lines.append(f"  {key:<32} {result.summary[key]:.4f}{extra}")
     return "\n".join(lines)
