@@ -39,12 +39,11 @@ from livseg.infer.coarse import CoarseRegion, CoarseStage
 from livseg.infer.postprocess import LIVER_STRUCTURE_RADIUS_MM, merge_labels, postprocess_liver
 from livseg.infer.predictor import SlicePredictor, VolumeStats, volume_stats
 from livseg.infer.pretrained import (
-    COARSE_MODEL,
     DEFAULT_MODEL,
-    LIVER_MODEL_FOR,
-    TUMOUR_MODEL,
+    DEFAULT_PAPER,
     WEIGHTS_DIR,
     MissingWeightsError,
+    cascade_models,
     check_checkpoint_dir,
     ensemble_members,
     locate,
@@ -145,44 +144,42 @@ def _load_coarse(checkpoint: str | Path, device: Any) -> CoarseStage:
     return CoarseStage(models, s.spacing_mm, s.windows[0], multiple, device=device)
 
 
-def _coarse_dir(coarse_model: str | Path | None, coarse: bool) -> Path | None:
-    """The coarse stage's folder: the given one, else the shipped one when installed."""
-    if not coarse:
-        return None
-    if coarse_model is not None:
-        return Path(coarse_model)
-    folder = WEIGHTS_DIR / COARSE_MODEL
-    return folder if folder.is_dir() and ensemble_members(folder) else None
-
-
 def _checkpoint_dirs(
-    model: str, liver_model: str | Path | None, tumour_model: str | Path | None, tumour: bool
-) -> tuple[Path, Path | None]:
-    """The liver and tumour checkpoint folders: the given ones, else the shipped models.
+    model: str, paper: bool, given: dict[str, str | Path | None], tumour: bool
+) -> dict[str, Path | None]:
+    """The coarse, liver and tumour model folders: the given ones, else the shipped models of
+    the chosen cascade (:func:`~livseg.infer.pretrained.cascade_models`).
 
     Every shipped model needed is checked before any is loaded, so one error names them all.
+
+    Args:
+        model: liver model family (``--model``).
+        paper: the papers' cascade (no coarse stage) instead of livseg's.
+        given: ``{"coarse": ..., "liver": ..., "tumour": ...}`` folders given by the caller
+            (None: use the shipped one).
+        tumour: False skips the tumour stage.
 
     Raises:
         LivsegError: ``model`` is not a liver model family.
         MissingWeightsError: a needed shipped model is not installed.
     """
-    if model not in LIVER_MODEL_FOR:
-        raise LivsegError(f"--model {model!r}: valid models are {', '.join(LIVER_MODEL_FOR)}")
-    needed = []
-    if liver_model is None:
-        needed.append(LIVER_MODEL_FOR[model])
-    if tumour and tumour_model is None:
-        needed.append(TUMOUR_MODEL)
-    missing = missing_models(needed)
+    shipped = dict(zip(("coarse", "liver", "tumour"), cascade_models(model, paper), strict=True))
+    if not tumour:
+        shipped["tumour"] = None
+    if paper and given.get("coarse") is None:
+        shipped["coarse"] = None
+    needed = {k: v for k, v in shipped.items() if v is not None and given.get(k) is None}
+    missing = missing_models(list(needed.values()))
     if missing:
         raise MissingWeightsError(
-            f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass "
-            "trained checkpoint folders with --liver-model/--tumour-model"
+            f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass trained "
+            "checkpoint folders (--coarse-model/--liver-model/--tumour-model)"
+            + ("" if paper else " or run the papers' cascade (--paper)")
         )
-    liver_dir = Path(liver_model) if liver_model is not None else locate(LIVER_MODEL_FOR[model])
-    if not tumour:
-        return liver_dir, None
-    return liver_dir, Path(tumour_model) if tumour_model is not None else locate(TUMOUR_MODEL)
+    return {
+        k: Path(given[k]) if given.get(k) is not None else (locate(v) if v else None)
+        for k, v in shipped.items()
+    }
 
 
 @contextlib.contextmanager
@@ -270,40 +267,41 @@ class Cascade:
         liver_model: str | Path | None = None,
         tumour_model: str | Path | None = None,
         coarse_model: str | Path | None = None,
+        paper: bool = DEFAULT_PAPER,
         device: str = "cpu",
         batch_size: int = 8,
         tta: bool = False,
         tumour: bool = True,
-        coarse: bool = True,
         **options: Any,
     ) -> Cascade:
         """Load the cascade from checkpoint folders or the shipped weights.
 
         Args:
-            model: liver model family, a key of
-                :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR` (``"crunet"`` or
-                ``"densefcn"``); picks the shipped liver model when ``liver_model`` is None.
-            liver_model: checkpoint folder of the liver model (overrides ``model``).
-            tumour_model: checkpoint folder of the tumour model (default: the shipped
-                :data:`~livseg.infer.pretrained.TUMOUR_MODEL`).
-            coarse_model: checkpoint folder of the coarse 3-D liver stage (default: the shipped
-                :data:`~livseg.infer.pretrained.COARSE_MODEL` when installed).
-            Each folder is one checkpoint or a fold ensemble (``fold*/`` checkpoints).
+            model: liver model family (``"crunet"`` or ``"densefcn"``); picks the shipped
+                models (:func:`~livseg.infer.pretrained.cascade_models`) of the stages whose
+                folder is not given.
+            liver_model: checkpoint folder of the liver model.
+            tumour_model: checkpoint folder of the tumour model.
+            coarse_model: checkpoint folder of the coarse 3-D liver stage (also used with
+                ``paper``: then the papers' liver and tumour models run inside its region).
+            paper: the papers' cascade: no coarse stage (unless ``coarse_model`` is given) and
+                the papers' shipped models; False: livseg's cascade (coarse stage, fine liver
+                model in its region, tumour ensemble). Each folder is one checkpoint or a fold
+                ensemble (``fold*/`` checkpoints).
             device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
             tumour: False runs the liver stage only.
-            coarse: False runs the papers' cascade (no coarse stage, liver model on every
-                slice).
             **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``).
 
         Raises:
             MissingWeightsError: a shipped model is needed but not installed (the message names
                 every missing one) or a checkpoint folder is incomplete.
         """
-        liver_dir, tumour_dir = _checkpoint_dirs(model, liver_model, tumour_model, tumour)
+        given = {"coarse": coarse_model, "liver": liver_model, "tumour": tumour_model}
+        dirs = _checkpoint_dirs(model, paper, given, tumour)
+        coarse_dir, liver_dir, tumour_dir = dirs["coarse"], dirs["liver"], dirs["tumour"]
         dev = resolve_device(device)
-        coarse_dir = _coarse_dir(coarse_model, coarse)
         liver = _load(liver_dir, dev, batch_size, tta)
         tum = _load(tumour_dir, dev, batch_size, tta) if tumour_dir is not None else None
         stage0 = _load_coarse(coarse_dir, dev) if coarse_dir is not None else None

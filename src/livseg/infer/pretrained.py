@@ -45,8 +45,39 @@ TUMOUR_MODEL = "densefcn_tumour"
 """Shipped tumour model name (shared by both cascades)."""
 
 COARSE_MODEL = "coarse_liver"
-"""Coarse 3-D liver stage: used when installed in :data:`WEIGHTS_DIR` (unless switched off).
-Not yet among :data:`SHIPPED_MODELS`: its fold ensemble is still being trained."""
+"""Shipped coarse 3-D liver stage of livseg's own cascade."""
+
+LIVSEG_CASCADE: dict[str, tuple[str, str, str]] = {
+    "crunet": (COARSE_MODEL, "crunet_liver_fine", "runet_tumour"),
+    "densefcn": (COARSE_MODEL, "densefcn_liver", "runet_tumour"),
+}
+"""``--model`` -> (coarse, liver, tumour) shipped models of livseg's cascade: the coarse 3-D stage
+places the liver, the paper's liver model runs inside its region (the CR-U-Net fine model on
+region crops; the liver DenseFCN on whole slices, restricted to the region), then the tumour
+ensemble."""
+
+PAPER_CASCADE: dict[str, tuple[None, str, str]] = {
+    "crunet": (None, "crunet_liver", TUMOUR_MODEL),
+    "densefcn": (None, "densefcn_liver", TUMOUR_MODEL),
+}
+"""``--model`` -> (no coarse stage, liver, tumour) shipped models of the papers' own cascade."""
+
+DEFAULT_PAPER = True
+"""The cascade ``livseg segment`` runs by default: the papers' (True) until livseg's own
+cascade's fold ensembles are all shipped (then False)."""
+
+
+def cascade_models(model: str, paper: bool) -> tuple[str | None, str, str]:
+    """The shipped (coarse or None, liver, tumour) model names of a cascade.
+
+    Raises:
+        LivsegError: ``model`` is not a liver model family.
+    """
+    table = PAPER_CASCADE if paper else LIVSEG_CASCADE
+    if model not in table:
+        raise LivsegError(f"--model {model!r}: valid models are {', '.join(table)}")
+    return table[model]
+
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json")
 

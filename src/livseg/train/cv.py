@@ -438,8 +438,8 @@ def _segment_fold(
         liver_model=models[liver.name]["checkpoint"],
         tumour_model=models[tumour.name]["checkpoint"] if tumour is not None else None,
         coarse_model=models[coarse.name]["checkpoint"] if coarse is not None else None,
+        paper=True,  # every stage's folder is given (no shipped model is ever used)
         tumour=tumour is not None,
-        coarse=coarse is not None,
         device=device or "auto",
     )
     folder = _prediction(out, k, liver.name, "x").parent
