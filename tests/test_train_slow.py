@@ -306,7 +306,7 @@ def test_cross_validation_one_command(phantoms, tmp_path):
 
 def test_tumour_model_trains(phantoms, tmp_path):
     cfg = load_config(
-        "densefcn_tumor",
+        "densefcn_tumour",
         [
             "data.size=32",
             "data.margin=1",
@@ -327,7 +327,7 @@ def test_tumour_model_trains(phantoms, tmp_path):
 def test_real_lits_tumour_model(lits_dir, tmp_path):
     """Tumour DenseFCN on the real LiTS-layout cases (tiny settings; needs ../shared/data)."""
     cfg = load_config(
-        "densefcn_tumor",
+        "densefcn_tumour",
         [
             "data.size=32",
             "model.levels=2",
