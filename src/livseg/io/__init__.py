@@ -371,7 +371,7 @@ def write_volume(
             write_nifti(data, volume.spacing, volume.origin, volume.direction, tmp, ref_header)
         else:
             write_itk(data, volume.spacing, volume.origin, volume.direction, tmp)
-    log.info("wrote %s (%s, %s)", path, volume.kind, "x".join(map(str, volume.shape[::-1])))
+    log.debug("wrote %s (%s, %s)", path, volume.kind, "x".join(map(str, volume.shape[::-1])))
     return path
 
 
