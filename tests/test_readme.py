@@ -48,7 +48,7 @@ def lits_phantom(tmp_path, monkeypatch) -> Path:
     """A working folder holding ``lits/``: three small LiTS-named phantom cases."""
     from livseg.phantom import write_phantom_dataset
 
-    write_phantom_dataset(tmp_path / "lits", cases=3, seed=1, size=64)
+    write_phantom_dataset(tmp_path / "lits", cases=3, seed=1, size=64, slices=8)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

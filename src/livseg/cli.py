@@ -518,8 +518,9 @@ class _StageProgress:
             self.close()
             self.key = (case, stage)
             if self.tty:
+                unit = "slice" if stage in ("liver", "tumour") else "step"
                 self.bar = progress(
-                    total=total, initial=done, desc=f"{case} {stage}", unit="slice", leave=False
+                    total=total, initial=done, desc=f"{case} {stage}", unit=unit, leave=False
                 )
         if self.bar is not None:
             self.bar.update(done - self.bar.n)

@@ -259,11 +259,7 @@ def write_overlay(
             aspect=sp_y / sp_x,
             interpolation="nearest",
         )
-        _contour(ax, lab[k, rows, cols] >= 1, COLOURS["liver"], "solid", PRED_WIDTH)
-        _contour(ax, lab[k, rows, cols] == 2, COLOURS["tumour"], "solid", PRED_WIDTH)
-        if ref is not None:
-            _contour(ax, ref[k, rows, cols] >= 1, COLOURS["ref_liver"], (0, (3, 2)), REF_WIDTH)
-            _contour(ax, ref[k, rows, cols] == 2, COLOURS["ref_tumour"], (0, (3, 2)), REF_WIDTH)
+        _draw_contours(ax, lab[k, rows, cols], ref[k, rows, cols] if ref is not None else None)
         input_k = (reo.input_shape[reo.perm[0]] - 1 - k) if reo.flip[0] else k
         _label_panel(ax, f"slice {input_k}  S {origin[0] + k * sp_z:.0f} mm")
         ax.set_axis_off()
@@ -272,6 +268,15 @@ def write_overlay(
         fig.savefig(tmp, format="png", facecolor="black")
     log.debug("overlay %s: %d slices", path, len(picks))
     return Path(path)
+
+
+def _draw_contours(ax, lab: np.ndarray, ref: np.ndarray | None) -> None:
+    """Predicted contours solid and thick, reference contours dashed, on one panel."""
+    _contour(ax, lab >= 1, COLOURS["liver"], "solid", PRED_WIDTH)
+    _contour(ax, lab == 2, COLOURS["tumour"], "solid", PRED_WIDTH)
+    if ref is not None:
+        _contour(ax, ref >= 1, COLOURS["ref_liver"], (0, (3, 2)), REF_WIDTH)
+        _contour(ax, ref == 2, COLOURS["ref_tumour"], (0, (3, 2)), REF_WIDTH)
 
 
 def _contour(ax, mask: np.ndarray, colour: str, style, width: float) -> None:
