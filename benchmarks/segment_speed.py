@@ -14,7 +14,7 @@ Usage::
     python benchmarks/segment_speed.py --random-init -O data.size=256   # no weights needed
 
 ``--random-init`` builds randomly initialised checkpoints from the bundled configurations
-(``crunet_mdice`` or ``densefcn_liver``, and ``densefcn_tumor``; ``-O`` overrides apply to both):
+(``crunet_mdice`` or ``densefcn_liver``, and ``densefcn_tumour``; ``-O`` overrides apply to both):
 the speed of a network does not depend on its weights.
 
 Inputs: ``DIR/lits/volume-*.nii.gz`` and the DICOM series ``DIR/dicom/*/ct-*`` (override
@@ -79,7 +79,7 @@ def _random_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Pat
     from livseg.train.config import load_config
 
     out = []
-    for name in ("crunet_mdice" if args.model == "crunet" else "densefcn_liver", "densefcn_tumor"):
+    for name in ("crunet_mdice" if args.model == "crunet" else "densefcn_liver", "densefcn_tumour"):
         cfg = load_config(name, overrides=args.override)
         out.append(
             save_checkpoint(root / name, build_model(cfg.model.name, **cfg.model.options), cfg)

@@ -9,7 +9,7 @@ slices after ``--warmup`` untimed ones, with the configuration's batch size unle
 
 Models: ``unet``, ``runet``, ``crunet_level1`` and ``crunet_level2`` (the two CR-U-Net training
 stages of ``crunet_mdice``; level 2 takes slice + mask), ``densefcn_liver`` (input at the given
-size, output twice as large through the SBU) and ``densefcn_tumor`` (3 channels).
+size, output twice as large through the SBU) and ``densefcn_tumour`` (3 channels).
 
 Examples::
 
@@ -35,7 +35,7 @@ MODELS = {
     "crunet_level1": ("crunet_mdice", "level1"),
     "crunet_level2": ("crunet_mdice", "level2"),
     "densefcn_liver": ("densefcn_liver", None),
-    "densefcn_tumor": ("densefcn_tumor", None),
+    "densefcn_tumour": ("densefcn_tumour", None),
 }
 
 

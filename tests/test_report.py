@@ -42,7 +42,7 @@ def _labels(spacing=(2.0, 0.5, 1.0), direction=None):
 
 def test_measure_hand_values():
     lab = _labels()
-    m = measure(lab)
+    m = measure(lab, min_lesion_ml=0.0)  # list every component: lesion B is 0.004 ml
     vox = 2.0 * 0.5 * 1.0 / 1000
     assert m.liver_found
     assert m.liver_volume_ml == pytest.approx(3600 * vox)
@@ -78,7 +78,7 @@ def test_measure_coverage_no_liver_and_axial_axis():
 
 
 def test_write_measurements_json_csv(tmp_path):
-    m = measure(_labels())
+    m = measure(_labels(), min_lesion_ml=0.0)
     j, c = tmp_path / "m.json", tmp_path / "l.csv"
     write_measurements(m, j, c, extra={"input": "x.nii.gz"})
     d = json.loads(j.read_text())

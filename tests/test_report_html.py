@@ -25,7 +25,7 @@ def _labels(liver_touches_edge: bool = False) -> Volume:
 
 
 def test_report_shows_measurements_lesions_and_picture():
-    m = measure(_labels())
+    m = measure(_labels(), min_lesion_ml=0.0)  # list every component: lesion 2 is 0.008 ml
     png = b"\x89PNG\r\n\x1a\nfake"
     page = report_html(
         "case <1>",

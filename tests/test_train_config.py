@@ -34,7 +34,7 @@ EXPECTED = {
     "crunet_same_depth",
     "crunet_no_intermediate",
     "densefcn_liver",
-    "densefcn_tumor",
+    "densefcn_tumour",
 }
 
 
@@ -71,7 +71,7 @@ def test_paper_variants():
     assert load_config("crunet_no_intermediate").model.options["intermediate"] is False
     assert d.train.batch_size == 2 and d.optimizer.lr == 1e-4
     assert stages_of(d) == ["level1", "level2"]
-    liver, tumour = load_config("densefcn_liver"), load_config("densefcn_tumor")
+    liver, tumour = load_config("densefcn_liver"), load_config("densefcn_tumour")
     assert liver.model.options["sbu"] is True and liver.data.weight_map and liver.loss.name == "wce"
     assert tumour.model.options["in_channels"] == 3 and tumour.data.pipeline == "tumour"
     assert tumour.train.target == "tumour" and tumour.loss.name == "tumour_compound"

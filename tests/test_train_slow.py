@@ -231,7 +231,7 @@ def test_ddp_two_gloo_processes(phantoms, tmp_path):
 
 def test_tumour_model_trains(phantoms, tmp_path):
     cfg = load_config(
-        "densefcn_tumor",
+        "densefcn_tumour",
         [
             "data.size=32",
             "data.margin=1",
@@ -252,7 +252,7 @@ def test_tumour_model_trains(phantoms, tmp_path):
 def test_real_lits_tumour_model(lits_dir, tmp_path):
     """Tumour DenseFCN on the real LiTS-layout cases (tiny settings; needs ../shared/data)."""
     cfg = load_config(
-        "densefcn_tumor",
+        "densefcn_tumour",
         [
             "data.size=32",
             "model.levels=2",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from livseg import __version__
@@ -37,6 +38,17 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("disable", not sys.stderr.isatty())
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (unless None/False/empty, or the text gives it)
+    and keeps epilogs (examples) as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 COMMANDS: list[tuple[str, str, Register]] = []
@@ -104,7 +116,6 @@ def _register_info(p: argparse.ArgumentParser):
 
 
 def _register_convert(p: argparse.ArgumentParser):
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _CONVERT_EPILOG
     p.add_argument("source", help="DICOM series folder or NIfTI/NRRD/MHA file")
     p.add_argument("output", help="output file: .nii, .nii.gz, .nrrd or .mha")
@@ -418,12 +429,19 @@ class _TrainBar:
         self.bar, self.key = None, None
 
 
+def _bundled_configs() -> list[str]:
+    """The bundled configuration names, read from the package folder (``livseg.train``, which
+    :func:`livseg.train.config.bundled_configs` lives in, is too slow to import for help)."""
+    from importlib import resources
+
+    folder = resources.files("livseg") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "config",
-        help="configuration: a JSON file or a bundled name (crunet_mdice, "
-        "crunet_dice, crunet_same_depth, crunet_no_intermediate, unet, runet, "
-        "densefcn_liver, densefcn_tumor)",
+        help=f"configuration: a JSON file or a bundled name ({', '.join(_bundled_configs())})",
     )
     p.add_argument(
         "--data",
@@ -604,23 +622,39 @@ COMMANDS.append(
 
 
 # >>> segment / demo
-class _StageBars:
-    """Progress callback ``(case, stage, done, total)`` drawing one bar per case and stage."""
+class _StageProgress:
+    """Progress callback ``(case, stage, done, total)`` of ``segment`` and ``demo``.
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    On a terminal: one bar per case and stage (its rate counts from the first report, so the
+    first batch, which includes the model warm-up, does not give a nonsense rate). Otherwise
+    (a log file, a pipe): one line per case and stage when it ends, with its elapsed time.
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
         self.bar = None
-        self.key = None
+        self.key: tuple[str, str] | None = None
+        self.start = time.perf_counter()
 
     def __call__(self, case: str, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
+        if self.quiet:
             return
         if self.key != (case, stage):
             self.close()
             self.key = (case, stage)
-            self.bar = progress(total=total, desc=f"{case} {stage}", unit="slice", leave=False)
-        self.bar.n = done
-        self.bar.refresh()
+            if self.tty:
+                unit = "slice" if stage in ("liver", "tumour") else "step"
+                self.bar = progress(
+                    total=total, initial=done, desc=f"{case} {stage}", unit=unit, leave=False
+                )
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        if done >= total and not self.tty:
+            now = time.perf_counter()
+            count = f" {total} slices," if stage in ("liver", "tumour") else ""
+            print(f"{case}: {stage}{count} {now - self.start:.1f} s", file=sys.stderr, flush=True)
+            self.start = now
 
     def close(self) -> None:
         if self.bar is not None:
@@ -635,7 +669,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         choices=tuple(LIVER_MODEL_FOR),
         default=DEFAULT_MODEL,
-        help=f"liver model family of the shipped weights (default: {DEFAULT_MODEL})",
+        help="liver model family of the shipped weights",
     )
     p.add_argument(
         "--liver-model",
@@ -645,12 +679,44 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tumour-model",
+        "--tumor-model",
         metavar="DIR",
         default=None,
         help=f"tumour checkpoint folder instead of the shipped {TUMOUR_MODEL}",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _segment_options(args: argparse.Namespace):
+    from livseg.infer.run import SegmentOptions
+
+    return SegmentOptions(
+        liver_model=args.liver_model,
+        tumour_model=args.tumour_model,
+        tta=getattr(args, "tta", False),
+        batch_size=getattr(args, "batch_size", 8),
+    )
+
+
+def _case_line(c) -> str:
+    """One line of ``livseg segment``'s summary: volumes, lesions, scores, output."""
+    m = c.measurements
+    if not m.liver_found:
+        return f"{c.name}: NO LIVER FOUND -> {c.outputs['labels']}"
+    burden = f"{100 * m.tumour_burden:.1f}%" if m.tumour_burden is not None else "-"
+    scores = ""
+    if c.scores is not None:
+        scores = (
+            f", liver Dice {c.scores['liver_dice']:.3f} / tumour Dice "
+            f"{c.scores['tumor_dice']:.3f} against the reference"
+        )
+    return (
+        f"{c.name}: liver {m.liver_volume_ml:.0f} ml, tumour "
+        f"{m.tumour_volume_ml:.1f} ml ({burden}), {m.lesion_count} lesion(s)"
+        f"{', INCOMPLETE liver coverage' if m.incomplete_coverage else ''}{scores} "
+        f"-> {c.outputs['labels']}"
+    )
 
 
 def _register_segment(p: argparse.ArgumentParser):
@@ -682,7 +748,8 @@ def _register_segment(p: argparse.ArgumentParser):
         action="append",
         metavar="LABELS",
         default=None,
-        help="reference labels drawn dashed in the overlay (once per input, in order)",
+        help="reference labels (once per input, in order): drawn dashed in the overlay, and "
+        "the case's LiTS scores go to the measurements JSON and the report",
     )
     p.add_argument(
         "--no-overlay", action="store_true", help="skip the PNG montage and the HTML report"
@@ -696,57 +763,44 @@ def _register_segment(p: argparse.ArgumentParser):
     )
 
     def handler(args: argparse.Namespace) -> int:
-        from livseg.infer import segment_files
+        from livseg.infer.run import SaveOptions, segment_files
 
-        bars = _StageBars(_progress_enabled(args))
+        bars = _StageProgress(args.quiet)
         try:
             cases = segment_files(
                 args.inputs,
                 args.out,
                 model=args.model,
                 device=args.device,
-                dicom_seg=args.dicom_seg,
-                overwrite=args.overwrite,
-                liver_model=args.liver_model,
-                tumour_model=args.tumour_model,
-                tta=args.tta,
-                batch_size=args.batch_size,
-                overlay=not args.no_overlay,
+                options=_segment_options(args),
+                save=SaveOptions(
+                    overlay=not args.no_overlay,
+                    dicom_seg=args.dicom_seg,
+                    overwrite=args.overwrite,
+                ),
                 references=args.ref,
-                progress=bars,
                 series_uid=args.series,
+                progress=bars,
             )
         finally:
             bars.close()
         for c in cases:
-            m = c.measurements
-            if not m.liver_found:
-                print(f"{c.name}: NO LIVER FOUND -> {c.outputs['labels']}")
-                continue
-            burden = f"{100 * m.tumour_burden:.1f}%" if m.tumour_burden is not None else "-"
-            print(
-                f"{c.name}: liver {m.liver_volume_ml:.0f} ml, tumour "
-                f"{m.tumour_volume_ml:.1f} ml ({burden}), {m.lesion_count} lesion(s)"
-                f"{', INCOMPLETE liver coverage' if m.incomplete_coverage else ''} "
-                f"-> {c.outputs['labels']}"
-            )
+            print(_case_line(c))
         return EXIT_OK
 
     return handler
 
 
 def _register_demo(p: argparse.ArgumentParser):
-    p.add_argument(
-        "--out", default="livseg_demo", metavar="DIR", help="output folder (default: ./livseg_demo)"
-    )
+    p.add_argument("--out", default="livseg_demo", metavar="DIR", help="output folder")
     _add_model_args(p)
-    p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
-    p.add_argument("--size", type=int, default=256, help="phantom in-plane size (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed")
+    p.add_argument("--size", type=int, default=256, help="phantom in-plane size (pixels)")
 
     def handler(args: argparse.Namespace) -> int:
         from livseg.infer import run_demo
 
-        bars = _StageBars(_progress_enabled(args))
+        bars = _StageProgress(args.quiet)
         try:
             r = run_demo(
                 args.out,
@@ -755,8 +809,7 @@ def _register_demo(p: argparse.ArgumentParser):
                 seed=args.seed,
                 size=args.size,
                 overwrite=args.overwrite,
-                liver_model=args.liver_model,
-                tumour_model=args.tumour_model,
+                options=_segment_options(args),
                 progress=bars,
             )
         finally:
@@ -772,7 +825,7 @@ def _register_demo(p: argparse.ArgumentParser):
             f"Dice {s['tumor_dice']:.3f}, lesions {m.lesion_count} (truth "
             f"{r.truth_lesions}), detected {s['lesion_tp']}"
         )
-        print(f"  outputs in {r.outdir}/")
+        print(f"  outputs in {r.outdir}/ (open phantom_ct_report.html)")
         return EXIT_OK
 
     return handler
@@ -798,7 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text, register in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
         p.set_defaults(_handler=register(p))
     return parser
 
@@ -843,6 +898,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(handler(args) or EXIT_OK)
     except LivsegError as exc:
         print(f"livseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # an unforeseen file-system failure: still one line naming the path
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"livseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("livseg: interrupted", file=sys.stderr)

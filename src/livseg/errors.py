@@ -14,5 +14,10 @@ class InputError(LivsegError):
     """An input file or folder cannot be read or is not what it must be."""
 
 
-class OutputExistsError(LivsegError):
+class OutputError(LivsegError):
+    """An output cannot be written (permission denied, disk full, a file where a folder must
+    be...)."""
+
+
+class OutputExistsError(OutputError):
     """An output exists and ``overwrite`` was not requested."""

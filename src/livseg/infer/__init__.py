@@ -4,7 +4,9 @@
   ``Cascade.load(model, liver_model=..., tumour_model=..., device=...)`` and
   ``segment(volume, progress) -> SegmentationResult`` (labels in the input geometry).
 * :func:`segment_files` (``run.py``): ``livseg segment``, batch of files/DICOM folders -> labels,
-  measurements, overlays, DICOM-SEG.
+  measurements, overlays, DICOM-SEG; its steps :func:`read_ct` (read + check),
+  :func:`segment_ct` (-> :class:`Segmentation`) and :meth:`Segmentation.save` also serve the
+  Python API (:mod:`livseg.api`).
 * :func:`run_demo` (``demo.py``): ``livseg demo`` on a phantom.
 * ``predictor.py``: batched slice prediction reproducing the training pre-processing.
 * ``postprocess.py``: liver erosion -> largest component -> dilation; label merging.
@@ -26,7 +28,12 @@ __all__ = [
     "segment_files",
     "segment_case",
     "case_name",
-    "CaseOutput",
+    "Segmentation",
+    "SegmentOptions",
+    "SaveOptions",
+    "CtInput",
+    "read_ct",
+    "segment_ct",
     "run_demo",
     "DemoResult",
     "postprocess_liver",
@@ -44,7 +51,12 @@ _WHERE = {
     "segment_files": "run",
     "segment_case": "run",
     "case_name": "run",
-    "CaseOutput": "run",
+    "Segmentation": "run",
+    "SegmentOptions": "run",
+    "SaveOptions": "run",
+    "CtInput": "run",
+    "read_ct": "run",
+    "segment_ct": "run",
     "run_demo": "demo",
     "DemoResult": "demo",
     "postprocess_liver": "postprocess",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,14 @@ from typing import Any
 
 from livseg.infer.cascade import Cascade
 from livseg.infer.pretrained import DEFAULT_MODEL
-from livseg.infer.run import CaseOutput, output_paths, segment_case
-from livseg.io.atomic import check_writable, write_text_atomic
+from livseg.infer.run import (
+    CaseProgress,
+    Segmentation,
+    SegmentOptions,
+    output_paths,
+    segment_case,
+)
+from livseg.io.atomic import check_folder_writable, check_writable, write_text_atomic
 
 log = logging.getLogger("livseg.infer.demo")
 
@@ -39,16 +44,17 @@ class DemoResult:
 
     Attributes:
         outdir: the output folder.
-        case: the segmentation outputs of the phantom.
+        case: the segmentation of the phantom (saved).
         metrics: LiTS per-case scores (flat dict, ``CaseResult.row()`` keys).
         truth_liver_ml: true liver volume (ml).
         truth_tumour_ml: true tumour volume (ml).
-        truth_lesions: number of true lesions (6-connected components).
+        truth_lesions: number of true lesions (6-connected components of at least
+            :data:`~livseg.report.measurements.MIN_LESION_VOLUME_ML`).
         seconds: total wall time.
     """
 
     outdir: Path
-    case: CaseOutput
+    case: Segmentation
     metrics: dict[str, Any]
     truth_liver_ml: float
     truth_tumour_ml: float
@@ -56,26 +62,17 @@ class DemoResult:
     seconds: float
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "item"):
-        return _clean(v.item())
-    return v
-
-
 def run_demo(
     outdir: str | Path = "livseg_demo",
     *,
     model: str = DEFAULT_MODEL,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int = 0,
     size: int = 256,
     overwrite: bool = False,
-    liver_model: str | Path | None = None,
-    tumour_model: str | Path | None = None,
+    options: SegmentOptions | None = None,
     cascade: Cascade | None = None,
-    progress=None,
+    progress: CaseProgress | None = None,
 ) -> DemoResult:
     """Generate a phantom, segment it, evaluate it, write everything.
 
@@ -87,33 +84,36 @@ def run_demo(
         seed: phantom seed.
         size: phantom in-plane size (pixels).
         overwrite: replace existing outputs.
-        liver_model: liver checkpoint folder instead of the shipped model.
-        tumour_model: tumour checkpoint folder instead of the shipped model.
-        cascade: an already loaded cascade (then the model options are ignored).
-        progress: ``(case, stage, done, total)`` callback.
+        options: model loading options (checkpoint folders instead of the shipped models...).
+        cascade: an already loaded cascade (then ``model``, ``device``, ``options`` are
+            ignored).
+        progress: ``(case, stage, done, total)`` callback; the first stage is ``phantom``.
 
     Raises:
         MissingWeightsError: a shipped model is not installed (nothing is written).
         OutputExistsError: an output exists and ``overwrite`` is False (nothing is written).
+        OutputError: ``outdir`` cannot be written (nothing is written).
     """
     from livseg.io import write_volume
-    from livseg.metrics.lits import evaluate_case
     from livseg.phantom import make_phantom
     from livseg.report.measurements import measure
 
     t0 = time.perf_counter()
     outdir = Path(outdir)
     paths = [outdir / f for f in DEMO_FILES]
-    for p in [*paths, *output_paths("phantom_ct", outdir, False, True).values()]:
+    check_folder_writable(outdir)
+    for p in [*paths, *output_paths("phantom_ct", outdir).values()]:
         check_writable(p, overwrite)
     if cascade is None:
-        cascade = Cascade.load(
-            model, liver_model=liver_model, tumour_model=tumour_model, device=device
-        )
+        cascade = (options or SegmentOptions()).load(model, device)
+    if progress is not None:
+        progress("phantom_ct", "phantom", 0, 1)
     image, truth = make_phantom(seed, size)
     ct_path, truth_path, metrics_path = paths
     write_volume(image, ct_path, overwrite=overwrite)
     write_volume(truth, truth_path, overwrite=overwrite)
+    if progress is not None:
+        progress("phantom_ct", "phantom", 1, 1)
     case = segment_case(
         cascade,
         ct_path,
@@ -123,31 +123,21 @@ def run_demo(
         progress=progress,
         extra={"demo_seed": seed, "demo_size": size},
     )
-    scores = evaluate_case(
-        case.result.labels.array, truth.array, truth.spacing, case_id="phantom_ct"
-    )
-    row = {k: _clean(v) for k, v in scores.row().items()}
+    row = case.scores or {}
     tm = measure(truth)
-    write_text_atomic(
-        metrics_path,
-        json.dumps(
-            {
-                "seed": seed,
-                "size": size,
-                "liver_model": cascade.liver.name,
-                "tumour_model": cascade.tumour.name if cascade.tumour else None,
-                "truth": {
-                    "liver_ml": tm.liver_volume_ml,
-                    "tumour_ml": tm.tumour_volume_ml,
-                    "lesions": tm.lesion_count,
-                },
-                "scores": row,
-            },
-            indent=2,
-        )
-        + "\n",
-        overwrite,
-    )
+    doc = {
+        "seed": seed,
+        "size": size,
+        "liver_model": cascade.liver.name,
+        "tumour_model": cascade.tumour.name if cascade.tumour else None,
+        "truth": {
+            "liver_ml": tm.liver_volume_ml,
+            "tumour_ml": tm.tumour_volume_ml,
+            "lesions": tm.lesion_count,
+        },
+        "scores": row,
+    }
+    write_text_atomic(metrics_path, json.dumps(doc, indent=2) + "\n", overwrite)
     return DemoResult(
         outdir,
         case,

@@ -5,71 +5,218 @@ without its extension, or the folder name), ``segment_files`` writes into ``outd
 
 * ``<name>_seg.nii.gz``: labels 0/1/2 (uint8) in the input's exact geometry;
 * ``<name>_measurements.json``: liver/tumour volumes (ml), burden, lesion list, coverage and
-  ``liver_found`` flags, liver probability summary, per-stage timings, warnings;
+  ``liver_found`` flags, liver probability summary, per-stage timings, every warning raised while
+  reading and segmenting, the DICOM series UID, and the LiTS scores against ``--ref`` labels;
 * ``<name>_lesions.csv``: one row per lesion;
 * ``<name>_overlay.png``: axial montage through the liver (``overlay=True``);
-* ``<name>_report.html``: a self-contained page with the measurements, flags, lesion list and the
-  montage embedded (``overlay=True``);
+* ``<name>_report.html``: a self-contained page with the measurements, flags, warnings, scores,
+  lesion list and the montage embedded (``overlay=True``);
 * ``<name>_seg.dcm``: DICOM-SEG referencing the input series (``dicom_seg=True``, DICOM only).
 
-A case's outputs are written to temporary files and renamed together at the end, so a failing
-case leaves nothing behind; existing outputs are refused before any work unless
-``overwrite=True``. The models are loaded once for the whole batch.
+**Nothing half-done.** Before the first inference every input of the batch is read and checked
+(readable, 3-D, CT-like: :func:`check_ct`), every reference is checked against its input's
+geometry, and every output location is checked (exists, writable). A case's outputs are written
+to temporary files and renamed together at the end, so a failing case leaves nothing behind;
+existing outputs are refused unless ``overwrite=True``. The models are loaded once for the whole
+batch.
 
 When no liver is found the label file is written all background, ``liver_found`` is false in the
-measurements and a warning is logged (the DICOM-SEG, which would be empty, is not written).
+measurements and a warning is recorded (the DICOM-SEG, which would be empty, is not written).
+
+The same steps serve the Python API (:mod:`livseg.api`): :func:`read_ct` / :class:`CtInput`
+(a checked input), :func:`segment_ct` (inference, measurements, scores) and
+:meth:`Segmentation.save` (the outputs above).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from livseg.errors import InputError, LivsegError
-from livseg.infer.cascade import Cascade, SegmentationResult, timed
+from livseg.infer.cascade import Cascade, SegmentationResult, check_ct_intensities, timed
 from livseg.infer.pretrained import DEFAULT_MODEL
 from livseg.io import READABLE_SUFFIXES
-from livseg.io.atomic import atomic_path, check_writable
+from livseg.io.atomic import atomic_path, check_folder_writable, check_writable
+from livseg.metrics.evaluate import SEGMENT_SUFFIX
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.infer.run")
 
 OUTPUT_SUFFIXES = {
-    "labels": "_seg.nii.gz",
+    "labels": f"{SEGMENT_SUFFIX}.nii.gz",
     "measurements": "_measurements.json",
     "lesions": "_lesions.csv",
     "overlay": "_overlay.png",
     "report": "_report.html",
-    "dicom_seg": "_seg.dcm",
+    "dicom_seg": f"{SEGMENT_SUFFIX}.dcm",
 }
 
+MAX_NON_FINITE_FRACTION = 0.5
+"""A CT with a larger share of non-finite voxels (NaN/inf) is refused; fewer are repaired (set to
+-1024 HU, air) with a recorded warning."""
+
 CaseProgress = Callable[[str, str, int, int], None]
-"""Progress callback ``(case name, stage, done, total)``."""
+"""Progress callback ``(case name, stage, done, total)``. Stages, in order: ``read`` (0/1 then
+1/1), ``liver`` and ``tumour`` (slices), ``write`` (0/1 then 1/1)."""
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How the models are loaded (the model family and device are separate arguments).
+
+    Attributes:
+        liver_model: liver checkpoint folder instead of the shipped model of the family.
+        tumour_model: tumour checkpoint folder instead of the shipped tumour model.
+        tta: left-right flip test-time augmentation.
+        batch_size: slices per forward pass.
+    """
+
+    liver_model: str | Path | None = None
+    tumour_model: str | Path | None = None
+    tta: bool = False
+    batch_size: int = 8
+
+    def load(self, model: str = DEFAULT_MODEL, device: str = "auto") -> Cascade:
+        """The cascade of ``model`` (a :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR` key)."""
+        if self.batch_size < 1:
+            raise LivsegError(f"batch size must be >= 1, got {self.batch_size}")
+        return Cascade.load(
+            model,
+            liver_model=self.liver_model,
+            tumour_model=self.tumour_model,
+            device=device,
+            batch_size=self.batch_size,
+            tta=self.tta,
+        )
+
+
+@dataclass(frozen=True)
+class SaveOptions:
+    """Which outputs a case writes, and whether existing ones are replaced.
+
+    Attributes:
+        overlay: write the PNG montage and the HTML report.
+        dicom_seg: also write a DICOM-SEG (DICOM series inputs only).
+        overwrite: replace existing outputs.
+    """
+
+    overlay: bool = True
+    dicom_seg: bool = False
+    overwrite: bool = False
 
 
 @dataclass
-class CaseOutput:
-    """What :func:`segment_files` produced for one input.
+class CtInput:
+    """A CT read and checked (:func:`read_ct`), with what reading it said.
 
     Attributes:
-        input: the input path.
-        name: the case name used for the output files.
-        outputs: kind ("labels", "measurements", ...) -> written path.
-        result: the segmentation result (labels in the input geometry).
-        measurements: the measurements written to JSON.
-        timings: seconds per stage: read, reorient, liver, postprocess, tumour, write, report.
+        image: the CT (float32 HU), any orientation.
+        source: the input as named in messages (path, or ``<numpy.ndarray>``...).
+        path: the file or DICOM folder read (None for an in-memory input).
+        warnings: warnings raised while reading (dropped DICOM slices, non-finite voxels...).
+        series: DICOM facts (``series_uid``, ``series_description``, ``dropped_files``) or {}.
     """
 
-    input: Path
+    image: Volume
+    source: str
+    path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    series: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.path is not None and self.path.is_dir()
+
+
+@dataclass
+class Segmentation:
+    """One segmented CT: labels, measurements, warnings, scores; :meth:`save` writes the outputs.
+
+    Attributes:
+        name: the case name (output files ``<name>_seg.nii.gz``...).
+        input: the CT and what reading it said.
+        result: the cascade's result (labels in the input geometry).
+        measurements: :class:`~livseg.report.measurements.Measurements` of the labels.
+        reference: reference labels (same geometry), or None.
+        scores: LiTS per-case scores against ``reference`` (``CaseResult.row()`` keys,
+            non-finite values as None), or None.
+        meta: the facts the measurements JSON records beside them (models, input...).
+        outputs: kind ("labels", "measurements", ...) -> path, once saved.
+    """
+
     name: str
-    outputs: dict[str, Path]
+    input: CtInput
     result: SegmentationResult
     measurements: Any
-    timings: dict[str, float] = field(default_factory=dict)
+    reference: Volume | None = None
+    scores: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> Volume:
+        """Label Volume (uint8: 0 background, 1 liver, 2 tumour) in the input's geometry."""
+        return self.result.labels
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of reading and segmenting this CT, each once, in order."""
+        return list(dict.fromkeys([*self.input.warnings, *self.result.warnings]))
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage: read, reorient, liver, postprocess, tumour, write, report."""
+        return self.result.timings
+
+    def save(
+        self,
+        outdir: str | Path,
+        *,
+        overwrite: bool = False,
+        overlay: bool = True,
+        dicom_seg: bool = False,
+    ) -> dict[str, Path]:
+        """Write what ``livseg segment`` writes for this case into ``outdir``.
+
+        Args:
+            outdir: output folder (created when missing).
+            overwrite: replace existing outputs.
+            overlay: write the PNG montage and the HTML report.
+            dicom_seg: also write ``<name>_seg.dcm`` (only for a DICOM series input).
+
+        Returns:
+            kind -> written path (also kept in :attr:`outputs`).
+
+        Raises:
+            OutputExistsError: an output exists and ``overwrite`` is False (nothing written).
+            OutputError: the folder cannot be written (permission, disk full...).
+            InputError: ``dicom_seg`` for an input that is not a DICOM series.
+        """
+        save = SaveOptions(overlay=overlay, dicom_seg=dicom_seg, overwrite=overwrite)
+        if dicom_seg and not self.input.is_dicom:
+            raise InputError(
+                f"{self.input.source}: a DICOM-SEG needs a DICOM series folder as input"
+            )
+        outs = output_paths(self.name, Path(outdir), save)
+        _check_outputs(outs.values(), Path(outdir), overwrite)
+        _check_dicom_seg_liver(self, dicom_seg)
+        with contextlib.ExitStack() as stack:
+            tmp = {k: stack.enter_context(atomic_path(p, overwrite)) for k, p in outs.items()}
+            with timed(self.result.timings, "write"):
+                _write_labels(self, tmp)
+            _write_reports(self, outs, tmp)
+        self.outputs = dict(outs)
+        return self.outputs
+
+
+# --- names and paths -----------------------------------------------------------------------------
 
 
 def case_name(path: str | Path) -> str:
@@ -86,17 +233,137 @@ def case_name(path: str | Path) -> str:
     return path.stem
 
 
-def output_paths(name: str, outdir: Path, dicom_seg: bool, overlay: bool) -> dict[str, Path]:
+def output_paths(name: str, outdir: Path, save: SaveOptions | None = None) -> dict[str, Path]:
     """The output files of case ``name`` in ``outdir``."""
+    save = save or SaveOptions()
     kinds = ["labels", "measurements", "lesions"]
-    if overlay:
+    if save.overlay:
         kinds += ["overlay", "report"]
-    if dicom_seg:
+    if save.dicom_seg:
         kinds.append("dicom_seg")
     return {k: outdir / f"{name}{OUTPUT_SUFFIXES[k]}" for k in kinds}
 
 
-def _read_reference(path: Path, image: Volume) -> Volume:
+def _check_outputs(paths, outdir: Path, overwrite: bool) -> None:
+    """Every output can be created: the folder is (or can be) a writable folder, no file
+    exists unless ``overwrite``."""
+    check_folder_writable(outdir)
+    for p in paths:
+        check_writable(p, overwrite)
+
+
+# --- reading and checking ------------------------------------------------------------------------
+
+
+class _WarningLog(logging.Handler):
+    """Collects the messages of WARNING (and above) records of the ``livseg`` loggers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Record every warning logged by livseg inside the ``with`` block (they are still logged).
+
+    Yields:
+        The list the messages are appended to.
+    """
+    handler = _WarningLog()
+    logger = logging.getLogger("livseg")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def check_ct(image: Volume, source: str, check_intensities: bool = True) -> None:
+    """Refuse a volume that cannot be a CT, before any inference.
+
+    Refused: a label volume; no finite voxel (all NaN/inf); more than
+    :data:`MAX_NON_FINITE_FRACTION` non-finite voxels; a constant volume (every finite voxel the
+    same value); and, when ``check_intensities``, intensities that are not HU
+    (:func:`~livseg.infer.cascade.check_ct_intensities`: no air, 8-bit or MR-like ranges).
+    A few non-finite voxels are accepted: the cascade sets them to air and records a warning.
+
+    Raises:
+        InputError: naming ``source`` and the problem.
+    """
+    from livseg.infer.predictor import volume_stats
+
+    if image.kind != "image":
+        raise InputError(f"{source}: a label volume was given where a CT image is needed")
+    stats = volume_stats(image.array)
+    n = image.array.size
+    if stats.n_nan == n:
+        raise InputError(f"{source}: no finite voxel (all NaN or infinite); not a CT")
+    if stats.n_nan > MAX_NON_FINITE_FRACTION * n:
+        raise InputError(
+            f"{source}: {100 * stats.n_nan / n:.0f}% of the voxels are NaN or infinite "
+            f"(at most {100 * MAX_NON_FINITE_FRACTION:.0f}% can be repaired); not a usable CT"
+        )
+    if stats.hu_max <= stats.hu_min:
+        raise InputError(
+            f"{source}: every voxel has the value {stats.hu_min:g}; a constant volume is not a CT"
+        )
+    if check_intensities:
+        check_ct_intensities(stats, source)
+
+
+def _read_dicom(path: Path, series_uid: str | None) -> tuple[Volume, dict[str, Any]]:
+    """A DICOM series and its facts (UID, description, dropped files)."""
+    from livseg.io import dicom
+
+    series = dicom.select_series(dicom.scan_dicom_folder(path), series_uid, path)
+    stack = dicom.plan_stack(series, path)
+    facts = {
+        "series_uid": series.uid,
+        "series_description": series.description,
+        "dropped_files": [{"file": str(p), "reason": r} for p, r in stack.dropped],
+    }
+    return dicom.load_stack(stack), facts
+
+
+def read_ct(
+    path: str | Path, series_uid: str | None = None, check_intensities: bool = True
+) -> CtInput:
+    """Read a CT file or DICOM series folder and check it (:func:`check_ct`).
+
+    Args:
+        path: NIfTI/NRRD/MHA file or DICOM series folder.
+        series_uid: SeriesInstanceUID when the folder holds several series.
+        check_intensities: refuse intensities that are not HU.
+
+    Raises:
+        InputError: missing, unreadable, not 3-D, not CT (the message names ``path``).
+    """
+    from livseg.io import read_volume
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    series: dict[str, Any] = {}
+    with collect_warnings() as warnings:
+        if path.is_dir():
+            image, series = _read_dicom(path, series_uid)
+        else:
+            image = read_volume(path, kind="image")
+    check_ct(image, str(path), check_intensities)
+    log.debug("%s: %r", path, image)
+    return CtInput(image, str(path), path, warnings, series)
+
+
+def read_reference(path: str | Path, image: Volume) -> Volume:
+    """Reference labels for ``image``, checked to have its geometry.
+
+    Raises:
+        InputError: unreadable labels or a geometry different from ``image``'s.
+    """
     from livseg.io import read_volume
 
     ref = read_volume(path, kind="label")
@@ -106,136 +373,169 @@ def _read_reference(path: Path, image: Volume) -> Volume:
     return ref
 
 
-def _check_dicom_seg(path: Path, dicom_seg: bool) -> None:
-    if dicom_seg and not path.is_dir():
-        raise InputError(
-            f"{path}: --dicom-seg needs a DICOM series folder as input; this is a file"
-        )
+# --- segmenting ----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Case:
-    """One input being segmented: what the output writers need."""
-
-    path: Path
-    name: str
-    image: Volume
-    reference: Volume | None
-    series_uid: str | None
-    result: SegmentationResult
-
-    @property
-    def is_dicom(self) -> bool:
-        return self.path.is_dir()
+def _clean(value: Any) -> Any:
+    """A JSON-ready scalar: numpy scalars as Python, non-finite floats as None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def _read_input(
-    path: Path, reference: str | Path | None, series_uid: str | None
-) -> tuple[Volume, Volume | None]:
-    """Read an input and its reference labels (checked against the input's geometry)."""
-    from livseg.io import read_volume
+def case_scores(labels: Volume, reference: Volume, name: str) -> dict[str, Any]:
+    """LiTS per-case scores of ``labels`` against ``reference`` (same geometry), JSON-ready."""
+    from livseg.metrics.lits import evaluate_case
 
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    image = read_volume(path, kind="image", series_uid=series_uid)
-    ref = _read_reference(Path(reference), image) if reference is not None else None
-    log.info("%s: %r", path, image)
-    return image, ref
+    scores = evaluate_case(labels.array, reference.array, reference.spacing, case_id=name)
+    return {k: _clean(v) for k, v in scores.row().items()}
 
 
-def _check_result(case: _Case, dicom_seg: bool) -> None:
-    """The labels keep the input geometry; a DICOM-SEG needs a liver."""
-    result = case.result
-    why = result.labels.geometry_mismatch(case.image)
+def _model_meta(cascade: Cascade) -> dict[str, Any]:
+    return {
+        "liver_model": cascade.liver.name,
+        "tumour_model": cascade.tumour.name if cascade.tumour else None,
+        "tta": cascade.liver.tta,
+    }
+
+
+def segment_ct(
+    cascade: Cascade,
+    ct: CtInput,
+    *,
+    name: str,
+    reference: Volume | None = None,
+    progress: CaseProgress | None = None,
+) -> Segmentation:
+    """Segment a checked CT with a loaded cascade, measure it and score it (nothing written).
+
+    Args:
+        cascade: the loaded models.
+        ct: the CT (from :func:`read_ct` or :func:`livseg.io.as_volume`).
+        name: the case name.
+        reference: reference labels in the CT's geometry: adds the LiTS scores.
+        progress: ``(case, stage, done, total)`` callback.
+
+    Raises:
+        InputError: the CT is not usable (:func:`check_ct`).
+    """
+    from livseg.report.measurements import measure
+
+    check_ct(ct.image, ct.source, cascade.check_ct)
+    cb = (lambda stage, d, n: progress(name, stage, d, n)) if progress else None
+    with collect_warnings() as seen:
+        result = cascade.segment(ct.image, cb, source=ct.source)
+    why = result.labels.geometry_mismatch(ct.image)
     if why:  # the contract of this module: never flipped
-        raise LivsegError(
-            f"{case.path}: internal error, output geometry differs from the input ({why})"
+        raise LivsegError(f"{ct.source}: internal error, output geometry differs ({why})")
+    with timed(result.timings, "report"):
+        m = measure(result.labels)
+        scores = case_scores(result.labels, reference, name) if reference is not None else None
+    if m.liver_found and m.incomplete_coverage:
+        msg = (
+            f"{ct.source}: the liver touches the first or last slice: coverage is incomplete, "
+            "the liver volume is a lower bound"
         )
-    if dicom_seg and not result.liver_found:
+        log.warning(msg)
+        seen.append(msg)
+    result.warnings[:] = list(dict.fromkeys([*result.warnings, *seen]))
+    return Segmentation(name, ct, result, m, reference, scores, _model_meta(cascade))
+
+
+def _check_dicom_seg_liver(case: Segmentation, dicom_seg: bool) -> None:
+    if dicom_seg and not case.result.liver_found:
         raise LivsegError(
-            f"{case.path}: no liver found, so there is nothing to store in a DICOM-SEG; "
+            f"{case.input.source}: no liver found, so there is nothing to store in a DICOM-SEG; "
             "nothing was written (run without --dicom-seg to get the "
             "all-background label file and measurements with liver_found false)"
         )
 
 
-def _case_meta(
-    case: _Case, cascade: Cascade, outs: dict[str, Path], extra: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The ``extra`` facts of a case's measurements JSON (timings are added later)."""
-    return {
-        "input": str(case.path),
-        "input_kind": "dicom" if case.is_dicom else "file",
-        "shape_zyx": list(case.image.shape),
-        "orientation": case.image.orientation_codes(),
-        "liver_model": cascade.liver.name,
-        "tumour_model": cascade.tumour.name if cascade.tumour else None,
-        "tta": cascade.liver.tta,
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _case_meta(case: Segmentation, outs: dict[str, Path]) -> dict[str, Any]:
+    """The ``extra`` facts of a case's measurements JSON."""
+    image = case.input.image
+    meta = {
+        "input": case.input.source,
+        "input_kind": "dicom" if case.input.is_dicom else "file" if case.input.path else "memory",
+        **case.input.series,
+        "shape_zyx": list(image.shape),
+        "spacing_zyx_mm": list(image.spacing),
+        "orientation": image.orientation_codes(),
+        **case.meta,
         "liver_probability": case.result.liver_probability,
-        "warnings": list(case.result.warnings),
+        "warnings": case.warnings,
         "outputs": {k: p.name for k, p in outs.items()},
-        **(extra or {}),
     }
+    if case.scores is not None:
+        meta["scores"] = case.scores
+    meta["timings_s"] = {k: round(v, 3) for k, v in case.timings.items()}
+    return meta
 
 
-def _write_labels(case: _Case, tmp: dict[str, Path]) -> None:
+def _write_labels(case: Segmentation, tmp: dict[str, Path]) -> None:
     """The label file (and the DICOM-SEG when asked) into the temporary paths ``tmp``."""
     from livseg.io import write_volume
+    from livseg.io.nifti import is_nifti
 
-    labels = case.result.labels
-    reference = case.image if case.is_dicom else case.path
-    write_volume(labels, tmp["labels"], overwrite=True, reference=reference)
+    path = case.input.path
+    reference = path if path is not None and is_nifti(path) else case.input.image
+    write_volume(case.labels, tmp["labels"], overwrite=True, reference=reference)
     if "dicom_seg" in tmp:
         from livseg.report.dicom_seg import write_dicom_seg
 
         write_dicom_seg(
-            labels, case.path, tmp["dicom_seg"], overwrite=True, series_uid=case.series_uid
+            case.labels,
+            path,
+            tmp["dicom_seg"],
+            overwrite=True,
+            series_uid=case.input.series.get("series_uid"),
         )
 
 
-def _write_reports(
-    case: _Case, m: Any, meta: dict[str, Any], tmp: dict[str, Path], timings: dict[str, float]
-) -> None:
+def _write_reports(case: Segmentation, outs: dict[str, Path], tmp: dict[str, Path]) -> None:
     """Overlay PNG, measurements JSON + lesion CSV and HTML report into the paths ``tmp``."""
     from livseg.report.measurements import write_measurements
 
-    with timed(timings, "report"):
+    with timed(case.result.timings, "report"):
         if "overlay" in tmp:
             from livseg.report.overlay import write_overlay
 
+            title = (
+                case.name if case.input.path is None else f"{case.name}  ({case.input.path.name})"
+            )
             write_overlay(
-                case.image,
-                case.result.labels,
+                case.input.image,
+                case.labels,
                 tmp["overlay"],
                 reference=case.reference,
                 overwrite=True,
-                title=f"{case.name}  ({case.path.name})",
+                title=title,
             )
-    meta["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    write_measurements(m, tmp["measurements"], tmp["lesions"], overwrite=True, extra=meta)
+    meta = _case_meta(case, outs)
+    write_measurements(
+        case.measurements, tmp["measurements"], tmp["lesions"], overwrite=True, extra=meta
+    )
     if "report" in tmp:
         from livseg.report.html import write_html_report
 
         write_html_report(
-            tmp["report"], case.name, m, meta, overlay_png=tmp["overlay"], overwrite=True
+            tmp["report"],
+            case.name,
+            case.measurements,
+            meta,
+            overlay_png=tmp["overlay"],
+            overwrite=True,
         )
 
 
-def _log_outcome(case: _Case, m: Any, outs: dict[str, Path], timings: dict[str, float]) -> None:
-    for k, v in timings.items():
-        log.debug("%s: %s %.2f s", case.name, k, v)
-    if not m.liver_found:
-        log.warning(
-            "%s: no liver found: wrote an all-background label file; liver_found is false in %s",
-            case.path,
-            outs["measurements"].name,
-        )
-    elif m.incomplete_coverage:
-        log.warning(
-            "%s: the liver touches the first or last slice: coverage is incomplete, "
-            "the liver volume is a lower bound",
-            case.path,
-        )
+def _stage(progress: CaseProgress | None, name: str, stage: str, done: int) -> None:
+    if progress is not None:
+        progress(name, stage, done, 1)
 
 
 def segment_case(
@@ -251,40 +551,59 @@ def segment_case(
     progress: CaseProgress | None = None,
     extra: dict[str, Any] | None = None,
     series_uid: str | None = None,
-) -> CaseOutput:
-    """Segment one input with a loaded cascade and write its outputs (see module docstring).
+    ct: CtInput | None = None,
+) -> Segmentation:
+    """Read, check, segment one input with a loaded cascade and write its outputs.
+
+    Args:
+        cascade: the loaded models.
+        path: CT file or DICOM series folder.
+        outdir: output folder.
+        dicom_seg, overwrite, overlay: see :class:`SaveOptions`.
+        reference: reference label file (same geometry): drawn in the overlay, scored.
+        name: case name (default :func:`case_name` of ``path``).
+        progress: ``(case, stage, done, total)`` callback.
+        extra: additional facts for the measurements JSON.
+        series_uid: SeriesInstanceUID for a DICOM folder holding several series.
+        ct: ``path`` already read by :func:`read_ct` (it is then not read again).
 
     Raises:
         InputError: unreadable input, not CT, bad reference, ``dicom_seg`` for a non-DICOM
             input.
         OutputExistsError: an output exists and ``overwrite`` is False (checked first).
+        OutputError: the output folder cannot be written.
     """
-    from livseg.report.measurements import measure
-
     path, outdir = Path(path), Path(outdir)
     name = name or case_name(path)
+    save = SaveOptions(overlay=overlay, dicom_seg=dicom_seg, overwrite=overwrite)
     _check_dicom_seg(path, dicom_seg)
-    outs = output_paths(name, outdir, dicom_seg, overlay)
-    for p in outs.values():
-        check_writable(p, overwrite)
-    timings: dict[str, float] = {}
-    with timed(timings, "read"):
-        image, ref = _read_input(path, reference, series_uid)
-    cb = (lambda stage, d, n: progress(name, stage, d, n)) if progress else None
-    result = cascade.segment(image, cb, source=str(path))
-    timings.update(result.timings)
-    case = _Case(path, name, image, ref, series_uid, result)
-    _check_result(case, dicom_seg)
-    with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(p, overwrite)) for k, p in outs.items()}
-        with timed(timings, "write"):
-            _write_labels(case, tmp)
-        with timed(timings, "report"):
-            m = measure(case.result.labels)
-            meta = _case_meta(case, cascade, outs, extra)
-        _write_reports(case, m, meta, tmp, timings)
-    _log_outcome(case, m, outs, timings)
-    return CaseOutput(path, name, dict(outs), case.result, m, timings)
+    _check_outputs(output_paths(name, outdir, save).values(), outdir, overwrite)
+    _stage(progress, name, "read", 0)
+    t = time.perf_counter()
+    if ct is None:
+        ct = read_ct(path, series_uid, cascade.check_ct)
+    ref = read_reference(reference, ct.image) if reference is not None else None
+    read_s = time.perf_counter() - t
+    _stage(progress, name, "read", 1)
+    case = segment_ct(cascade, ct, name=name, reference=ref, progress=progress)
+    case.result.timings = {"read": read_s, **case.result.timings}
+    case.meta.update(extra or {})
+    _stage(progress, name, "write", 0)
+    case.save(outdir, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg)
+    _stage(progress, name, "write", 1)
+    for k, v in case.timings.items():
+        log.debug("%s: %s %.2f s", case.name, k, v)
+    return case
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+def _check_dicom_seg(path: Path, dicom_seg: bool) -> None:
+    if dicom_seg and not path.is_dir():
+        raise InputError(
+            f"{path}: --dicom-seg needs a DICOM series folder as input; this is a file"
+        )
 
 
 def _unique_names(inputs: list[Path]) -> list[str]:
@@ -299,10 +618,10 @@ def _unique_names(inputs: list[Path]) -> list[str]:
     return names
 
 
-def _check_inputs(
+def _check_arguments(
     inputs: list[Path], references: Sequence[str | Path] | None, dicom_seg: bool
 ) -> list[str]:
-    """Check a batch's inputs before any work; returns their case names."""
+    """Cheap checks of a batch's arguments; returns the case names."""
     if not inputs:
         raise LivsegError("no input given")
     if references is not None and len(references) != len(inputs):
@@ -318,36 +637,42 @@ def _check_inputs(
     return names
 
 
-def _check_outputs(
-    names: list[str], outdir: Path, dicom_seg: bool, overlay: bool, overwrite: bool
-) -> None:
-    """Refuse existing outputs of every case before any work."""
-    if outdir.exists() and not outdir.is_dir():
-        raise LivsegError(f"{outdir}: output path exists and is not a folder")
-    for n in names:
-        for p in output_paths(n, outdir, dicom_seg, overlay).values():
-            check_writable(p, overwrite)
+def _check_batch(
+    inputs: list[Path],
+    refs: list[str | Path | None],
+    series_uid: str | None,
+    check_intensities: bool,
+) -> CtInput:
+    """Read and check every input (and its reference) before any inference.
+
+    Only the first input is kept in memory (returned); the others are read again in turn.
+    """
+    first = None
+    for p, ref in zip(inputs, refs, strict=True):
+        ct = read_ct(p, series_uid, check_intensities)
+        if ref is not None:
+            read_reference(ref, ct.image)
+        first = first or ct
+    assert first is not None
+    return first
 
 
 def segment_files(
     inputs: Sequence[str | Path],
     outdir: str | Path,
-    model: str = DEFAULT_MODEL,
-    device: str = "cpu",
-    dicom_seg: bool = False,
-    overwrite: bool = False,
     *,
-    liver_model: str | Path | None = None,
-    tumour_model: str | Path | None = None,
-    tta: bool = False,
-    batch_size: int = 8,
-    overlay: bool = True,
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    options: SegmentOptions | None = None,
+    save: SaveOptions | None = None,
     references: Sequence[str | Path] | None = None,
+    series_uid: str | None = None,
     progress: CaseProgress | None = None,
     cascade: Cascade | None = None,
-    series_uid: str | None = None,
-) -> list[CaseOutput]:
+) -> list[Segmentation]:
     """Segment several inputs with one set of loaded models (``livseg segment``).
+
+    Everything that can be checked is checked before the first inference (module docstring).
 
     Args:
         inputs: NIfTI/NRRD/MHA files or DICOM series folders.
@@ -355,52 +680,46 @@ def segment_files(
         model: liver model family, a key of :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR`
             (``"crunet"`` or ``"densefcn"``; shipped weights).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
-        dicom_seg: also write a DICOM-SEG per input (every input must be a DICOM folder).
-        overwrite: replace existing outputs.
-        liver_model: liver checkpoint folder (instead of the shipped one).
-        tumour_model: tumour checkpoint folder (instead of the shipped one).
-        tta: left-right flip test-time augmentation.
-        batch_size: slices per forward pass.
-        overlay: write the PNG montage and the HTML report.
-        references: reference label files drawn in the overlays, one per input.
-        progress: ``(case, stage, done, total)`` callback.
-        cascade: an already loaded :class:`Cascade` (then the model options are ignored).
+        options: model loading options (checkpoint folders, TTA, batch size).
+        save: which outputs, and whether to overwrite.
+        references: reference label files, one per input: drawn in the overlays and scored.
         series_uid: SeriesInstanceUID to read from DICOM folders holding several series.
+        progress: ``(case, stage, done, total)`` callback.
+        cascade: an already loaded :class:`Cascade` (then ``model``, ``device`` and
+            ``options`` are ignored).
 
     Returns:
-        One :class:`CaseOutput` per input, in order.
+        One :class:`Segmentation` per input, in order, each saved.
 
     Raises:
-        LivsegError: bad arguments, missing weights, existing outputs (checked for every case
-            before any work), or a failing case (the cases before it are kept; the message
-            names the input).
+        LivsegError: bad arguments, missing weights, unreadable or non-CT inputs, existing
+            or unwritable outputs (all checked before any inference), or a failing case (the
+            cases before it are kept; the message names the input).
     """
     inputs = [Path(p) for p in inputs]
     outdir = Path(outdir)
-    names = _check_inputs(inputs, references, dicom_seg)
-    _check_outputs(names, outdir, dicom_seg, overlay, overwrite)
-    if cascade is None:
-        cascade = Cascade.load(
-            model,
-            liver_model=liver_model,
-            tumour_model=tumour_model,
-            device=device,
-            batch_size=batch_size,
-            tta=tta,
-        )
+    save = save or SaveOptions()
+    names = _check_arguments(inputs, references, save.dicom_seg)
+    for n in names:
+        _check_outputs(output_paths(n, outdir, save).values(), outdir, save.overwrite)
     refs = list(references) if references is not None else [None] * len(inputs)
+    check_intensities = cascade.check_ct if cascade is not None else True
+    first = _check_batch(inputs, refs, series_uid, check_intensities)
+    if cascade is None:
+        cascade = (options or SegmentOptions()).load(model, device)
     return [
         segment_case(
             cascade,
             p,
             outdir,
-            dicom_seg=dicom_seg,
-            overwrite=overwrite,
-            overlay=overlay,
+            dicom_seg=save.dicom_seg,
+            overwrite=save.overwrite,
+            overlay=save.overlay,
             reference=ref,
             name=n,
             progress=progress,
             series_uid=series_uid,
+            ct=first if k == 0 else None,
         )
-        for p, n, ref in zip(inputs, names, refs, strict=True)
+        for k, (p, n, ref) in enumerate(zip(inputs, names, refs, strict=True))
     ]

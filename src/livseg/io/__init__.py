@@ -21,6 +21,11 @@ DICOM-SEG objects are read onto their CT grid by :func:`read_dicom_seg`
 
 otherwise it is an image. Pass ``kind="image"`` or ``kind="label"`` to decide explicitly; an
 explicit label must hold whole numbers in 0..255 (no NaN). Images are float32 HU, labels uint8.
+
+**In memory** (:func:`as_volume`, used by :func:`livseg.segment`): a :class:`~livseg.volume.Volume`,
+a nibabel image, a SimpleITK image, or a numpy array with its ``spacing`` (Z, Y, X order) or its
+NIfTI ``affine`` (the array then in nibabel's (i, j, k) order) becomes a Volume with the same
+checks as a file.
 """
 
 from __future__ import annotations
@@ -37,14 +42,21 @@ from livseg.errors import InputError
 from livseg.io.atomic import atomic_path, check_writable
 from livseg.io.dicom import read_dicom_series
 from livseg.io.dicomseg import lits_label_from_segs, read_dicom_seg
-from livseg.io.itk import is_itk, read_itk, read_itk_header, write_itk
-from livseg.io.nifti import is_nifti, read_nifti, read_nifti_header, write_nifti
+from livseg.io.itk import is_itk, itk_geometry, read_itk, read_itk_header, write_itk
+from livseg.io.nifti import (
+    affine_to_geometry,
+    is_nifti,
+    read_nifti,
+    read_nifti_header,
+    write_nifti,
+)
 from livseg.volume import Kind, Volume
 
 __all__ = [
     "READABLE_SUFFIXES",
     "WRITABLE_SUFFIXES",
     "VolumeHeader",
+    "as_volume",
     "convert",
     "guess_kind",
     "lits_label_from_segs",
@@ -159,6 +171,89 @@ def read_volume(
     volume = _make_volume(array, spacing, origin, direction, kind, path)
     log.debug("%s: %r", path, volume)
     return volume
+
+
+def _spatial(array: np.ndarray, source: str) -> np.ndarray:
+    """The 3-D volume of ``array`` (trailing singleton dimensions dropped), numeric."""
+    if array.ndim > 3 and all(int(n) == 1 for n in array.shape[3:]):
+        array = array[(slice(None),) * 3 + (0,) * (array.ndim - 3)]
+    if array.ndim != 3:
+        raise InputError(
+            f"{source}: {array.ndim}-D array of shape {array.shape}; a single 3-D volume is needed"
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise InputError(f"{source}: voxels of type {array.dtype} are not numbers")
+    return array
+
+
+def _from_array(array, spacing, affine, kind: Kind, source: str) -> Volume:
+    array = _spatial(np.asarray(array), source)
+    if (spacing is None) == (affine is None):
+        raise InputError(
+            f"{source}: a numpy array needs exactly one of spacing=(sz, sy, sx) mm (array in "
+            "(Z, Y, X) order) or affine=4x4 NIfTI affine (array in nibabel's (i, j, k) order)"
+        )
+    if affine is not None:
+        geometry = affine_to_geometry(np.asarray(affine, dtype=np.float64), source)
+        return _make_volume(array.transpose(2, 1, 0), *geometry, kind, source)
+    sp = np.asarray(spacing, dtype=np.float64).ravel()
+    if sp.size != 3 or not np.all(np.isfinite(sp)) or sp.min() <= 0:
+        raise InputError(f"{source}: spacing must be three positive mm values, got {spacing}")
+    return _make_volume(array, tuple(sp.tolist()), (0.0, 0.0, 0.0), np.eye(3), kind, source)
+
+
+def as_volume(
+    data, *, spacing=None, affine=None, kind: Kind = "image", source: str | None = None
+) -> Volume:
+    """Any supported CT (or label) input as a :class:`~livseg.volume.Volume`.
+
+    Args:
+        data: a file path or DICOM folder (read by :func:`read_volume`), a Volume, a nibabel
+            image, a SimpleITK image, or a numpy array.
+        spacing: for a numpy array (Z, Y, X): its voxel size (sz, sy, sx) in mm; origin 0 and
+            identity direction are assumed.
+        affine: for a numpy array in nibabel's (i, j, k) order (``img.get_fdata()``): its 4x4
+            NIfTI (RAS) affine, as ``img.affine``.
+        kind: "image" (float32 HU) or "label" (uint8).
+        source: name of the input in messages (default: the path or the type).
+
+    Returns:
+        The Volume (Z, Y, X) with its geometry.
+
+    Raises:
+        InputError: unreadable or missing file, not 3-D, not numbers, empty, a label volume
+            given as an image, missing or doubled ``spacing``/``affine`` for an array, or an
+            unsupported type.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        return read_volume(data, kind=kind)
+    src = source or f"<{type(data).__module__.split('.')[0]}.{type(data).__name__}>"
+    if isinstance(data, Volume):
+        if data.kind != kind:
+            raise InputError(f"{src}: a {data.kind} volume was given where a {kind} is needed")
+        return data
+    if isinstance(data, np.ndarray):
+        return _from_array(data, spacing, affine, kind, src)
+    if spacing is not None or affine is not None:
+        raise InputError(f"{src}: spacing/affine are for numpy arrays; this input has its own")
+    if hasattr(data, "affine") and hasattr(data, "dataobj"):  # nibabel spatial image
+        array = _spatial(np.asanyarray(data.dataobj), src)
+        geometry = affine_to_geometry(np.asarray(data.affine, dtype=np.float64), src)
+        return _make_volume(np.asarray(array).transpose(2, 1, 0), *geometry, kind, src)
+    if type(data).__module__.startswith("SimpleITK"):
+        import SimpleITK as sitk
+
+        if data.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(f"{src}: several components per voxel; a scalar volume is needed")
+        array = _spatial(sitk.GetArrayFromImage(data), src)  # (Z, Y, X)
+        geometry = itk_geometry(
+            data.GetSpacing(), data.GetOrigin(), data.GetDirection(), data.GetDimension()
+        )
+        return _make_volume(array, *geometry, kind, src)
+    raise InputError(
+        f"{src}: unsupported input; give a path, a livseg Volume, a nibabel or SimpleITK "
+        "image, or a numpy array with spacing or affine"
+    )
 
 
 @dataclass(frozen=True)
@@ -276,7 +371,7 @@ def write_volume(
             write_nifti(data, volume.spacing, volume.origin, volume.direction, tmp, ref_header)
         else:
             write_itk(data, volume.spacing, volume.origin, volume.direction, tmp)
-    log.info("wrote %s (%s, %s)", path, volume.kind, "x".join(map(str, volume.shape[::-1])))
+    log.debug("wrote %s (%s, %s)", path, volume.kind, "x".join(map(str, volume.shape[::-1])))
     return path
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from livseg.errors import InputError, OutputExistsError
+from livseg.io.atomic import DIR_MODE, umask_mode
 from livseg.io.dicom import dicom_files
 from livseg.volume import Volume
 
@@ -269,6 +270,9 @@ def write_dicom_series(
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp_dir.chmod(
+        umask_mode(DIR_MODE)
+    )  # mkdtemp makes it 0700; the series folder follows the umask
     files: list[Path] = []
     try:
         for k in range(volume.shape[0]):

@@ -59,7 +59,8 @@ def _short(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _geometry(spacing, origin, direction, dim: int):
+def itk_geometry(spacing, origin, direction, dim: int):
+    """SimpleITK (x, y, z) spacing/origin/direction -> livseg's reversed (z, y, x) geometry."""
     d = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:3, :3]
     return (
         tuple(float(s) for s in spacing[:3][::-1]),
@@ -74,7 +75,7 @@ def read_itk_header(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     reader = _reader(path)
-    spacing, origin, direction = _geometry(
+    spacing, origin, direction = itk_geometry(
         reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), reader.GetDimension()
     )
     size = reader.GetSize()
@@ -105,7 +106,7 @@ def read_itk(path: str | os.PathLike):
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the voxel data ({_short(exc)})") from exc
     dim = img.GetDimension()
-    spacing, origin, direction = _geometry(
+    spacing, origin, direction = itk_geometry(
         img.GetSpacing(), img.GetOrigin(), img.GetDirection(), dim
     )
     array = sitk.GetArrayFromImage(img)

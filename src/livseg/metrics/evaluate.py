@@ -10,7 +10,11 @@ extension is
 1. identical to the reference's (``segmentation-3.nii`` <-> ``segmentation-3.nii.gz``), or
 2. for LiTS names, the other member of the pair ``segmentation-N`` <-> ``volume-N``
    (challenge submissions name predictions after the reference ``segmentation-N``; some tools
-   name them after the CT, ``volume-N``).
+   name them after the CT, ``volume-N``);
+3. either of these followed by ``_seg``, the label files of ``livseg segment``
+   (``volume-3_seg.nii.gz`` <-> ``segmentation-3.nii``; ``case_7_seg.nii.gz`` <-> ``case_7.nii``),
+   so ``livseg evaluate --pred`` takes ``livseg segment``'s output folder as it is
+   (:func:`prediction_stems`).
 
 Exactly one prediction must match (any supported extension); none or several is an
 :class:`~livseg.errors.InputError` naming the case. Prediction files without a reference are
@@ -65,6 +69,8 @@ log = logging.getLogger("livseg.metrics.evaluate")
 
 CSV_NAME = "per_case.csv"
 JSON_NAME = "summary.json"
+SEGMENT_SUFFIX = "_seg"
+"""Suffix ``livseg segment`` adds to an input's name for its label file (``<name>_seg.nii.gz``)."""
 _LITS = re.compile(r"^(segmentation|volume)-(\d+)$", re.I)
 
 
@@ -117,17 +123,23 @@ def _reference_files(ref_dir: Path) -> dict[Path, str]:
     return refs
 
 
-def _wanted_stems(stem: str) -> list[str]:
-    """The prediction names that pair with a reference name (rule in the module docstring)."""
-    m = _LITS.match(stem)
-    if not m:
-        return [stem]
-    other = "volume" if m.group(1).lower() == "segmentation" else "segmentation"
-    return [stem, f"{other}-{m.group(2)}"]
+def prediction_stems(ref_stem: str) -> list[str]:
+    """The prediction names (without extension) that pair with reference ``ref_stem``.
+
+    The reference's own name, the other member of a LiTS pair (``segmentation-N`` <->
+    ``volume-N``), and each of these with the ``_seg`` suffix of ``livseg segment``'s label
+    files (``volume-3_seg``), in that order.
+    """
+    stems = [ref_stem]
+    m = _LITS.match(ref_stem)
+    if m:
+        other = "volume" if m.group(1).lower() == "segmentation" else "segmentation"
+        stems.append(f"{other}-{m.group(2)}")
+    return stems + [f"{s}{SEGMENT_SUFFIX}" for s in stems]
 
 
 def _find_prediction(pred_dir: Path, ref: Path, stem: str, by_stem: dict[str, list[Path]]) -> Path:
-    wanted = _wanted_stems(stem)
+    wanted = prediction_stems(stem)
     found = [p for w in wanted for p in by_stem.get(w.lower(), [])]
     if not found:
         raise InputError(

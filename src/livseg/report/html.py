@@ -4,9 +4,12 @@ One file, no external resources (the overlay montage is embedded as a base64 PNG
 network): it opens in any browser, can be archived beside the labels and attached to an e-mail.
 It shows, from the same :class:`~livseg.report.measurements.Measurements` that go to the JSON:
 
-* the input (path, kind, shape, orientation, spacing) and the models used;
-* liver volume (ml), tumour volume (ml), tumour burden, lesion count, and the flags a reader must
-  not miss: no liver found, incomplete liver coverage, warnings raised while segmenting;
+* the input (path, kind, shape and spacing in (x, y, z) order as ``livseg info`` shows them,
+  orientation, DICOM series UID) and the models used;
+* liver volume (ml), tumour volume (ml), tumour burden, lesion count (and the tumour components
+  below the lesion minimum size, not listed), and the flags a reader must not miss: no liver
+  found, incomplete liver coverage, every warning raised while reading and segmenting;
+* the LiTS scores against reference labels, when the case was segmented with ``--ref``;
 * the lesion list (volume, longest axial diameter, LPS centroid, axial slice);
 * the overlay montage (when one was drawn) and the per-stage timings.
 
@@ -52,11 +55,13 @@ def _rows(pairs: list[tuple[str, str]]) -> str:
 
 
 def _flags(m: Measurements, warnings) -> str:
-    """The boxes a reader must not miss: no liver, incomplete coverage, segmentation warnings."""
+    """The boxes a reader must not miss: no liver, incomplete coverage, and every warning
+    recorded while reading and segmenting (a flag already said by a warning is not repeated)."""
+    said = " ".join(warnings).lower()
     flags = []
     if not m.liver_found:
         flags.append(("bad", "No liver was found: the label file is all background."))
-    elif m.incomplete_coverage:
+    elif m.incomplete_coverage and "coverage is incomplete" not in said:
         flags.append(
             (
                 "",
@@ -76,7 +81,50 @@ def _measurements_table(m: Measurements) -> str:
         ("Tumour burden (% of liver)", _num(burden, ".2f")),
         ("Lesions", str(m.lesion_count)),
     ]
-    return f"<h2>Measurements</h2><table>{_rows(rows)}</table>"
+    note = (
+        f"<p class='muted'>Lesions are tumour components of at least "
+        f"{m.lesion_min_volume_ml:g} ml. {m.small_tumour_components} smaller component(s) "
+        f"({m.small_tumour_components_ml:.3f} ml) are not listed; they stay in the label file "
+        "and in the tumour volume.</p>"
+        if m.small_tumour_components
+        else f"<p class='muted'>Lesions are tumour components of at least "
+        f"{m.lesion_min_volume_ml:g} ml.</p>"
+    )
+    return f"<h2>Measurements</h2><table>{_rows(rows)}</table>{note}"
+
+
+_SCORE_ROWS = (
+    ("Liver Dice", "liver_dice", ".3f"),
+    ("Liver VOE", "liver_voe", ".3f"),
+    ("Liver RVD", "liver_rvd", ".3f"),
+    ("Liver ASSD (mm)", "liver_assd", ".2f"),
+    ("Liver MSD (mm)", "liver_msd", ".2f"),
+    ("Tumour Dice", "tumor_dice", ".3f"),
+    ("Lesions reference / predicted", None, None),
+    ("Lesions detected (TP / FP / FN, IoU > 0.5)", None, None),
+)
+
+
+def _scores_table(scores: Mapping[str, Any] | None) -> str:
+    """The LiTS scores against the reference labels ('' without a reference)."""
+    if not scores:
+        return ""
+    rows = [(label, _num(scores.get(key), fmt)) for label, key, fmt in _SCORE_ROWS if key]
+    rows.append(
+        (_SCORE_ROWS[6][0], f"{scores.get('lesions_ref', '-')} / {scores.get('lesions_pred', '-')}")
+    )
+    rows.append(
+        (
+            _SCORE_ROWS[7][0],
+            f"{scores.get('lesion_tp', '-')} / {scores.get('lesion_fp', '-')} / "
+            f"{scores.get('lesion_fn', '-')}",
+        )
+    )
+    return (
+        "<h2>Scores against the reference labels (LiTS)</h2>"
+        f"<table>{_rows(rows)}</table><p class='muted'>All scores of the case are in the "
+        "measurements JSON (<code>extra.scores</code>).</p>"
+    )
 
 
 def _lesion_table(m: Measurements) -> str:
@@ -115,17 +163,22 @@ def _overlay(name: str, overlay_png: bytes | None) -> str:
 
 
 def _scan_table(m: Measurements, meta: Mapping[str, Any]) -> str:
+    """Input and models; shape and spacing in (x, y, z) order, as ``livseg info`` shows them."""
     sz, sy, sx = m.spacing_mm
-    shape = _e(" x ".join(str(v) for v in meta["shape_zyx"])) if "shape_zyx" in meta else "-"
+    shape = _e(" x ".join(str(v) for v in meta["shape_zyx"][::-1])) if "shape_zyx" in meta else "-"
     scan = [
-        ("Shape (z, y, x)", shape),
-        ("Spacing (mm, z y x)", f"{sz:.3g} x {sy:.3g} x {sx:.3g}"),
+        ("Shape (x, y, z)", shape),
+        ("Spacing (mm, x y z)", f"{sx:.3g} x {sy:.3g} x {sz:.3g}"),
         ("Orientation", _e(meta.get("orientation", "-"))),
         ("Input kind", _e(meta.get("input_kind", "-"))),
         ("Liver model", _e(meta.get("liver_model", "-"))),
         ("Tumour model", _e(meta.get("tumour_model") or "none")),
         ("Flip TTA", _e(meta.get("tta", "-"))),
     ]
+    if meta.get("series_uid"):
+        scan.insert(4, ("DICOM series UID", _e(meta["series_uid"])))
+        if meta.get("series_description"):
+            scan.insert(5, ("Series description", _e(meta["series_description"])))
     return f"<h2>Scan and models</h2><table>{_rows(scan)}</table>"
 
 
@@ -149,8 +202,9 @@ def report_html(
         name: case name (title).
         m: the case's measurements.
         meta: what ``livseg segment`` records beside them (``input``, ``input_kind``,
-            ``shape_zyx``, ``orientation``, ``liver_model``, ``tumour_model``, ``tta``,
-            ``warnings``, ``timings_s``, ``outputs``); missing keys are left out.
+            ``shape_zyx``, ``orientation``, ``series_uid``, ``series_description``,
+            ``liver_model``, ``tumour_model``, ``tta``, ``warnings``, ``scores``,
+            ``timings_s``, ``outputs``); missing keys are left out.
         overlay_png: the overlay montage as PNG bytes, embedded when given.
 
     Returns:
@@ -166,6 +220,7 @@ def report_html(
         f"<p class='muted'>{_e(meta.get('input', ''))}</p>",
         _flags(m, meta.get("warnings", [])),
         _measurements_table(m),
+        _scores_table(meta.get("scores")),
         _lesion_table(m),
         _overlay(name, overlay_png),
         _scan_table(m, meta),

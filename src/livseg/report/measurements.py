@@ -6,7 +6,11 @@ Definitions (all from the label volume and its header geometry):
 * volumes in ml = voxel count x voxel volume (1 ml = 1000 mm^3);
 * tumour burden = tumour voxels / liver voxels (``None`` when no liver);
 * lesions = 3-D connected components of the tumour mask, 6-connectivity (as the LiTS scorer;
-  :func:`livseg.metrics.lesions.label_lesions`, the one labelling of lesions);
+  :func:`livseg.metrics.lesions.label_lesions`, the one labelling of lesions) of at least
+  :data:`MIN_LESION_VOLUME_ML` (0.01 ml = 10 mm^3, about a 2.7 mm sphere). Smaller components
+  (specks of one or a few voxels) are not reported as lesions: they stay in the label file and
+  in the tumour volume, and are counted in ``small_tumour_components`` /
+  ``small_tumour_components_ml``;
 * longest axial diameter (mm) of a lesion = the maximum Feret diameter of its largest axial
   cross-section (the axial slice with most lesion voxels; ties: the first in array order),
   measured on the region covered by its pixels, each pixel an ``sx x sy`` mm
@@ -38,7 +42,11 @@ from livseg.volume import Volume
 
 log = logging.getLogger("livseg.report.measurements")
 
-MEASUREMENTS_VERSION = "livseg-measurements-1"
+MEASUREMENTS_VERSION = "livseg-measurements-2"
+
+MIN_LESION_VOLUME_ML = 0.01
+"""Smallest tumour component reported as a lesion (ml; 0.01 ml = 10 mm^3). Smaller components
+are counted in :attr:`Measurements.small_tumour_components` but not listed."""
 LESION_CSV_FIELDS = (
     "lesion",
     "volume_ml",
@@ -74,7 +82,12 @@ class Lesion:
 
 @dataclass(frozen=True)
 class Measurements:
-    """Liver and tumour measurements of one label volume (see module docstring)."""
+    """Liver and tumour measurements of one label volume (see module docstring).
+
+    ``tumour_volume_ml`` counts every tumour voxel; ``lesions`` / ``lesion_count`` only the
+    components of at least ``lesion_min_volume_ml``; ``small_tumour_components`` (and their
+    volume ``small_tumour_components_ml``) the smaller ones, which stay in the label file.
+    """
 
     liver_found: bool
     liver_volume_ml: float
@@ -85,6 +98,9 @@ class Measurements:
     voxel_volume_ml: float
     spacing_mm: tuple[float, float, float]
     lesions: list[Lesion] = field(default_factory=list)
+    lesion_min_volume_ml: float = MIN_LESION_VOLUME_ML
+    small_tumour_components: int = 0
+    small_tumour_components_ml: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -181,11 +197,13 @@ def _lesions(labels: Volume, tumour: np.ndarray, ax: int) -> list[Lesion]:
     return [replace(les, lesion=k) for k, les in enumerate(lesions, start=1)]
 
 
-def measure(labels: Volume) -> Measurements:
+def measure(labels: Volume, min_lesion_ml: float = MIN_LESION_VOLUME_ML) -> Measurements:
     """Measure a label volume (0 background, 1 liver, 2 tumour) in its own geometry.
 
     Args:
         labels: label Volume, any orientation; spacing in mm.
+        min_lesion_ml: smallest component listed as a lesion (ml); smaller ones are only
+            counted (``small_tumour_components``).
 
     Returns:
         :class:`Measurements`; lesions sorted by decreasing volume.
@@ -197,7 +215,11 @@ def measure(labels: Volume) -> Measurements:
     tumour = arr == 2
     n_tumour = int(np.count_nonzero(tumour))
     ax = axial_axis(labels)
-    lesions = _lesions(labels, tumour, ax) if n_tumour else []
+    found = _lesions(labels, tumour, ax) if n_tumour else []
+    # float tolerance: a component of exactly the minimum volume is a lesion
+    lesions = [les for les in found if les.volume_ml >= min_lesion_ml * (1 - 1e-9)]
+    small = found[len(lesions) :]  # sorted by decreasing volume: the small ones come last
+    lesions = [replace(les, lesion=k) for k, les in enumerate(lesions, start=1)]
     return Measurements(
         liver_found=n_liver > 0,
         liver_volume_ml=n_liver * vox_ml,
@@ -208,6 +230,9 @@ def measure(labels: Volume) -> Measurements:
         voxel_volume_ml=vox_ml,
         spacing_mm=tuple(labels.spacing),
         lesions=lesions,
+        lesion_min_volume_ml=float(min_lesion_ml),
+        small_tumour_components=len(small),
+        small_tumour_components_ml=float(sum(les.volume_ml for les in small)),
     )
 
 

@@ -500,6 +500,10 @@ def _validate(cfg: Config) -> None:
 
 
 # --- files --------------------------------------------------------------------------------
+CONFIG_ALIASES = {"densefcn_tumor": "densefcn_tumour"}
+"""Other spellings users type -> bundled configuration name (livseg spells it "tumour")."""
+
+
 def bundled_configs() -> list[str]:
     """Names of the configurations shipped inside the package (``livseg/configs/*.json``)."""
     folder = resources.files("livseg") / "configs"
@@ -535,7 +539,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     if path.is_file():
         cfg = config_from_dict(_read_json(path, str(path)), str(path))
     else:
-        name = str(name_or_path)
+        name = CONFIG_ALIASES.get(str(name_or_path), str(name_or_path))
         names = bundled_configs()
         if name not in names:
             raise ConfigError(
