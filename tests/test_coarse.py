@@ -358,3 +358,50 @@ def test_a_crop_trained_liver_model_needs_the_coarse_stage():
     s = PreprocessSettings("crunet", size=32, crop_to_liver=True)
     with pytest.raises(LivsegError, match="inside the coarse stage's liver region"):
         Cascade(SlicePredictor(_Above(0.3, 1.0), s))
+
+
+# --- which shipped models a cascade uses ---------------------------------------------------------
+
+
+def test_cascade_models_of_each_choice():
+    from livseg.infer.pretrained import cascade_models
+
+    assert cascade_models("crunet", paper=True) == (None, "crunet_liver", "densefcn_tumour")
+    assert cascade_models("densefcn", paper=True) == (None, "densefcn_liver", "densefcn_tumour")
+    assert cascade_models("crunet", paper=False) == (
+        "coarse_liver",
+        "crunet_liver_fine",
+        "runet_tumour",
+    )
+    assert cascade_models("densefcn", paper=False)[1] == "densefcn_liver"
+
+
+def test_missing_shipped_models_are_named_together(monkeypatch, tmp_path):
+    from livseg.infer import cascade as cascade_mod
+    from livseg.infer import pretrained
+    from livseg.infer.pretrained import MissingWeightsError
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(cascade_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(pretrained, "SHIPPED_MODELS", {})
+    given = {"coarse": None, "liver": None, "tumour": None}
+    with pytest.raises(MissingWeightsError) as err:
+        cascade_mod._checkpoint_dirs("crunet", False, given, tumour=True)
+    msg = str(err.value)
+    assert "coarse_liver, crunet_liver_fine, runet_tumour" in msg and "--paper" in msg
+    # given folders are never looked up among the shipped ones
+    given = {"coarse": tmp_path / "c", "liver": tmp_path / "l", "tumour": None}
+    dirs = cascade_mod._checkpoint_dirs("crunet", True, given, tumour=False)
+    assert dirs == {"coarse": tmp_path / "c", "liver": tmp_path / "l", "tumour": None}
+
+
+def test_segment_cli_offers_both_cascades():
+    from livseg.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["segment", "ct.nii.gz", "-o", "out", "--livseg"])
+    assert args.paper is False and args.coarse_model is None
+    args = parser.parse_args(
+        ["segment", "ct.nii.gz", "-o", "out", "--paper", "--coarse-model", "c"]
+    )
+    assert args.paper is True and args.coarse_model == "c"

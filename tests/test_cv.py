@@ -56,7 +56,7 @@ def _cv(data: Path, out: Path, *configs: str, extra: tuple[str, ...] = ()) -> in
         [
             "-q",
             "cv",
-            *(configs or ("runet", "densefcn_tumor")),
+            *(configs or ("runet", "densefcn_tumour")),
             "--data",
             str(data),
             "--out",
@@ -103,7 +103,7 @@ def test_every_case_scored_once_by_a_fold_that_did_not_train_on_it(cv_run):
         assert cases == split["val"]
         assert not set(cases) & set(split["train"])
         fold = json.loads((cv_run / f"fold{k}" / "fold.json").read_text())
-        assert [m["config"] for m in fold["models"]] == ["runet", "densefcn_tumor"]
+        assert [m["config"] for m in fold["models"]] == ["runet", "densefcn_tumour"]
         for m in fold["models"]:  # each model of the fold trained on the other cases only
             assert m["train_cases"] == split["train"]
             assert sorted(m["train_cases"] + cases) == CASES
@@ -114,7 +114,7 @@ def test_every_case_scored_once_by_a_fold_that_did_not_train_on_it(cv_run):
     doc = json.loads((cv_run / "cv_summary.json").read_text())
     assert doc["format"] == "livseg-cv-2" and doc["folds"] == 3 and doc["seed"] == 0
     cascade = doc["cascades"]["runet"]
-    assert cascade["tumour_config"] == "densefcn_tumor"
+    assert cascade["tumour_config"] == "densefcn_tumour"
     fold_of = {c: k for k, s in enumerate(splits) for c in s["val"]}
     assert {r["case"]: r["fold"] for r in cascade["cases"]} == fold_of
     assert len(doc["models"]) == 6 and len(cascade["folds"]) == 3
@@ -200,14 +200,14 @@ def test_liver_only_cascade_resumes_a_killed_fold(phantoms, tmp_path):
 
 def test_stage_configs_and_overrides():
     liver, tumour = load_stage_configs(
-        ["runet", "densefcn_tumor"],
+        ["runet", "densefcn_tumour"],
         ["data.size=32", "tumour:model.growth=2", "runet:train.epochs=3"],
     )
     assert (stage_of(liver), stage_of(tumour)) == ("liver", "tumour")
     assert liver.data.size == tumour.data.size == 32
     assert tumour.model.options["growth"] == 2
     assert liver.train.epochs == 3
-    assert tumour.train.epochs == load_config("densefcn_tumor").train.epochs
+    assert tumour.train.epochs == load_config("densefcn_tumour").train.epochs
     with pytest.raises(ConfigError, match="'lung' is neither a stage"):
         load_stage_configs(["runet"], ["lung:train.epochs=1"])
     with pytest.raises(ConfigError, match="train.target='tumour' with data.pipeline='crunet'"):
@@ -217,8 +217,8 @@ def test_stage_configs_and_overrides():
 @pytest.mark.parametrize(
     ("names", "message"),
     [
-        (["densefcn_tumor"], "no liver configuration"),
-        (["runet", "densefcn_tumor", "pretrained_densefcn_tumour"], "several tumour"),
+        (["densefcn_tumour"], "no liver configuration"),
+        (["runet", "densefcn_tumour", "pretrained_densefcn_tumour"], "several tumour"),
         (["runet", "runet"], "given twice"),
     ],
 )

@@ -663,13 +663,36 @@ class _StageProgress:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from livseg.infer.pretrained import DEFAULT_MODEL, LIVER_MODEL_FOR, TUMOUR_MODEL
+    from livseg.infer.pretrained import DEFAULT_MODEL, DEFAULT_PAPER, PAPER_CASCADE
 
     p.add_argument(
         "--model",
-        choices=tuple(LIVER_MODEL_FOR),
+        choices=tuple(PAPER_CASCADE),
         default=DEFAULT_MODEL,
         help="liver model family of the shipped weights",
+    )
+    cascade = p.add_mutually_exclusive_group()
+    cascade.add_argument(
+        "--paper",
+        dest="paper",
+        action="store_true",
+        default=DEFAULT_PAPER,
+        help="the papers' cascade: the liver model on every slice, no coarse 3-D stage"
+        + (" (the default)" if DEFAULT_PAPER else ""),
+    )
+    cascade.add_argument(
+        "--livseg",
+        dest="paper",
+        action="store_false",
+        help="livseg's cascade: a coarse 3-D stage places the liver, the liver model runs in "
+        "its region, fold ensembles" + ("" if DEFAULT_PAPER else " (the default)"),
+    )
+    p.add_argument(
+        "--coarse-model",
+        metavar="DIR",
+        default=None,
+        help="coarse 3-D liver stage folder (a checkpoint or fold*/ ensemble) instead of the "
+        "shipped one; also adds it to the papers' cascade",
     )
     p.add_argument(
         "--liver-model",
@@ -682,7 +705,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--tumor-model",
         metavar="DIR",
         default=None,
-        help=f"tumour checkpoint folder instead of the shipped {TUMOUR_MODEL}",
+        help="tumour checkpoint folder instead of the shipped one",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -694,6 +717,8 @@ def _segment_options(args: argparse.Namespace):
     return SegmentOptions(
         liver_model=args.liver_model,
         tumour_model=args.tumour_model,
+        coarse_model=args.coarse_model,
+        paper=args.paper,
         tta=getattr(args, "tta", False),
         batch_size=getattr(args, "batch_size", 8),
     )

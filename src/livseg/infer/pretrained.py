@@ -35,11 +35,8 @@ SHIPPED_MODELS: dict[str, str] = {
 }
 """Name -> one-line description of every model livseg is meant to ship."""
 
-LIVER_MODEL_FOR = {"crunet": "crunet_liver", "densefcn": "densefcn_liver"}
-"""``--model`` choice (liver model family) -> shipped liver model name."""
-
 DEFAULT_MODEL = "crunet"
-"""Default ``--model`` choice (a key of :data:`LIVER_MODEL_FOR`)."""
+"""Default ``--model`` choice (a key of :data:`PAPER_CASCADE` and :data:`LIVSEG_CASCADE`)."""
 
 TUMOUR_MODEL = "densefcn_tumour"
 """Shipped tumour model name (shared by both cascades)."""

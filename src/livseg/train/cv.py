@@ -386,10 +386,10 @@ def _train_model(plan: _Plan, config: Config, split: Split, run_dir: Path, opts:
 
 
 def _prediction(out: Path, fold: int, cascade: str, case_id: str) -> Path:
-    from livseg.infer.run import output_paths
+    from livseg.infer.run import SaveOptions, output_paths
 
     folder = out / f"fold{fold}" / "predictions" / cascade
-    return output_paths(case_id, folder, dicom_seg=False, overlay=False)["labels"]
+    return output_paths(case_id, folder, SaveOptions(overlay=False))["labels"]
 
 
 def _score(
