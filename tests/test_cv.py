@@ -56,7 +56,7 @@ def _cv(data: Path, out: Path, *configs: str, extra: tuple[str, ...] = ()) -> in
         [
             "-q",
             "cv",
-            *(configs or ("runet", "densefcn_tumor")),
+            *(configs or ("runet", "densefcn_tumour")),
             "--data",
             str(data),
             "--out",
@@ -103,7 +103,7 @@ def test_every_case_scored_once_by_a_fold_that_did_not_train_on_it(cv_run):
         assert cases == split["val"]
         assert not set(cases) & set(split["train"])
         fold = json.loads((cv_run / f"fold{k}" / "fold.json").read_text())
-        assert [m["config"] for m in fold["models"]] == ["runet", "densefcn_tumor"]
+        assert [m["config"] for m in fold["models"]] == ["runet", "densefcn_tumour"]
         for m in fold["models"]:  # each model of the fold trained on the other cases only
             assert m["train_cases"] == split["train"]
             assert sorted(m["train_cases"] + cases) == CASES
@@ -114,7 +114,7 @@ def test_every_case_scored_once_by_a_fold_that_did_not_train_on_it(cv_run):
     doc = json.loads((cv_run / "cv_summary.json").read_text())
     assert doc["format"] == "livseg-cv-2" and doc["folds"] == 3 and doc["seed"] == 0
     cascade = doc["cascades"]["runet"]
-    assert cascade["tumour_config"] == "densefcn_tumor"
+    assert cascade["tumour_config"] == "densefcn_tumour"
     fold_of = {c: k for k, s in enumerate(splits) for c in s["val"]}
     assert {r["case"]: r["fold"] for r in cascade["cases"]} == fold_of
     assert len(doc["models"]) == 6 and len(cascade["folds"]) == 3
@@ -200,14 +200,14 @@ def test_liver_only_cascade_resumes_a_killed_fold(phantoms, tmp_path):
 
 def test_stage_configs_and_overrides():
     liver, tumour = load_stage_configs(
-        ["runet", "densefcn_tumor"],
+        ["runet", "densefcn_tumour"],
         ["data.size=32", "tumour:model.growth=2", "runet:train.epochs=3"],
     )
     assert (stage_of(liver), stage_of(tumour)) == ("liver", "tumour")
     assert liver.data.size == tumour.data.size == 32
     assert tumour.model.options["growth"] == 2
     assert liver.train.epochs == 3
-    assert tumour.train.epochs == load_config("densefcn_tumor").train.epochs
+    assert tumour.train.epochs == load_config("densefcn_tumour").train.epochs
     with pytest.raises(ConfigError, match="'lung' is neither a stage"):
         load_stage_configs(["runet"], ["lung:train.epochs=1"])
     with pytest.raises(ConfigError, match="train.target='tumour' with data.pipeline='crunet'"):
@@ -217,8 +217,8 @@ def test_stage_configs_and_overrides():
 @pytest.mark.parametrize(
     ("names", "message"),
     [
-        (["densefcn_tumor"], "no liver configuration"),
-        (["runet", "densefcn_tumor", "pretrained_densefcn_tumour"], "several tumour"),
+        (["densefcn_tumour"], "no liver configuration"),
+        (["runet", "densefcn_tumour", "pretrained_densefcn_tumour"], "several tumour"),
         (["runet", "runet"], "given twice"),
     ],
 )
@@ -271,3 +271,45 @@ def test_rerun_skips_finished_folds_and_refuses_other_settings(cv_run, phantoms)
     assert (cv_run / "splits.json").read_text() == splits
     with pytest.raises(OutputExistsError, match="holds no cross-validation"):
         cross_validate(load_stage_configs(["runet"]), phantoms, cv_run / "fold0", 3)
+
+
+def test_coarse_stage_and_training_only_cases(phantoms, tmp_path):
+    """A coarse 3-D stage joins every fold's cascade; --extra cases train every fold, are
+    never held out and never scored."""
+    main_cases = tmp_path / "main"
+    main_cases.mkdir()
+    for name in ("volume-0", "volume-1"):
+        for kind in ("volume", "segmentation"):
+            src = phantoms / f"{kind}-{name.split('-')[1]}.nii.gz"
+            (main_cases / src.name).symlink_to(src)
+    extra = tmp_path / "extra.csv"
+    extra.write_text(
+        "image,label,case_id\n"
+        f"{phantoms / 'volume-2.nii.gz'},{phantoms / 'segmentation-2.nii.gz'},spare\n"
+    )
+    out = tmp_path / "run"
+    tiny_coarse = [
+        "coarse:model.base_width=2",
+        "coarse:model.depth=2",
+        "coarse:train.patch=[8,16,16]",
+        "coarse:data.spacing_mm=8.0",
+    ]
+    args = ["-q", "cv", "coarse_liver", "runet", "--data", str(main_cases), "--out", str(out)]
+    args += ["--folds", "2", "--extra", str(extra), "--device", "cpu"]
+    assert main([*args, *_sets(TINY_CV + tiny_coarse)]) == 0
+    splits = load_splits(out / "splits.json")
+    assert sorted(c for s in splits for c in s["val"]) == ["volume-0", "volume-1"]
+    for k, split in enumerate(splits):
+        assert "spare" in split["train"] and "spare" not in split["val"]
+        fold = json.loads((out / f"fold{k}" / "fold.json").read_text())
+        stages = {m["config"]: m["stage"] for m in fold["models"]}
+        assert stages == {"coarse_liver": "coarse", "runet": "liver"}
+        for m in fold["models"]:
+            assert "spare" in m["train_cases"] and split["val"][0] not in m["train_cases"]
+        pred = read_volume(
+            out / f"fold{k}" / "predictions" / "runet" / f"{split['val'][0]}_seg.nii.gz"
+        )
+        image = read_volume(phantoms / f"volume-{split['val'][0].split('-')[1]}.nii.gz")
+        assert pred.geometry_mismatch(image) is None
+    rows = _rows(out / "scores" / "runet" / "per_case.csv")
+    assert [r["case"] for r in rows] == ["volume-0", "volume-1"]

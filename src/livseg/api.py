@@ -77,7 +77,7 @@ class Segmenter:
 
     Args:
         model: liver model family of the shipped weights, a key of
-            :data:`livseg.infer.pretrained.LIVER_MODEL_FOR` (``"crunet"``, ``"densefcn"``).
+            :data:`livseg.infer.pretrained.PAPER_CASCADE` (``"crunet"``, ``"densefcn"``).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``.
         options: checkpoint folders instead of the shipped models, TTA, batch size.
 

@@ -548,13 +548,21 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds by patient (5)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="fold assignment seed (0)")
     p.add_argument(
+        "--extra",
+        default=None,
+        metavar="DATA",
+        help="training-only cases (folder or list file): every fold trains on them, none is "
+        "held out or scored",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="[STAGE:]KEY=VALUE",
         dest="overrides",
         help="override a value of every configuration, e.g. train.epochs=3, or with a "
-        "prefix only of one stage or configuration name, e.g. tumour:model.growth=4 "
+        "prefix only of one stage (coarse, liver, tumour) or configuration name, e.g. "
+        "tumour:model.growth=4 "
         "(repeatable)",
     )
     p.add_argument(
@@ -584,6 +592,7 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
                 args.out,
                 args.folds,
                 seed=args.seed,
+                extra=args.extra,
                 device=args.device,
                 cache=args.cache,
                 progress=bar,
@@ -654,13 +663,36 @@ class _StageProgress:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from livseg.infer.pretrained import DEFAULT_MODEL, LIVER_MODEL_FOR, TUMOUR_MODEL
+    from livseg.infer.pretrained import DEFAULT_MODEL, DEFAULT_PAPER, PAPER_CASCADE
 
     p.add_argument(
         "--model",
-        choices=tuple(LIVER_MODEL_FOR),
+        choices=tuple(PAPER_CASCADE),
         default=DEFAULT_MODEL,
         help="liver model family of the shipped weights",
+    )
+    cascade = p.add_mutually_exclusive_group()
+    cascade.add_argument(
+        "--paper",
+        dest="paper",
+        action="store_true",
+        default=DEFAULT_PAPER,
+        help="the papers' cascade: the liver model on every slice, no coarse 3-D stage"
+        + (" (the default)" if DEFAULT_PAPER else ""),
+    )
+    cascade.add_argument(
+        "--livseg",
+        dest="paper",
+        action="store_false",
+        help="livseg's cascade: a coarse 3-D stage places the liver, the liver model runs in "
+        "its region, fold ensembles" + ("" if DEFAULT_PAPER else " (the default)"),
+    )
+    p.add_argument(
+        "--coarse-model",
+        metavar="DIR",
+        default=None,
+        help="coarse 3-D liver stage folder (a checkpoint or fold*/ ensemble) instead of the "
+        "shipped one; also adds it to the papers' cascade",
     )
     p.add_argument(
         "--liver-model",
@@ -673,7 +705,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--tumor-model",
         metavar="DIR",
         default=None,
-        help=f"tumour checkpoint folder instead of the shipped {TUMOUR_MODEL}",
+        help="tumour checkpoint folder instead of the shipped one",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -685,6 +717,8 @@ def _segment_options(args: argparse.Namespace):
     return SegmentOptions(
         liver_model=args.liver_model,
         tumour_model=args.tumour_model,
+        coarse_model=args.coarse_model,
+        paper=args.paper,
         tta=getattr(args, "tta", False),
         batch_size=getattr(args, "batch_size", 8),
     )

@@ -62,17 +62,22 @@ class LossInputError(LivsegError, ValueError):
 
 
 def _check_logits_target(logits: Tensor, target: Tensor) -> Tensor:
-    """Validate shapes and values; return the target as float (B, H, W)."""
-    if logits.dim() != 4 or logits.shape[1] not in (1, 2):
+    """Validate shapes and values; return the target as float (B, *spatial).
+
+    Slices (B, C, H, W) and volumes (B, C, D, H, W) are both accepted; the target has the
+    logits' shape without the channel axis (or with a channel axis of 1).
+    """
+    if logits.dim() not in (4, 5) or logits.shape[1] not in (1, 2):
         raise LossInputError(
-            f"logits must be (B, 1, H, W) or (B, 2, H, W); got shape {tuple(logits.shape)}"
+            "logits must be (B, 1 or 2, H, W) or (B, 1 or 2, D, H, W); "
+            f"got shape {tuple(logits.shape)}"
         )
-    if target.dim() == 4 and target.shape[1] == 1:
+    if target.dim() == logits.dim() and target.shape[1] == 1:
         target = target[:, 0]
-    b, _, h, w = logits.shape
-    if tuple(target.shape) != (b, h, w):
+    want = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != want:
         raise LossInputError(
-            f"target must be (B, H, W) = {(b, h, w)} or (B, 1, H, W) to match logits "
+            f"target must be {want} (or with a channel axis of 1) to match logits "
             f"{tuple(logits.shape)}; got shape {tuple(target.shape)}"
         )
     if target.dtype != torch.bool and bool(((target != 0) & (target != 1)).any()):
@@ -84,14 +89,14 @@ def _check_logits_target(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def _check_weight(weight: Tensor | None, target: Tensor) -> Tensor | None:
-    """Validate a weight map against a (B, H, W) target; return float (B, H, W) or None."""
+    """Validate a weight map against a (B, *spatial) target; return float or None."""
     if weight is None:
         return None
-    if weight.dim() == 4 and weight.shape[1] == 1:
+    if weight.dim() == target.dim() + 1 and weight.shape[1] == 1:
         weight = weight[:, 0]
     if weight.shape != target.shape:
         raise LossInputError(
-            f"weight map must be (B, H, W) = {tuple(target.shape)} or (B, 1, H, W); "
+            f"weight map must be {tuple(target.shape)} (or with a channel axis of 1); "
             f"got shape {tuple(weight.shape)}"
         )
     weight = weight.to(torch.float32)

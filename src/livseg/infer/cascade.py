@@ -1,8 +1,14 @@
 """The liver -> crop -> tumour cascade at inference (SPEC section 3).
 
 1. The CT is viewed in the canonical "LPS" layout (a permuted/flipped *view*, no copy).
+1b. Coarse 3-D liver stage (when loaded; :mod:`livseg.infer.coarse`): the whole CT at about 4 mm
+   gives the region (box) where the liver is. The liver stage then runs on the region's slices
+   only (in the region's in-plane box for a liver model trained on liver crops), and what it
+   labels outside the region is dropped: heart, kidney and bowel far from the liver go. Without
+   a coarse stage the cascade is exactly the papers' (every slice, whole field of view).
 2. Liver stage (CR-U-Net or liver DenseFCN) on every axial slice, batched; the binary mask
-   (probability > 0.5) is kept as uint8, never a float volume.
+   (probability > 0.5) is kept as uint8, never a float volume. Every stage may be a fold
+   ensemble (mean probability of its members).
 3. Liver post-processing: erosion -> largest 3-D component -> dilation
    (:func:`livseg.infer.postprocess.postprocess_liver`).
 4. Tumour stage (3-window DenseFCN) on the slices holding liver, inside the in-plane bounding
@@ -29,21 +35,24 @@ import numpy as np
 
 from livseg.device import resolve_device
 from livseg.errors import InputError, LivsegError
+from livseg.infer.coarse import CoarseRegion, CoarseStage
 from livseg.infer.postprocess import LIVER_STRUCTURE_RADIUS_MM, merge_labels, postprocess_liver
 from livseg.infer.predictor import SlicePredictor, VolumeStats, volume_stats
 from livseg.infer.pretrained import (
     DEFAULT_MODEL,
-    LIVER_MODEL_FOR,
-    TUMOUR_MODEL,
+    DEFAULT_PAPER,
     WEIGHTS_DIR,
     MissingWeightsError,
+    cascade_models,
     check_checkpoint_dir,
+    ensemble_members,
     locate,
     missing_models,
 )
+from livseg.preprocess.bbox import square_box
 from livseg.preprocess.intensity import AIR_HU
 from livseg.preprocess.orientation import canonical_view
-from livseg.preprocess.pipeline import crop_box
+from livseg.preprocess.pipeline import SLICE_PIPELINES, crop_box
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.infer.cascade")
@@ -95,45 +104,82 @@ def check_ct_intensities(stats: VolumeStats, source: str = "input") -> None:
         )
 
 
-def _load(checkpoint: str | Path, device: Any, batch_size: int, tta: bool) -> SlicePredictor:
-    """A predictor of the checkpoint folder ``checkpoint`` (torch is imported here)."""
+def _load_members(checkpoint: str | Path, device: Any) -> tuple[list[Any], Any, Path]:
+    """The networks of a model folder (one checkpoint or a fold ensemble), their common
+    :class:`~livseg.models.checkpoint.ModelSpec` and the folder (torch is imported here).
+
+    Raises:
+        LivsegError: ensemble members trained with different pre-processing or networks.
+    """
     from livseg.models.checkpoint import load_model
 
     path = check_checkpoint_dir(checkpoint)
-    model, spec = load_model(path, device)
+    models, specs = [], []
+    for member in ensemble_members(path):
+        model, spec = load_model(member, device)
+        models.append(model)
+        specs.append(spec)
+    if any(sp.preprocess != specs[0].preprocess or sp.name != specs[0].name for sp in specs):
+        raise LivsegError(f"{path}: the ensemble's members differ in network or pre-processing")
+    return models, specs[0], path
+
+
+def _load(checkpoint: str | Path, device: Any, batch_size: int, tta: bool) -> SlicePredictor:
+    """A slice predictor of a model folder (one checkpoint or a fold ensemble)."""
+    models, spec, path = _load_members(checkpoint, device)
+    if spec.preprocess.pipeline not in SLICE_PIPELINES:
+        raise LivsegError(f"{path}: a {spec.preprocess.pipeline} model is not a slice model")
     return SlicePredictor(
-        model, spec.preprocess, device=device, batch_size=batch_size, tta=tta, name=str(path)
+        models, spec.preprocess, device=device, batch_size=batch_size, tta=tta, name=str(path)
     )
 
 
+def _load_coarse(checkpoint: str | Path, device: Any) -> CoarseStage:
+    """The coarse 3-D stage of a model folder (one checkpoint or a fold ensemble)."""
+    models, spec, path = _load_members(checkpoint, device)
+    s = spec.preprocess
+    if s.pipeline != "coarse":
+        raise LivsegError(f"{path}: a {s.pipeline} model is not a coarse 3-D liver model")
+    multiple = max(2 ** int(m.depth) for m in models)
+    return CoarseStage(models, s.spacing_mm, s.windows[0], multiple, device=device)
+
+
 def _checkpoint_dirs(
-    model: str, liver_model: str | Path | None, tumour_model: str | Path | None, tumour: bool
-) -> tuple[Path, Path | None]:
-    """The liver and tumour checkpoint folders: the given ones, else the shipped models.
+    model: str, paper: bool, given: dict[str, str | Path | None], tumour: bool
+) -> dict[str, Path | None]:
+    """The coarse, liver and tumour model folders: the given ones, else the shipped models of
+    the chosen cascade (:func:`~livseg.infer.pretrained.cascade_models`).
 
     Every shipped model needed is checked before any is loaded, so one error names them all.
+
+    Args:
+        model: liver model family (``--model``).
+        paper: the papers' cascade (no coarse stage) instead of livseg's.
+        given: ``{"coarse": ..., "liver": ..., "tumour": ...}`` folders given by the caller
+            (None: use the shipped one).
+        tumour: False skips the tumour stage.
 
     Raises:
         LivsegError: ``model`` is not a liver model family.
         MissingWeightsError: a needed shipped model is not installed.
     """
-    if model not in LIVER_MODEL_FOR:
-        raise LivsegError(f"--model {model!r}: valid models are {', '.join(LIVER_MODEL_FOR)}")
-    needed = []
-    if liver_model is None:
-        needed.append(LIVER_MODEL_FOR[model])
-    if tumour and tumour_model is None:
-        needed.append(TUMOUR_MODEL)
-    missing = missing_models(needed)
+    shipped = dict(zip(("coarse", "liver", "tumour"), cascade_models(model, paper), strict=True))
+    if not tumour:
+        shipped["tumour"] = None
+    if paper and given.get("coarse") is None:
+        shipped["coarse"] = None
+    needed = {k: v for k, v in shipped.items() if v is not None and given.get(k) is None}
+    missing = missing_models(list(needed.values()))
     if missing:
         raise MissingWeightsError(
-            f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass "
-            "trained checkpoint folders with --liver-model/--tumour-model"
+            f"{WEIGHTS_DIR}: shipped model(s) {', '.join(missing)} not installed; pass trained "
+            "checkpoint folders (--coarse-model/--liver-model/--tumour-model)"
+            + ("" if paper else " or run the papers' cascade (--paper)")
         )
-    liver_dir = Path(liver_model) if liver_model is not None else locate(LIVER_MODEL_FOR[model])
-    if not tumour:
-        return liver_dir, None
-    return liver_dir, Path(tumour_model) if tumour_model is not None else locate(TUMOUR_MODEL)
+    return {
+        k: Path(given[k]) if given.get(k) is not None else (locate(v) if v else None)
+        for k, v in shipped.items()
+    }
 
 
 @contextlib.contextmanager
@@ -180,6 +226,8 @@ class Cascade:
     Args:
         liver: predictor of the liver stage (pipeline ``crunet`` or ``densefcn_liver``).
         tumour: predictor of the tumour stage (pipeline ``tumour``), or None for liver only.
+        coarse: the coarse 3-D liver stage placing the liver stage, or None (the papers'
+            cascade; then the liver model must work on whole slices).
         liver_radius_mm: radius of the liver post-processing element (mm).
         check_ct: refuse inputs whose intensities do not look like CT (see
             :func:`check_ct_intensities`).
@@ -190,6 +238,7 @@ class Cascade:
         liver: SlicePredictor,
         tumour: SlicePredictor | None = None,
         *,
+        coarse: CoarseStage | None = None,
         liver_radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
         check_ct: bool = True,
     ) -> None:
@@ -199,8 +248,14 @@ class Cascade:
             raise LivsegError(
                 f"{tumour.name}: this is a {tumour.settings.pipeline} model, not a tumour model"
             )
+        if coarse is None and liver.settings.crop_to_liver:
+            raise LivsegError(
+                f"{liver.name}: this liver model works inside the coarse stage's liver region; "
+                "load a coarse model too (coarse_model / --coarse-model)"
+            )
         self.liver = liver
         self.tumour = tumour
+        self.coarse = coarse
         self.liver_radius_mm = float(liver_radius_mm)
         self.check_ct = bool(check_ct)
 
@@ -211,6 +266,8 @@ class Cascade:
         *,
         liver_model: str | Path | None = None,
         tumour_model: str | Path | None = None,
+        coarse_model: str | Path | None = None,
+        paper: bool = DEFAULT_PAPER,
         device: str = "cpu",
         batch_size: int = 8,
         tta: bool = False,
@@ -220,12 +277,17 @@ class Cascade:
         """Load the cascade from checkpoint folders or the shipped weights.
 
         Args:
-            model: liver model family, a key of
-                :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR` (``"crunet"`` or
-                ``"densefcn"``); picks the shipped liver model when ``liver_model`` is None.
-            liver_model: checkpoint folder of the liver model (overrides ``model``).
-            tumour_model: checkpoint folder of the tumour model (default: the shipped
-                :data:`~livseg.infer.pretrained.TUMOUR_MODEL`).
+            model: liver model family (``"crunet"`` or ``"densefcn"``); picks the shipped
+                models (:func:`~livseg.infer.pretrained.cascade_models`) of the stages whose
+                folder is not given.
+            liver_model: checkpoint folder of the liver model.
+            tumour_model: checkpoint folder of the tumour model.
+            coarse_model: checkpoint folder of the coarse 3-D liver stage (also used with
+                ``paper``: then the papers' liver and tumour models run inside its region).
+            paper: the papers' cascade: no coarse stage (unless ``coarse_model`` is given) and
+                the papers' shipped models; False: livseg's cascade (coarse stage, fine liver
+                model in its region, tumour ensemble). Each folder is one checkpoint or a fold
+                ensemble (``fold*/`` checkpoints).
             device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
@@ -236,17 +298,21 @@ class Cascade:
             MissingWeightsError: a shipped model is needed but not installed (the message names
                 every missing one) or a checkpoint folder is incomplete.
         """
-        liver_dir, tumour_dir = _checkpoint_dirs(model, liver_model, tumour_model, tumour)
+        given = {"coarse": coarse_model, "liver": liver_model, "tumour": tumour_model}
+        dirs = _checkpoint_dirs(model, paper, given, tumour)
+        coarse_dir, liver_dir, tumour_dir = dirs["coarse"], dirs["liver"], dirs["tumour"]
         dev = resolve_device(device)
         liver = _load(liver_dir, dev, batch_size, tta)
         tum = _load(tumour_dir, dev, batch_size, tta) if tumour_dir is not None else None
+        stage0 = _load_coarse(coarse_dir, dev) if coarse_dir is not None else None
         log.info(
-            "loaded liver model %s%s on %s",
+            "loaded %sliver model %s%s on %s",
+            f"coarse stage {coarse_dir}, " if stage0 else "",
             liver.name,
             f" and tumour model {tum.name}" if tum else "",
             dev,
         )
-        return cls(liver, tum, **options)
+        return cls(liver, tum, coarse=stage0, **options)
 
     # --- the cascade ----------------------------------------------------------------------------
     def segment(
@@ -275,8 +341,12 @@ class Cascade:
             spacing = reo.canonical_geometry()[0]
             stats = volume_stats(hu)
         self._check_input(stats, src, warnings)
-        with timed(timings, "liver"):  # 2. liver stage on every slice
-            mask, summary = self._liver_stage(hu, stats, progress)
+        region = None
+        if self.coarse is not None:
+            with timed(timings, "coarse"):  # 1b. where is the liver?
+                region = self._coarse_region(hu, spacing, src, warnings)
+        with timed(timings, "liver"):  # 2. liver stage (inside the region)
+            mask, summary = self._liver_stage(hu, stats, region, progress)
         with timed(timings, "postprocess"):  # 3. post-processing
             liver = postprocess_liver(mask, spacing, self.liver_radius_mm)
             del mask
@@ -303,17 +373,53 @@ class Cascade:
         if self.check_ct:
             check_ct_intensities(stats, src)
 
+    def _coarse_region(
+        self, hu: np.ndarray, spacing: tuple[float, float, float], src: str, warnings: list[str]
+    ) -> CoarseRegion:
+        """The coarse stage's liver region (a warning when it found none)."""
+        region = self.coarse.region(hu, spacing)
+        if region.box is None:
+            msg = f"{src}: the coarse 3-D stage found no liver-like region"
+            log.warning(msg)
+            warnings.append(msg)
+        return region
+
+    def _liver_window(
+        self, shape: tuple[int, int, int], region: CoarseRegion | None
+    ) -> tuple[range, tuple[int, int, int, int] | None, tuple[slice, ...] | None]:
+        """Slices and in-plane box the liver model runs on, and the region's box (or None)."""
+        if region is None:
+            return range(shape[0]), None, None
+        if region.box is None:
+            return range(0), None, None
+        zs, ys, xs = region.box
+        box = None
+        if self.liver.settings.crop_to_liver:
+            box = square_box((ys.start, ys.stop, xs.start, xs.stop), shape[1:])
+        return range(zs.start, zs.stop), box, region.box
+
     def _liver_stage(
-        self, hu: np.ndarray, stats: VolumeStats, progress: StageProgress | None
+        self,
+        hu: np.ndarray,
+        stats: VolumeStats,
+        region: CoarseRegion | None,
+        progress: StageProgress | None,
     ) -> tuple[np.ndarray, dict[str, float]]:
-        """Liver model on every slice: uint8 mask (probability > 0.5) and probability summary."""
+        """Liver model on the region's slices (every slice without a coarse stage): uint8 mask
+        (probability > 0.5, nothing outside the region) and probability summary."""
         mask = np.zeros(hu.shape, dtype=np.uint8)
         summary = _LiverSummary()
         cb = _stage_callback(progress, "liver")
-        for ks, prob in self.liver.predict(hu, range(hu.shape[0]), stats, None, cb):
+        slices, box, keep = self._liver_window(hu.shape, region)
+        y0, y1, x0, x1 = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
+        for ks, prob in self.liver.predict(hu, slices, stats, box, cb):
             fg = prob > 0.5
-            mask[ks] = fg
+            mask[ks, y0:y1, x0:x1] = fg
             summary.add(prob, fg)
+        if keep is not None:
+            inside = np.zeros(hu.shape, dtype=bool)
+            inside[keep] = True
+            mask[~inside] = 0  # what the liver model labels outside the region is dropped
         return mask, summary.as_dict()
 
     def _tumour_stage(

@@ -78,7 +78,7 @@ def run_demo(
 
     Args:
         outdir: output folder (created when missing).
-        model: liver model family, a key of :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR`
+        model: liver model family, a key of :data:`~livseg.infer.pretrained.PAPER_CASCADE`
             (``"crunet"`` or ``"densefcn"``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         seed: phantom seed.

@@ -94,10 +94,12 @@ def size_multiple(model: Any) -> int:
 
 
 class SlicePredictor:
-    """Foreground probability of axial slices with one trained network.
+    """Foreground probability of axial slices with one trained network or an ensemble.
 
     Args:
-        model: network returning logits (B, C, H', W'); put in eval mode here.
+        model: network returning logits (B, C, H', W'), or a sequence of such networks trained
+            with the same pre-processing (a fold ensemble: their probabilities are averaged);
+            put in eval mode here.
         settings: the pre-processing it was trained with (``PreprocessSettings``).
         device: torch device to run on.
         batch_size: slices per forward pass.
@@ -119,13 +121,16 @@ class SlicePredictor:
         if batch_size < 1:
             raise LivsegError(f"batch size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        members = list(model) if isinstance(model, list | tuple) else [model]
+        if not members:
+            raise LivsegError(f"{name}: an ensemble needs at least one network")
+        self.models = [m.to(self.device).eval() for m in members]
         self.settings = settings
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.name = name
         size = int(settings.size)
-        mult = size_multiple(model)
+        mult = max(size_multiple(m) for m in self.models)
         if size % mult:
             raise LivsegError(
                 f"{name}: working size {size} is not divisible by {mult}, which the network needs"
@@ -170,13 +175,17 @@ class SlicePredictor:
 
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-            prob = foreground_probability(self.model(t))
-            if self.tta:
-                flipped = foreground_probability(self.model(torch.flip(t, dims=[-1])))
-                prob = 0.5 * (prob + torch.flip(flipped, dims=[-1]))
+            total = None
+            for model in self.models:
+                prob = foreground_probability(model(t)).float()
+                if self.tta:
+                    flipped = foreground_probability(model(torch.flip(t, dims=[-1]))).float()
+                    prob = 0.5 * (prob + torch.flip(flipped, dims=[-1]))
+                total = prob if total is None else total + prob
+            prob = total / len(self.models)
             if prob.dim() == 4:
                 prob = prob[:, 0]
-            return prob.float().cpu().numpy()
+            return prob.cpu().numpy()
 
     def predict(
         self,

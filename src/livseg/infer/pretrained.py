@@ -7,7 +7,13 @@ Shipped weights live in ``src/livseg/weights/<name>/`` as ``model.safetensors`` 
 
 * ``crunet_liver``: CR-U-Net liver model (``--model crunet``);
 * ``densefcn_liver``: liver DenseFCN (``--model densefcn``);
-* ``densefcn_tumour``: 3-window tumour DenseFCN (used by both cascades).
+* ``densefcn_tumour``: 3-window tumour DenseFCN (used by both cascades);
+* ``coarse_liver``: the coarse 3-D liver stage that places the liver before the slice models
+  (optional: without it the cascade is the papers' own).
+
+A model folder is either one checkpoint or a **fold ensemble**: sub-folders ``fold0``,
+``fold1``, ... each holding a checkpoint of the same configuration trained on other patients;
+the stage then averages their probabilities (as nnU-Net ships its folds).
 """
 
 from __future__ import annotations
@@ -29,14 +35,46 @@ SHIPPED_MODELS: dict[str, str] = {
 }
 """Name -> one-line description of every model livseg is meant to ship."""
 
-LIVER_MODEL_FOR = {"crunet": "crunet_liver", "densefcn": "densefcn_liver"}
-"""``--model`` choice (liver model family) -> shipped liver model name."""
-
 DEFAULT_MODEL = "crunet"
-"""Default ``--model`` choice (a key of :data:`LIVER_MODEL_FOR`)."""
+"""Default ``--model`` choice (a key of :data:`PAPER_CASCADE` and :data:`LIVSEG_CASCADE`)."""
 
 TUMOUR_MODEL = "densefcn_tumour"
 """Shipped tumour model name (shared by both cascades)."""
+
+COARSE_MODEL = "coarse_liver"
+"""Shipped coarse 3-D liver stage of livseg's own cascade."""
+
+LIVSEG_CASCADE: dict[str, tuple[str, str, str]] = {
+    "crunet": (COARSE_MODEL, "crunet_liver_fine", "runet_tumour"),
+    "densefcn": (COARSE_MODEL, "densefcn_liver", "runet_tumour"),
+}
+"""``--model`` -> (coarse, liver, tumour) shipped models of livseg's cascade: the coarse 3-D stage
+places the liver, the paper's liver model runs inside its region (the CR-U-Net fine model on
+region crops; the liver DenseFCN on whole slices, restricted to the region), then the tumour
+ensemble."""
+
+PAPER_CASCADE: dict[str, tuple[None, str, str]] = {
+    "crunet": (None, "crunet_liver", TUMOUR_MODEL),
+    "densefcn": (None, "densefcn_liver", TUMOUR_MODEL),
+}
+"""``--model`` -> (no coarse stage, liver, tumour) shipped models of the papers' own cascade."""
+
+DEFAULT_PAPER = True
+"""The cascade ``livseg segment`` runs by default: the papers' (True) until livseg's own
+cascade's fold ensembles are all shipped (then False)."""
+
+
+def cascade_models(model: str, paper: bool) -> tuple[str | None, str, str]:
+    """The shipped (coarse or None, liver, tumour) model names of a cascade.
+
+    Raises:
+        LivsegError: ``model`` is not a liver model family.
+    """
+    table = PAPER_CASCADE if paper else LIVSEG_CASCADE
+    if model not in table:
+        raise LivsegError(f"--model {model!r}: valid models are {', '.join(table)}")
+    return table[model]
+
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json")
 
@@ -45,8 +83,30 @@ class MissingWeightsError(LivsegError):
     """A requested shipped model (or a checkpoint directory) is absent or incomplete."""
 
 
-def _is_complete(folder: Path) -> bool:
+def _is_checkpoint(folder: Path) -> bool:
     return all((folder / f).is_file() for f in CHECKPOINT_FILES)
+
+
+def _fold_members(folder: Path) -> list[Path]:
+    """The ``fold*`` sub-folders of ``folder`` that are checkpoints, in name order."""
+    if not folder.is_dir():
+        return []
+    subs = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("fold")]
+    return sorted((p for p in subs if _is_checkpoint(p)), key=lambda p: p.name)
+
+
+def _is_complete(folder: Path) -> bool:
+    return _is_checkpoint(folder) or bool(_fold_members(folder))
+
+
+def ensemble_members(path: str | Path) -> list[Path]:
+    """The checkpoint folders of a model folder: itself, or its ``fold*`` ensemble members.
+
+    Raises:
+        MissingWeightsError: neither a checkpoint nor a folder of fold checkpoints.
+    """
+    path = check_checkpoint_dir(path)
+    return [path] if _is_checkpoint(path) else _fold_members(path)
 
 
 def available_models(weights_dir: Path | None = None) -> list[str]:
@@ -65,7 +125,8 @@ def available_models(weights_dir: Path | None = None) -> list[str]:
 
 
 def check_checkpoint_dir(path: str | Path) -> Path:
-    """Check that ``path`` is a checkpoint directory (``model.safetensors`` + ``config.json``).
+    """Check that ``path`` is a checkpoint directory (``model.safetensors`` + ``config.json``)
+    or a fold ensemble (``fold*/`` sub-folders that are).
 
     Raises:
         MissingWeightsError: the folder or one of its files is absent.
@@ -74,8 +135,11 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     if not path.is_dir():
         raise MissingWeightsError(f"{path}: model checkpoint folder not found")
     missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
-    if missing:
-        raise MissingWeightsError(f"{path}: not a livseg checkpoint (missing {', '.join(missing)})")
+    if missing and not _fold_members(path):
+        raise MissingWeightsError(
+            f"{path}: not a livseg checkpoint (missing {', '.join(missing)}) nor a fold "
+            "ensemble (no fold*/ sub-folder holding one)"
+        )
     return path
 
 
@@ -97,7 +161,7 @@ def locate(name: str, weights_dir: Path | None = None) -> Path:
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     folder = root / name
     if not _is_complete(folder):
-        missing = [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+        missing = [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]  # single form
         raise MissingWeightsError(
             f"{folder}: shipped model {name!r} is not installed (missing "
             f"{', '.join(missing)}); train one with `livseg train` and pass its folder "

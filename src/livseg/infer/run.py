@@ -41,7 +41,7 @@ from typing import Any
 
 from livseg.errors import InputError, LivsegError
 from livseg.infer.cascade import Cascade, SegmentationResult, check_ct_intensities, timed
-from livseg.infer.pretrained import DEFAULT_MODEL
+from livseg.infer.pretrained import DEFAULT_MODEL, DEFAULT_PAPER
 from livseg.io import READABLE_SUFFIXES
 from livseg.io.atomic import atomic_path, check_folder_writable, check_writable
 from livseg.metrics.evaluate import SEGMENT_SUFFIX
@@ -74,23 +74,31 @@ class SegmentOptions:
     Attributes:
         liver_model: liver checkpoint folder instead of the shipped model of the family.
         tumour_model: tumour checkpoint folder instead of the shipped tumour model.
+        coarse_model: coarse 3-D liver stage folder instead of the shipped one.
+        paper: the papers' cascade (no coarse stage unless ``coarse_model``) instead of
+            livseg's; default :data:`~livseg.infer.pretrained.DEFAULT_PAPER`.
         tta: left-right flip test-time augmentation.
         batch_size: slices per forward pass.
     """
 
     liver_model: str | Path | None = None
     tumour_model: str | Path | None = None
+    coarse_model: str | Path | None = None
+    paper: bool = DEFAULT_PAPER
     tta: bool = False
     batch_size: int = 8
 
     def load(self, model: str = DEFAULT_MODEL, device: str = "auto") -> Cascade:
-        """The cascade of ``model`` (a :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR` key)."""
+        """The cascade of ``model`` (``crunet`` or ``densefcn``, see
+        :func:`~livseg.infer.pretrained.cascade_models`)."""
         if self.batch_size < 1:
             raise LivsegError(f"batch size must be >= 1, got {self.batch_size}")
         return Cascade.load(
             model,
             liver_model=self.liver_model,
             tumour_model=self.tumour_model,
+            coarse_model=self.coarse_model,
+            paper=self.paper,
             device=device,
             batch_size=self.batch_size,
             tta=self.tta,
@@ -677,7 +685,7 @@ def segment_files(
     Args:
         inputs: NIfTI/NRRD/MHA files or DICOM series folders.
         outdir: output folder (created when missing).
-        model: liver model family, a key of :data:`~livseg.infer.pretrained.LIVER_MODEL_FOR`
+        model: liver model family, a key of :data:`~livseg.infer.pretrained.PAPER_CASCADE`
             (``"crunet"`` or ``"densefcn"``; shipped weights).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
         options: model loading options (checkpoint folders, TTA, batch size).

@@ -5,7 +5,8 @@ for DenseFCN with ``sbu=True``). Sigmoid/softmax live in the losses, the predict
 :func:`foreground_probability` turns logits into foreground probabilities.
 
 Registry (:data:`MODELS`): ``unet`` (:class:`UNet`), ``runet`` (:class:`RUNet`), ``crunet``
-(:class:`CRUNet`), ``densefcn`` (:class:`DenseFCN`). Build one with
+(:class:`CRUNet`), ``densefcn`` (:class:`DenseFCN`), and the coarse stage's 3-D ``unet3d``
+(:class:`UNet3D`, volumes (B, C, D, H, W)). Build one with
 ``build_model(name, **options)``; the options are the class's constructor arguments.
 
 A trained network is rebuilt from its checkpoint folder (``model.safetensors`` + ``config.json``)
@@ -31,6 +32,7 @@ from livseg.models.crunet import CRUNet
 from livseg.models.densefcn import DenseFCN
 from livseg.models.runet import RUNet
 from livseg.models.unet import UNet
+from livseg.models.unet3d import UNet3D
 
 logger = logging.getLogger("livseg.models")
 
@@ -48,6 +50,7 @@ __all__ = [
     "RUNet",
     "CRUNet",
     "DenseFCN",
+    "UNet3D",
 ]
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -55,6 +58,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "runet": RUNet,
     "crunet": CRUNet,
     "densefcn": DenseFCN,
+    "unet3d": UNet3D,
 }
 
 

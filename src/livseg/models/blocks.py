@@ -65,32 +65,39 @@ def nearest_valid_size(size: int, multiple: int) -> int:
     return max(best, multiple)
 
 
-def check_input(x: Tensor, in_channels: int, multiple: int, model: str) -> None:
+def check_input(x: Tensor, in_channels: int, multiple: int, model: str, dims: int = 2) -> None:
     """Reject an input a network cannot take, naming the nearest valid size.
 
     Args:
-        x: The network input, expected shape (B, in_channels, H, W).
+        x: The network input, expected shape (B, in_channels, H, W), or (B, in_channels, D, H, W)
+            for ``dims=3``.
         in_channels: The channel count the network was built for.
-        multiple: H and W must be divisible by this (``2**depth``).
+        multiple: Every spatial size must be divisible by this (``2**depth``).
         model: The network's name for the message (e.g. ``"RUNet(depth=4)"``).
+        dims: Spatial dimensions the network takes (2 for slices, 3 for volumes).
 
     Raises:
-        InputSizeError: Wrong rank, wrong channel count, or H/W not divisible by ``multiple``;
-            the message gives the nearest valid size.
+        InputSizeError: Wrong rank, wrong channel count, or a spatial size not divisible by
+            ``multiple``; the message gives the nearest valid size.
     """
-    if x.dim() != 4:
-        raise InputSizeError(f"{model} takes a 4-D tensor (B, C, H, W); got shape {tuple(x.shape)}")
+    if x.dim() != dims + 2:
+        axes = "(B, C, H, W)" if dims == 2 else "(B, C, D, H, W)"
+        raise InputSizeError(
+            f"{model} takes a {dims + 2}-D tensor {axes}; got shape {tuple(x.shape)}"
+        )
     if x.shape[1] != in_channels:
         raise InputSizeError(
             f"{model} was built for {in_channels} input channel(s); got {x.shape[1]} "
             f"(input shape {tuple(x.shape)})"
         )
-    h, w = int(x.shape[2]), int(x.shape[3])
-    if h % multiple or w % multiple:
-        nh, nw = nearest_valid_size(h, multiple), nearest_valid_size(w, multiple)
+    sizes = [int(s) for s in x.shape[2:]]
+    if any(s % multiple for s in sizes):
+        got = "x".join(str(s) for s in sizes)
+        near = "x".join(str(nearest_valid_size(s, multiple)) for s in sizes)
+        what = "H and W" if dims == 2 else "D, H and W"
         raise InputSizeError(
-            f"{model} needs H and W divisible by {multiple}; got {h}x{w}. "
-            f"Nearest valid size: {nh}x{nw} (pad or resize the slices)."
+            f"{model} needs {what} divisible by {multiple}; got {got}. "
+            f"Nearest valid size: {near} (pad or resize the input)."
         )
 
 
@@ -282,17 +289,18 @@ def foreground_probability(logits: Tensor) -> Tensor:
     """Foreground probability from binary-segmentation logits.
 
     Args:
-        logits: (B, 1, H, W) (sigmoid) or (B, 2, H, W) (softmax; foreground = channel 1).
+        logits: (B, 1, *spatial) (sigmoid) or (B, 2, *spatial) (softmax; foreground = channel 1),
+            with 2 or 3 spatial axes.
 
     Returns:
-        Probabilities (B, H, W) in [0, 1], same dtype and device as ``logits``.
+        Probabilities (B, *spatial) in [0, 1], same dtype and device as ``logits``.
 
     Raises:
-        InputSizeError: Not 4-D, or a channel count other than 1 or 2.
+        InputSizeError: Not 4-D or 5-D, or a channel count other than 1 or 2.
     """
-    if logits.dim() != 4 or logits.shape[1] not in (1, 2):
+    if logits.dim() not in (4, 5) or logits.shape[1] not in (1, 2):
         raise InputSizeError(
-            "foreground_probability takes logits (B, 1, H, W) or (B, 2, H, W); "
+            "foreground_probability takes logits (B, 1 or 2, H, W) or (B, 1 or 2, D, H, W); "
             f"got shape {tuple(logits.shape)}"
         )
     if logits.shape[1] == 1:

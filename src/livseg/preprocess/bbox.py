@@ -73,10 +73,18 @@ def inplane_bbox(
         return None
     (y0, y1), (x0, x1) = ((s.start, s.stop) for s in box[-2:])
     if square:
-        h, w = mask.shape[-2:]
-        side = max(y1 - y0, x1 - x0)
-        y0, y1 = _grow(y0, y1, min(side, h), h)
-        x0, x1 = _grow(x0, x1, min(side, w), w)
+        return square_box((y0, y1, x0, x1), mask.shape[-2:])
+    return y0, y1, x0, x1
+
+
+def square_box(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Grow the shorter side of an in-plane box (centred, shifted to stay inside an image of
+    ``shape`` (H, W)) so that it is square when the image allows."""
+    y0, y1, x0, x1 = box
+    h, w = shape
+    side = max(y1 - y0, x1 - x0)
+    y0, y1 = _grow(y0, y1, min(side, h), h)
+    x0, x1 = _grow(x0, x1, min(side, w), w)
     return y0, y1, x0, x1
 
 

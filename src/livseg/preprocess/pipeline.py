@@ -31,6 +31,7 @@ import numpy as np
 
 from livseg.errors import LivsegError
 from livseg.preprocess.bbox import inplane_bbox
+from livseg.preprocess.coarse import COARSE_WINDOW
 from livseg.preprocess.intensity import (
     CRUNET_WINDOW,
     DEFAULT_HIST_BINS,
@@ -49,8 +50,11 @@ logger = logging.getLogger(__name__)
 #: ``livseg.data.cache.CACHE_FORMAT_VERSION``.)
 PREPROCESS_VERSION = 1
 
-Pipeline = Literal["crunet", "densefcn_liver", "tumour"]
-PIPELINES: tuple[str, ...] = ("crunet", "densefcn_liver", "tumour")
+Pipeline = Literal["crunet", "densefcn_liver", "tumour", "coarse"]
+PIPELINES: tuple[str, ...] = ("crunet", "densefcn_liver", "tumour", "coarse")
+SLICE_PIPELINES: tuple[str, ...] = ("crunet", "densefcn_liver", "tumour")
+"""Pipelines whose models take axial slices; ``coarse`` takes the whole CT as one 3-D volume."""
+DEFAULT_COARSE_SPACING_MM = 4.0
 FOREGROUNDS: tuple[str, ...] = ("liver", "tumour", "all")
 DTYPES: tuple[str, ...] = ("float32", "float16")
 
@@ -58,6 +62,7 @@ _DEFAULT_WINDOWS: dict[str, tuple[tuple[float, float], ...]] = {
     "crunet": (CRUNET_WINDOW,),
     "densefcn_liver": (DENSEFCN_LIVER_WINDOW,),
     "tumour": TUMOUR_WINDOWS,
+    "coarse": (COARSE_WINDOW,),
 }
 #: Default slice selection per pipeline: (foreground, margin in slices). The DenseNet-FCN paper
 #: uses liver +-10 and tumour +-5; the CR-U-Net paper gives none (our default: liver +-10).
@@ -65,6 +70,7 @@ _DEFAULT_SELECTION: dict[str, tuple[str, int]] = {
     "crunet": ("liver", 10),
     "densefcn_liver": ("liver", 10),
     "tumour": ("tumour", 5),
+    "coarse": ("all", 0),
 }
 
 Box = tuple[int, int, int, int]
@@ -77,7 +83,9 @@ class PreprocessSettings:
 
     Attributes:
         pipeline: "crunet" (HU window + per-slice histogram equalisation), "densefcn_liver"
-            (HU window + volume min-max) or "tumour" (3 HU windows, each volume min-max).
+            (HU window + volume min-max), "tumour" (3 HU windows, each volume min-max), or
+            "coarse": the whole CT resampled to ``spacing_mm`` and windowed to [0, 1], one 3-D
+            volume (:mod:`livseg.preprocess.coarse`; the slice fields below do not apply).
         size: Working in-plane resolution in pixels (e.g. 512, 256, 128); slices are resized
             to (size, size).
         foreground: Slice selection: "liver" (label >= 1), "tumour" (label == 2) or "all".
@@ -100,6 +108,8 @@ class PreprocessSettings:
             tumour pipeline; None: the pipeline's defaults from the papers.
         hist_bins: Histogram bins of the CR-U-Net equalisation.
         equalize: CR-U-Net only: False disables the histogram equalisation.
+        spacing_mm: Coarse pipeline only: the grid spacing in mm (default 4); None for the slice
+            pipelines (and then not part of the settings' dict or key).
 
     Raises:
         LivsegError: An unknown pipeline, foreground or dtype, a size below 8, a negative
@@ -121,6 +131,7 @@ class PreprocessSettings:
     windows: tuple[tuple[float, float], ...] | None = None
     hist_bins: int = DEFAULT_HIST_BINS
     equalize: bool = True
+    spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -141,6 +152,8 @@ class PreprocessSettings:
             object.__setattr__(self, "margin", margin)
         windows = _DEFAULT_WINDOWS[self.pipeline] if self.windows is None else self.windows
         object.__setattr__(self, "windows", tuple((float(lo), float(hi)) for lo, hi in windows))
+        if self.pipeline == "coarse" and self.spacing_mm is None:
+            object.__setattr__(self, "spacing_mm", DEFAULT_COARSE_SPACING_MM)
 
     def _check_values(self) -> None:
         if self.foreground not in FOREGROUNDS:
@@ -153,6 +166,13 @@ class PreprocessSettings:
             raise LivsegError("margin, context and crop_margin must be >= 0")
         if self.dtype not in DTYPES:
             raise LivsegError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if self.spacing_mm is not None and (
+            self.pipeline != "coarse" or not float(self.spacing_mm) > 0
+        ):
+            raise LivsegError(
+                f"spacing_mm applies to the coarse pipeline only and must be > 0; "
+                f"got {self.spacing_mm!r} for pipeline {self.pipeline!r}"
+            )
 
     @property
     def base_channels(self) -> int:
@@ -168,6 +188,8 @@ class PreprocessSettings:
         """JSON-ready dict (windows as lists)."""
         d = dataclasses.asdict(self)
         d["windows"] = [list(w) for w in self.windows]
+        if d["spacing_mm"] is None:  # slice pipelines: not a setting of theirs (keys unchanged)
+            del d["spacing_mm"]
         return d
 
     @classmethod
@@ -183,9 +205,12 @@ class PreprocessSettings:
         return cls(**d)
 
     def key(self) -> str:
-        """Cache folder name: ``<pipeline>_s<size>_<12 hex digits of the settings hash>``."""
+        """Cache folder name: ``<pipeline>_s<size>_<12 hex digits of the settings hash>``
+        (``coarse_<spacing>mm_<digits>`` for the coarse pipeline)."""
         payload = json.dumps({"format": PREPROCESS_VERSION, **self.to_dict()}, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        if self.pipeline == "coarse":
+            return f"coarse_{self.spacing_mm:g}mm_{digest}"
         return f"{self.pipeline}_s{self.size}_{digest}"
 
 

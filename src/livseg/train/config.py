@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from livseg.data.augment import Augmentation
+from livseg.data.augment3d import Augmentation3D
 from livseg.errors import LivsegError
 from livseg.preprocess.pipeline import PreprocessSettings
 
@@ -173,6 +174,8 @@ class TrainConfig:
         stage: CR-U-Net only: ``all`` (level 1, then level 2), ``level1`` or ``level2``
             (needs a finished level 1 in the run folder).
         deterministic: Ask PyTorch for deterministic algorithms (slower on CUDA).
+        patch: Coarse 3-D pipeline only: the training patch (d, h, w) in coarse voxels, each a
+            multiple of the network's ``2**depth`` (one "slice" of the batch is one patch).
     """
 
     epochs: int = 50
@@ -191,6 +194,7 @@ class TrainConfig:
     device: str = "auto"
     stage: Literal["all", "level1", "level2"] = "all"
     deterministic: bool = False
+    patch: tuple[int, int, int] = (48, 80, 80)
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,8 @@ class Config:
             :class:`livseg.preprocess.pipeline.PreprocessSettings`).
         augment: Augmentation of the training slices (see
             :class:`livseg.data.augment.Augmentation`); null disables augmentation.
+        augment3d: Augmentation of the coarse 3-D pipeline's volumes (see
+            :class:`livseg.data.augment3d.Augmentation3D`); null: plain random patches.
         optimizer: Optimiser settings.
         schedule: Learning-rate schedule.
         train: The training loop.
@@ -217,6 +223,7 @@ class Config:
     data: PreprocessSettings
     description: str = ""
     augment: Augmentation | None = field(default_factory=Augmentation)
+    augment3d: Augmentation3D | None = field(default_factory=Augmentation3D)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -422,6 +429,23 @@ def _check_options(kind: str, name: str, options: dict[str, Any]) -> dict[str, A
     return out
 
 
+def _validate_pipeline(cfg: Config) -> None:
+    """The coarse 3-D pipeline takes a 3-D network and patches; slice pipelines take neither."""
+    coarse = cfg.data.pipeline == "coarse"
+    if coarse != (cfg.model.name == "unet3d"):
+        raise ConfigError(
+            f"model {cfg.model.name!r} does not fit data.pipeline {cfg.data.pipeline!r}: the "
+            "coarse pipeline trains the 3-D 'unet3d', the slice pipelines a 2-D network"
+        )
+    if coarse and cfg.train.foreground_fraction > 0:
+        raise ConfigError(
+            "train.foreground_fraction applies to slices; the coarse pipeline centres patches on "
+            "the liver with augment3d.foreground_prob"
+        )
+    if coarse and (cfg.train.stage != "all" or min(cfg.train.patch) < 1):
+        raise ConfigError("the coarse pipeline needs train.stage 'all' and a positive train.patch")
+
+
 def _validate(cfg: Config) -> None:
     """Cross-field checks of a complete configuration."""
     object.__setattr__(
@@ -463,6 +487,7 @@ def _validate(cfg: Config) -> None:
     from livseg.device import parse_device
 
     parse_device(t.device, "train.device")
+    _validate_pipeline(cfg)
     in_ch = cfg.model.options.get("in_channels", 1)
     ctx = cfg.model.options.get("context_slices", 0)
     expected = cfg.data.base_channels

@@ -22,7 +22,12 @@ cascade, named after it, and all share the fold's tumour model. Without a tumour
 the cascades are liver only (``Cascade.load(..., tumour=False)``): the labels hold 0/1, the
 liver metrics are the estimate, and the tumour and lesion columns describe an empty tumour
 prediction. The shipped tumour model is never used instead: it was trained on every
-development case, held-out ones included.
+development case, held-out ones included. At most one coarse 3-D configuration (pipeline
+``coarse``) adds the coarse liver stage to every cascade (``Cascade.load(coarse_model=...)``);
+without one the cascades are the papers' (no shipped coarse stage is used either).
+
+**Training-only cases** (``extra``): added to every fold's training cases, never held out or
+scored (e.g. ``lits-117``, whose spacing is an estimate).
 
 **No checkpoint is chosen on a held-out case.** Every fold run validates only after its last
 epoch (``train.val_every`` is set to ``train.epochs``), so its best checkpoint is its last one
@@ -68,7 +73,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from livseg.data.splits import Split
-from livseg.errors import OutputExistsError
+from livseg.errors import InputError, OutputExistsError
 from livseg.io.atomic import write_text_atomic
 from livseg.train.config import Config, ConfigError
 
@@ -85,7 +90,7 @@ SPLITS_FILE = "splits.json"
 FOLD_FILE = "fold.json"
 SUMMARY_FILE = "cv_summary.json"
 TIMING_FILE = "cv_timing.json"
-STAGES = ("liver", "tumour")
+STAGES = ("coarse", "liver", "tumour")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class CVResult:
 class _Plan:
     """What a cross-validation runs: validated configurations, cases and folds."""
 
+    coarse: Config | None
     livers: tuple[Config, ...]
     tumour: Config | None
     cases: dict[str, Case]
@@ -118,7 +124,8 @@ class _Plan:
 
     @property
     def configs(self) -> tuple[Config, ...]:
-        return self.livers + ((self.tumour,) if self.tumour is not None else ())
+        first = (self.coarse,) if self.coarse is not None else ()
+        return first + self.livers + ((self.tumour,) if self.tumour is not None else ())
 
 
 @dataclass(frozen=True)
@@ -133,10 +140,11 @@ class _Options:
 
 # --- configurations --------------------------------------------------------------------------
 def stage_of(config: Config) -> str:
-    """The cascade stage a configuration trains: ``"tumour"`` or ``"liver"``.
+    """The cascade stage a configuration trains: ``"coarse"``, ``"liver"`` or ``"tumour"``.
 
     A tumour stage has ``train.target = "tumour"`` and the ``tumour`` pre-processing pipeline
-    (the liver box cropped, three HU windows); a liver stage has neither.
+    (the liver box cropped, three HU windows); a liver stage has neither; the coarse 3-D liver
+    stage has the ``coarse`` pipeline (and the liver target).
 
     Raises:
         ConfigError: ``train.target`` and ``data.pipeline`` disagree (the cascade could not
@@ -149,6 +157,8 @@ def stage_of(config: Config) -> str:
             f"data.pipeline={config.data.pipeline!r}; a tumour stage needs both 'tumour', "
             "a liver stage neither"
         )
+    if config.data.pipeline == "coarse":
+        return "coarse"
     return "tumour" if tumour_target else "liver"
 
 
@@ -215,8 +225,8 @@ def _last_epoch_only(config: Config) -> Config:
     return config.replace(train=dataclasses.replace(t, val_every=t.epochs))
 
 
-def _stages(configs: Sequence[Config]) -> tuple[tuple[Config, ...], Config | None]:
-    """The liver configurations and the tumour configuration (or None), checked."""
+def _stages(configs: Sequence[Config]) -> tuple[Config | None, tuple[Config, ...], Config | None]:
+    """The coarse configuration (or None), the liver ones and the tumour one (or None), checked."""
     names = [c.name for c in configs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -229,28 +239,47 @@ def _stages(configs: Sequence[Config]) -> tuple[tuple[Config, ...], Config | Non
             f"no liver configuration among {', '.join(names) or 'the arguments'}: the cascade "
             "starts with a liver model; give a liver configuration too"
         )
-    tumour = staged["tumour"]
-    if len(tumour) > 1:
-        raise ConfigError(
-            f"several tumour configurations ({', '.join(c.name for c in tumour)}); the "
-            "cascades share one tumour model: cross-validate them separately"
-        )
-    return tuple(staged["liver"]), (tumour[0] if tumour else None)
+    for stage in ("coarse", "tumour"):
+        if len(staged[stage]) > 1:
+            raise ConfigError(
+                f"several {stage} configurations ({', '.join(c.name for c in staged[stage])}); "
+                f"the cascades share one {stage} model: cross-validate them separately"
+            )
+    first = staged["coarse"][0] if staged["coarse"] else None
+    tumour = staged["tumour"][0] if staged["tumour"] else None
+    return first, tuple(staged["liver"]), tumour
 
 
-def _make_plan(configs: Sequence[Config], data: str | os.PathLike, folds: int, seed: int) -> _Plan:
-    """Check the configurations, find the cases and split them."""
+def _with_extra(splits: list[Split], extra: Sequence[Case]) -> tuple[Split, ...]:
+    """Every fold trains on the extra (training-only) cases too; they are never held out."""
+    ids = [c.case_id for c in extra]
+    return tuple({"train": list(sp["train"]) + ids, "val": list(sp["val"])} for sp in splits)
+
+
+def _make_plan(
+    configs: Sequence[Config],
+    data: str | os.PathLike,
+    folds: int,
+    seed: int,
+    extra: str | os.PathLike | None = None,
+) -> _Plan:
+    """Check the configurations, find the cases and split them (by patient)."""
     from livseg.data.splits import kfold_by_patient
     from livseg.io.datasets import discover_cases
 
-    livers, tumour = _stages(configs)
+    coarse, livers, tumour = _stages(configs)
     cases = discover_cases(data)
+    more = discover_cases(extra) if extra is not None else []
+    clash = sorted({c.case_id for c in cases} & {c.case_id for c in more})
+    if clash:
+        raise InputError(f"{extra}: training-only case id(s) also in {data}: {', '.join(clash)}")
     splits = kfold_by_patient([c.case_id for c in cases], folds, seed=seed)
     return _Plan(
+        coarse=coarse,
         livers=livers,
         tumour=tumour,
-        cases={c.case_id: c for c in cases},
-        splits=tuple(splits),
+        cases={c.case_id: c for c in [*cases, *more]},
+        splits=_with_extra(splits, more),
         seed=int(seed),
     )
 
@@ -357,10 +386,10 @@ def _train_model(plan: _Plan, config: Config, split: Split, run_dir: Path, opts:
 
 
 def _prediction(out: Path, fold: int, cascade: str, case_id: str) -> Path:
-    from livseg.infer.run import output_paths
+    from livseg.infer.run import SaveOptions, output_paths
 
     folder = out / f"fold{fold}" / "predictions" / cascade
-    return output_paths(case_id, folder, dicom_seg=False, overlay=False)["labels"]
+    return output_paths(case_id, folder, SaveOptions(overlay=False))["labels"]
 
 
 def _score(
@@ -404,10 +433,12 @@ def _segment_fold(
     from livseg.infer import Cascade, segment_case
     from livseg.metrics import write_results
 
-    tumour = plan.tumour
+    tumour, coarse = plan.tumour, plan.coarse
     cascade = Cascade.load(
         liver_model=models[liver.name]["checkpoint"],
         tumour_model=models[tumour.name]["checkpoint"] if tumour is not None else None,
+        coarse_model=models[coarse.name]["checkpoint"] if coarse is not None else None,
+        paper=True,  # every stage's folder is given (no shipped model is ever used)
         tumour=tumour is not None,
         device=device or "auto",
     )
@@ -492,7 +523,7 @@ def _pool(plan: _Plan, out: Path, scored: dict[str, dict[str, CaseResult]]) -> C
 
     main = _rank() == 0
     held_out = {cid: k for k, s in enumerate(plan.splits) for cid in s["val"]}
-    fold_of = {cid: held_out[cid] for cid in plan.cases}  # in case order
+    fold_of = {cid: held_out[cid] for cid in plan.cases if cid in held_out}  # in case order
     folds = [
         json.loads((out / f"fold{k}" / FOLD_FILE).read_text(encoding="utf-8"))
         for k in range(len(plan.splits))
@@ -548,6 +579,7 @@ def cross_validate(
     folds: int = 5,
     *,
     seed: int = 0,
+    extra: str | os.PathLike | None = None,
     device: str | None = None,
     cache: str | os.PathLike | None = None,
     progress: Callable[..., Any] | None = None,
@@ -573,6 +605,8 @@ def cross_validate(
             continued).
         folds: Number of folds, 2 <= folds <= number of patients.
         seed: Seed of the fold assignment (the shipped models' card uses 0).
+        extra: Dataset folder or list file of training-only cases: every fold trains on them
+            too, none is held out or scored (e.g. a case whose geometry is not trustworthy).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for training (default each
             configuration's ``train.device``) and segmenting (default ``auto``).
         cache: Slice-cache root shared by the folds (default ``out/cache``).
@@ -591,7 +625,7 @@ def cross_validate(
     from livseg.train.distributed import barrier
 
     out = Path(out)
-    plan = _make_plan(configs, data, folds, seed)
+    plan = _make_plan(configs, data, folds, seed, extra)
     _open_run(out, plan, _rank() == 0)
     barrier()
     opts = _Options(

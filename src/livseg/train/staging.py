@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from livseg.data.augment import Augmentation
 from livseg.data.cache import SliceCache
 from livseg.data.dataset import SliceDataset
+from livseg.data.volumes import VolumeCache, VolumeDataset
 from livseg.errors import InputError
 from livseg.models.checkpoint import find_checkpoint, load_weights
 from livseg.train.config import Config
@@ -208,16 +209,32 @@ class Level2Dataset(SliceDataset):
         return self.item(case_id, row, image, label, weight, mask=mask)
 
 
+def _volume_dataset(config: Config, cache: VolumeCache, train_ids: Sequence[str]) -> VolumeDataset:
+    """Random augmented patches of the coarse volumes; one epoch draws
+    ``iterations_per_epoch * batch_size`` patches (one per training case when 0)."""
+    t = config.train
+    return VolumeDataset(
+        cache,
+        train_ids,
+        patch=t.patch,
+        augment=config.augment3d,
+        samples_per_epoch=t.iterations_per_epoch * t.batch_size,
+        seed=t.seed,
+    )
+
+
 def stage_dataset(
     config: Config,
     stage: str,
     model: nn.Module,
-    cache: SliceCache,
+    cache: SliceCache | VolumeCache,
     case_ids: tuple[Sequence[str], Sequence[str]],
     device: torch.device,
     with_weight: bool,
-) -> tuple[SliceDataset, dict[str, np.ndarray] | None]:
+) -> tuple[SliceDataset | VolumeDataset, dict[str, np.ndarray] | None]:
     """The training dataset of ``stage`` and, for ``level2``, the level-1 masks.
+
+    The coarse 3-D pipeline trains on random augmented patches of its volumes.
 
     Args:
         config: The configuration.
@@ -234,6 +251,8 @@ def stage_dataset(
     """
     train_ids, val_ids = case_ids
     t = config.train
+    if config.data.pipeline == "coarse":
+        return _volume_dataset(config, cache, train_ids), None
     if stage != "level2":
         dataset = SliceDataset(
             cache, train_ids, augment=config.augment, seed=t.seed, with_weight=with_weight

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from livseg.data.cache import SliceCache, build_slice_cache
+from livseg.data.volumes import VolumeCache, build_volume_cache
 from livseg.device import resolve_device
 from livseg.errors import InputError, LivsegError
 from livseg.io.atomic import write_text_atomic
@@ -117,8 +118,16 @@ def _checked_split(
 
 def _slice_cache(
     cases: list[Any], config: Config, root: Path, is_main: bool, progress: Callable[..., Any] | None
-) -> SliceCache:
-    """Rank 0 builds (or reuses) the slice cache; the other ranks open it afterwards."""
+) -> SliceCache | VolumeCache:
+    """Rank 0 builds (or reuses) the cache; the other ranks open it afterwards.
+
+    Slice pipelines get a memory-mapped slice cache, the coarse 3-D pipeline a volume cache.
+    """
+    if config.data.pipeline == "coarse":
+        if is_main:
+            build_volume_cache(cases, root, config.data)
+        barrier()
+        return build_volume_cache(cases, root, config.data)  # every case fresh: loads only
     if is_main:
         cache = build_slice_cache(cases, config.data, root, progress=progress)
     barrier()

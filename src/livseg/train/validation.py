@@ -1,5 +1,8 @@
 """Validation during training: predict the validation cases' cached slices and score them.
 
+The coarse 3-D pipeline predicts each validation case's whole coarse volume (zero-padded to the
+network's multiple) instead, scored with the coarse grid's spacing.
+
 The slices of each validation case are predicted in batches of ``train.val_batch_size``, the
 foreground probability (resized to the cache's slice size when the network's output differs)
 thresholded at 0.5, stacked back into a per-case volume at the working resolution and scored
@@ -71,13 +74,43 @@ def _as_labels(pred: np.ndarray, reference: np.ndarray, target: str) -> np.ndarr
     return labels
 
 
+def _predict_volume(
+    run: Run, trainee: Trainee, case_id: str
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...], float]:
+    """Coarse pipeline: (prediction, labels, spacing, loss) of one whole validation volume."""
+    from livseg.preprocess.coarse import pad_to
+
+    cache = run.cache
+    lab = cache.labels[case_id]
+    image, crop = pad_to(cache.images[case_id].astype(np.float32), 2 ** int(trainee.net.depth))
+    x = torch.from_numpy(image)[None, None].to(run.device)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=trainee.amp):
+        logits = trainee.eval_fwd(x, None).float()[(slice(None), slice(None), *crop)]
+    y = torch.from_numpy(lab.astype(np.int64))[None].to(run.device)
+    loss = loss_value(trainee.loss_fn, logits, y, None, run.config.train.target, False)
+    pred = (torch.sigmoid(logits[0, 0]) > 0.5).cpu().numpy()
+    return pred, lab, cache.spacing[case_id], float(loss)
+
+
+def _case(run: Run, trainee: Trainee, cid: str) -> tuple[np.ndarray, np.ndarray, tuple, float, int]:
+    """(prediction, labels, spacing, summed loss, items) of one validation case."""
+    if run.config.data.pipeline == "coarse":
+        pred, lab, spacing, loss = _predict_volume(run, trainee, cid)
+        return pred, lab, spacing, loss, 1
+    case = run.cache[cid]
+    lab = np.asarray(case.label)
+    pred, case_loss = _predict_case(run, trainee, cid, case)
+    return pred, lab, tuple(case.meta["working_spacing"]), case_loss, lab.shape[0]
+
+
 @torch.no_grad()
 def validate(run: Run, trainee: Trainee) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Predict and score the validation cases.
 
     Returns:
         ``(summary, rows)``: the LiTS summary (:func:`livseg.metrics.lits.summarize`) plus
-        ``val_loss`` (mean loss per slice), and one metric row per validation case.
+        ``val_loss`` (mean loss per slice, or per volume for the coarse pipeline), and one
+        metric row per validation case.
     """
     from livseg.metrics.lits import evaluate_cases
 
@@ -86,13 +119,11 @@ def validate(run: Run, trainee: Trainee) -> tuple[dict[str, float], list[dict[st
     net.eval()
     triples, loss_sum, n_items = [], 0.0, 0
     for cid in run.val_ids:
-        case = run.cache[cid]
-        lab = np.asarray(case.label)
-        pred, case_loss = _predict_case(run, trainee, cid, case)
+        pred, lab, spacing, case_loss, items = _case(run, trainee, cid)
         loss_sum += case_loss
-        n_items += lab.shape[0]
+        n_items += items
         labels = _as_labels(pred, lab, run.config.train.target)
-        triples.append((labels, lab, tuple(case.meta["working_spacing"])))
+        triples.append((labels, lab, spacing))
     net.train(was_training)
     result = evaluate_cases(triples, case_ids=list(run.val_ids))
     summary = {k: float(v) for k, v in result.summary.items()}

@@ -1,0 +1,142 @@
+"""The coarse 3-D liver stage at inference: where is the liver?
+
+The whole canonical CT is resampled to the coarse grid (:mod:`livseg.preprocess.coarse`), padded
+to a multiple of the network's ``2**depth``, and every model of the stage's ensemble predicts a
+liver probability; their mean is the stage's probability. The **region** handed to the fine stage
+is the bounding box of the largest connected component of ``probability > 0.5`` (26-connected on
+the coarse grid), mapped back to the input's voxels and widened by ``margin_mm`` on every side.
+
+The region places the fine stage; it is not a mask. The coarse model tends to miss large
+hypodense tumours at the liver's edge, and the liver label includes them, so the fine stage labels
+everything inside the box and only what it labels *outside* the box is dropped (that removes the
+heart, kidney and bowel that 2-D slice models confuse with liver).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from livseg.preprocess.coarse import (
+    COARSE_WINDOW,
+    coarse_box_to_input,
+    coarse_image,
+    coarse_spacing,
+    pad_to,
+)
+
+log = logging.getLogger("livseg.infer.coarse")
+
+__all__ = ["CoarseRegion", "CoarseStage", "largest_component_box", "DEFAULT_MARGIN_MM"]
+
+DEFAULT_MARGIN_MM = 20.0
+"""Margin added around the coarse liver box (mm): the coarse grid is 4 mm and misses edges."""
+
+MIN_LIVER_ML = 5.0
+"""Coarse components smaller than this (ml) are not a liver: the region is then empty."""
+
+
+@dataclass(frozen=True)
+class CoarseRegion:
+    """The coarse stage's answer for one CT.
+
+    Attributes:
+        box: Slices along the canonical (Z, Y, X) input axes where the fine stage runs, or None
+            when no plausible liver was found.
+        probability: (D, H, W) float32 mean liver probability on the coarse grid.
+        spacing: (sd, sh, sw) mm of the coarse grid.
+        volume_ml: Volume of the kept coarse component (ml); 0 when none.
+    """
+
+    box: tuple[slice, slice, slice] | None
+    probability: np.ndarray
+    spacing: tuple[float, float, float]
+    volume_ml: float
+
+
+def largest_component_box(mask: np.ndarray) -> tuple[tuple[slice, slice, slice] | None, int]:
+    """Bounding box and voxel count of the largest 26-connected component of ``mask``.
+
+    Returns:
+        (box as slices, voxel count); (None, 0) for an empty mask.
+    """
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return None, 0
+    counts = np.bincount(labels.ravel())[1:]
+    k = int(np.argmax(counts))
+    box = ndimage.find_objects(labels, max_label=k + 1)[k]
+    return box, int(counts[k])
+
+
+class CoarseStage:
+    """An ensemble of 3-D coarse liver models and the settings they were trained with.
+
+    Args:
+        models: Trained networks (e.g. :class:`livseg.models.unet3d.UNet3D`), all taking the same
+            input; their sigmoid probabilities are averaged.
+        spacing_mm: Coarse grid spacing (mm), as in training.
+        window: HU window, as in training.
+        multiple: Spatial sizes the networks need a multiple of (``2**depth``).
+        margin_mm: Margin of the region around the coarse liver box (mm).
+        device: torch device the models are on.
+    """
+
+    def __init__(
+        self,
+        models: Sequence,
+        spacing_mm: float = 4.0,
+        window: tuple[float, float] = COARSE_WINDOW,
+        multiple: int = 16,
+        margin_mm: float = DEFAULT_MARGIN_MM,
+        device: str = "cpu",
+    ) -> None:
+        if not models:
+            raise ValueError("a coarse stage needs at least one model")
+        self.models = list(models)
+        self.spacing_mm = float(spacing_mm)
+        self.window = (float(window[0]), float(window[1]))
+        self.multiple = int(multiple)
+        self.margin_mm = float(margin_mm)
+        self.device = device
+        for m in self.models:
+            m.eval()
+
+    def probability(
+        self, hu: np.ndarray, spacing: tuple[float, float, float]
+    ) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Mean liver probability of the ensemble on the coarse grid.
+
+        Args:
+            hu: Canonical (Z, Y, X) HU (a view is fine).
+            spacing: Its (sz, sy, sx) mm.
+
+        Returns:
+            ((D, H, W) float32 probability, coarse spacing in mm).
+        """
+        import torch
+
+        image = coarse_image(hu, spacing, self.spacing_mm, self.window)
+        padded, crop = pad_to(image, self.multiple)
+        x = torch.from_numpy(padded)[None, None].to(self.device)
+        total = np.zeros(image.shape, dtype=np.float32)
+        with torch.inference_mode():
+            for model in self.models:
+                p = torch.sigmoid(model(x)[:, 0])[0].float().cpu().numpy()
+                total += p[crop]
+        total /= len(self.models)
+        return total, coarse_spacing(hu.shape, image.shape, spacing)
+
+    def region(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> CoarseRegion:
+        """Where the fine stage should run (see the module docstring)."""
+        prob, cspacing = self.probability(hu, spacing)
+        box, count = largest_component_box(prob > 0.5)
+        volume_ml = count * float(np.prod(cspacing)) / 1000.0
+        if box is None or volume_ml < MIN_LIVER_ML:
+            return CoarseRegion(None, prob, cspacing, 0.0)
+        full = coarse_box_to_input(box, hu.shape, prob.shape, spacing, self.margin_mm)
+        return CoarseRegion(full, prob, cspacing, volume_ml)
