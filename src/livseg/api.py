@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from livseg.errors import InputError
-from livseg.infer.pretrained import DEFAULT_MODEL
-from livseg.infer.run import (
+from livseg.infer.case import (
     CtInput,
     Segmentation,
     SegmentOptions,
@@ -35,6 +34,7 @@ from livseg.infer.run import (
     read_reference,
     segment_ct,
 )
+from livseg.infer.pretrained import DEFAULT_MODEL
 from livseg.io import as_volume
 from livseg.volume import Volume
 
@@ -49,7 +49,7 @@ SimpleITK image, or a numpy array (with ``spacing`` or ``affine``)."""
 
 def _as_ct(ct: CtLike, spacing, affine, check_intensities: bool) -> tuple[CtInput, str]:
     """The checked input and its default case name."""
-    from livseg.infer.run import case_name, check_ct, collect_warnings
+    from livseg.infer.case import case_name, check_ct, collect_warnings
 
     if isinstance(ct, (str, os.PathLike)):
         if spacing is not None or affine is not None:
@@ -117,7 +117,7 @@ class Segmenter:
             name: case name for :meth:`Segmentation.save` (default: the file name, or "ct").
 
         Returns:
-            :class:`~livseg.infer.run.Segmentation`: ``labels`` (Volume, 0/1/2, the input's
+            :class:`~livseg.infer.case.Segmentation`: ``labels`` (Volume, 0/1/2, the input's
             geometry), ``measurements``, ``warnings``, ``scores``, and ``save(dir)``.
 
         Raises:
@@ -148,7 +148,7 @@ def segment(
         :meth:`Segmenter.segment` (``ct``, ``spacing``, ``affine``, ``reference``).
 
     Returns:
-        :class:`~livseg.infer.run.Segmentation`; ``.save(dir)`` writes what ``livseg segment``
+        :class:`~livseg.infer.case.Segmentation`; ``.save(dir)`` writes what ``livseg segment``
         writes.
     """
     segmenter = Segmenter(model, device=device, options=options)
@@ -167,7 +167,7 @@ def evaluate(pred: Any, ref: Any, *, penalty: float | None = None, jobs: int = 1
     Args:
         pred: a folder of predicted label files (``livseg segment``'s output folder works as
             it is), or one prediction: a label file, a label Volume, or a
-            :class:`~livseg.infer.run.Segmentation`.
+            :class:`~livseg.infer.case.Segmentation`.
         ref: the reference folder (a LiTS folder works as it is: its ``volume-N`` CTs are
             skipped), or one reference label file / Volume in the prediction's geometry.
         penalty: value of distance/volume metrics for empty masks (default: the official

@@ -4,9 +4,10 @@
   ``Cascade.load(model, liver_model=..., tumour_model=..., device=...)`` and
   ``segment(volume, progress) -> SegmentationResult`` (labels in the input geometry).
 * :func:`segment_files` (``run.py``): ``livseg segment``, batch of files/DICOM folders -> labels,
-  measurements, overlays, DICOM-SEG; its steps :func:`read_ct` (read + check),
-  :func:`segment_ct` (-> :class:`Segmentation`) and :meth:`Segmentation.save` also serve the
-  Python API (:mod:`livseg.api`).
+  measurements, overlays, DICOM-SEG; :func:`segment_case` does one input given by its path.
+* ``case.py``: the steps of one case, :func:`read_ct` (read + check), :func:`segment_ct`
+  (-> :class:`Segmentation`) and :meth:`Segmentation.save`; they also serve the Python API
+  (:mod:`livseg.api`).
 * :func:`run_demo` (``demo.py``): ``livseg demo`` on a phantom.
 * ``predictor.py``: batched slice prediction reproducing the training pre-processing.
 * ``postprocess.py``: liver erosion -> largest component -> dilation; label merging.
@@ -50,13 +51,13 @@ _WHERE = {
     "SegmentationResult": "cascade",
     "segment_files": "run",
     "segment_case": "run",
-    "case_name": "run",
-    "Segmentation": "run",
-    "SegmentOptions": "run",
-    "SaveOptions": "run",
-    "CtInput": "run",
-    "read_ct": "run",
-    "segment_ct": "run",
+    "case_name": "case",
+    "Segmentation": "case",
+    "SegmentOptions": "case",
+    "SaveOptions": "case",
+    "CtInput": "case",
+    "read_ct": "case",
+    "segment_ct": "case",
     "run_demo": "demo",
     "DemoResult": "demo",
     "postprocess_liver": "postprocess",

@@ -23,14 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from livseg.infer.cascade import Cascade
+from livseg.infer.case import CaseProgress, Segmentation, SegmentOptions, output_paths
 from livseg.infer.pretrained import DEFAULT_MODEL
-from livseg.infer.run import (
-    CaseProgress,
-    Segmentation,
-    SegmentOptions,
-    output_paths,
-    segment_case,
-)
+from livseg.infer.run import segment_case
 from livseg.io.atomic import check_folder_writable, check_writable, write_text_atomic
 
 log = logging.getLogger("livseg.infer.demo")

@@ -386,7 +386,7 @@ def _train_model(plan: _Plan, config: Config, split: Split, run_dir: Path, opts:
 
 
 def _prediction(out: Path, fold: int, cascade: str, case_id: str) -> Path:
-    from livseg.infer.run import SaveOptions, output_paths
+    from livseg.infer.case import SaveOptions, output_paths
 
     folder = out / f"fold{fold}" / "predictions" / cascade
     return output_paths(case_id, folder, SaveOptions(overlay=False))["labels"]
