@@ -14,8 +14,7 @@ Every statistic is derived from the two arrays of directed distances, computed o
 
 * ``assd`` = pooled mean ``(sum d(pred->ref) + sum d(ref->pred)) / (n_pred + n_ref)`` (LiTS /
   SLIVER07 definition, and MedPy 0.5.2's ``assd``, which averages the concatenated distances;
-  older MedPy releases averaged the two directed means, available here as
-  :attr:`SurfaceDistances.assd_mean_of_means`);
+  older MedPy releases averaged the two directed means instead);
 * ``rmsd`` = pooled root-mean-square of the same distances;
 * ``msd`` = maximum of both directions (the symmetric Hausdorff distance, MedPy's ``hd``).
 
@@ -155,17 +154,6 @@ class SurfaceDistances:
     def mean_ref_to_pred(self) -> float:
         """Mean directed distance reference -> prediction (mm); MedPy ``asd(ref, pred)``."""
         return float(self.ref_to_pred.mean())
-
-    @property
-    def assd_mean_of_means(self) -> float:
-        """Mean of the two directed means (mm): the ``assd`` of MedPy releases before 0.5."""
-        return 0.5 * (self.mean_pred_to_ref + self.mean_ref_to_pred)
-
-    def hausdorff_percentile(self, q: float = 95.0) -> float:
-        """Symmetric q-th percentile Hausdorff distance (mm), as MedPy's ``hd95`` (q=95)."""
-        return max(
-            float(np.percentile(self.pred_to_ref, q)), float(np.percentile(self.ref_to_pred, q))
-        )
 
 
 def _directed_kdtree(src_pts: np.ndarray, dst_pts: np.ndarray) -> np.ndarray:
