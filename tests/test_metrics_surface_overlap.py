@@ -187,3 +187,23 @@ def test_surface_distances_empty_and_bad_input():
         surface_distances(m, m, (1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="method"):
         surface_distances(m, m, method="brute")
+
+
+def test_far_false_positive_volume_by_hand():
+    from livseg.metrics.overlap import far_false_positive_ml
+
+    ref = np.zeros((10, 10, 40), bool)
+    ref[4:6, 4:6, 0:4] = True
+    pred = ref.copy()
+    pred[5, 5, 10] = True  # 7 voxels (14 mm at 2 mm) from the reference: near
+    pred[5, 5, 20:23] = True  # 17-19 voxels away (34-38 mm): far, 3 voxels
+    spacing = (1.0, 1.0, 2.0)  # voxel = 2 mm^3
+    assert far_false_positive_ml(pred, ref, spacing, 20.0) == pytest.approx(3 * 2.0 / 1000)
+    # the boundary is exclusive: at exactly 20 mm a voxel is not far
+    edge = ref.copy()
+    edge[5, 5, 13] = True  # 10 voxels * 2 mm = 20 mm
+    assert far_false_positive_ml(edge, ref, spacing, 20.0) == 0.0
+    assert far_false_positive_ml(pred, np.zeros_like(ref), spacing) == pytest.approx(
+        int(pred.sum()) * 2.0 / 1000
+    )
+    assert far_false_positive_ml(np.zeros_like(ref), ref, spacing) == 0.0

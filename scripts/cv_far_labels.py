@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Per held-out case of a ``livseg cv`` run: liver labelled more than 2 cm outside the liver.
+
+Dice hides a heart or a kidney labelled liver when the liver itself is large; the model card
+reports, for every held-out case, the volume (ml) of the predicted liver (label >= 1) lying more
+than ``--distance`` mm from the reference liver (:func:`livseg.metrics.overlap.
+far_false_positive_ml`), read from the predictions the cross-validation wrote.
+
+Usage::
+
+    python scripts/cv_far_labels.py runs/cv11 [--distance 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from livseg.io import read_volume
+    from livseg.metrics.overlap import far_false_positive_ml
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("cv", type=Path, help="the livseg cv folder")
+    p.add_argument("--distance", type=float, default=20.0, help="mm (default 20)")
+    args = p.parse_args(argv)
+    doc = json.loads((args.cv / "cv_summary.json").read_text(encoding="utf-8"))
+    print(f"| cascade | fold | case | liver > {args.distance:g} mm outside the liver (ml) |")
+    print("|---|---|---|---|")
+    for name, cascade in doc["cascades"].items():
+        for row in cascade["cases"]:
+            pred = read_volume(row["prediction"], kind="label")
+            ref = read_volume(row["reference"], kind="label")
+            ml = far_false_positive_ml(pred.array >= 1, ref.array >= 1, ref.spacing, args.distance)
+            print(f"| {name} | {row['fold']} | {row['case']} | {ml:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
