@@ -405,3 +405,47 @@ def test_segment_cli_offers_both_cascades():
         ["segment", "ct.nii.gz", "-o", "out", "--paper", "--coarse-model", "c"]
     )
     assert args.paper is True and args.coarse_model == "c"
+
+
+def test_upsample_to_input_equals_torch_trilinear_on_the_box():
+    from livseg.preprocess.coarse import upsample_to_input
+
+    rng = np.random.default_rng(0)
+    coarse = rng.random((5, 7, 6)).astype(np.float32)
+    shape = (13, 20, 17)
+    full = torch.nn.functional.interpolate(
+        torch.from_numpy(coarse)[None, None], size=shape, mode="trilinear", align_corners=False
+    )[0, 0].numpy()
+    box = (slice(2, 11), slice(0, 20), slice(5, 9))
+    np.testing.assert_allclose(upsample_to_input(coarse, shape, box), full[box], atol=1e-6)
+
+
+def test_gate_removes_the_heart_on_the_liver_dome_and_keeps_a_hypodense_tumour():
+    from livseg.infer import Cascade
+    from livseg.infer.predictor import SlicePredictor
+    from livseg.preprocess.pipeline import PreprocessSettings
+    from livseg.volume import Volume
+
+    hu = np.full((40, 64, 64), -1000.0, np.float32)
+    hu[2:38, 4:60, 4:60] = -100.0  # body
+    hu[8:24, 16:48, 8:40] = 100.0  # liver
+    hu[14:18, 28:36, 20:28] = 40.0  # hypodense tumour inside it: missed by the coarse model
+    hu[24:34, 16:48, 8:40] = 300.0  # "heart" right on the liver dome (touching it)
+    vol = Volume.image(hu, spacing=(2.0, 2.0, 2.0))
+    liver = np.zeros(hu.shape, bool)
+    liver[8:24, 16:48, 8:40] = True
+    s = PreprocessSettings("densefcn_liver", size=64)
+    coarse = CoarseStage([_Above(0.55, 0.62)], spacing_mm=4.0, margin_mm=24.0)
+
+    def run(gate_mm):
+        slice_model = SlicePredictor(_Above(0.3, 1.01), s)  # fires on liver, tumour and heart
+        cascade = Cascade(slice_model, coarse=coarse, gate_mm=gate_mm, liver_radius_mm=2.0)
+        return cascade.segment(vol).labels.array >= 1
+
+    box_only = run(None)
+    assert box_only[26:32, 20:44, 12:36].all()  # the box alone keeps the heart
+    gated = run(0.0)
+    assert not gated[26:34].any()  # the heart is gone
+    assert gated[14:18, 28:36, 20:28].all()  # the tumour hole is filled, kept as liver
+    dice = 2 * np.count_nonzero(gated & liver) / (gated.sum() + liver.sum())
+    assert dice > 0.95

@@ -228,6 +228,8 @@ class Cascade:
         tumour: predictor of the tumour stage (pipeline ``tumour``), or None for liver only.
         coarse: the coarse 3-D liver stage placing the liver stage, or None (the papers'
             cascade; then the liver model must work on whole slices).
+        gate_mm: with a coarse stage, keep only liver voxels inside the coarse liver widened by
+            this (:meth:`~livseg.infer.coarse.CoarseStage.gate`); None: the region's box only.
         liver_radius_mm: radius of the liver post-processing element (mm).
         check_ct: refuse inputs whose intensities do not look like CT (see
             :func:`check_ct_intensities`).
@@ -239,6 +241,7 @@ class Cascade:
         tumour: SlicePredictor | None = None,
         *,
         coarse: CoarseStage | None = None,
+        gate_mm: float | None = 0.0,
         liver_radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
         check_ct: bool = True,
     ) -> None:
@@ -256,6 +259,7 @@ class Cascade:
         self.liver = liver
         self.tumour = tumour
         self.coarse = coarse
+        self.gate_mm = gate_mm
         self.liver_radius_mm = float(liver_radius_mm)
         self.check_ct = bool(check_ct)
 
@@ -420,6 +424,8 @@ class Cascade:
             inside = np.zeros(hu.shape, dtype=bool)
             inside[keep] = True
             mask[~inside] = 0  # what the liver model labels outside the region is dropped
+            if self.gate_mm is not None:
+                mask[keep] &= CoarseStage.gate(region, hu.shape, self.gate_mm)
         return mask, summary.as_dict()
 
     def _tumour_stage(

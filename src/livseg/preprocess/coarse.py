@@ -179,3 +179,44 @@ def pad_to(array: np.ndarray, multiple: int, value: float = 0.0) -> tuple[np.nda
     pad = [(0, 0)] * (array.ndim - 3) + [(0, t - n) for t, n in zip(target, shape, strict=True)]
     crop = tuple(slice(0, n) for n in shape)
     return np.pad(array, pad, constant_values=value), crop
+
+
+def _linear_weights(n_out_full: int, m: int, start: int, stop: int) -> np.ndarray:
+    """(stop - start, m) weights of linear interpolation from an m-sample coarse axis to the
+    input indices ``start..stop-1`` of an ``n_out_full``-sample axis (centres aligned, ends
+    clamped: torch's ``align_corners=False`` trilinear)."""
+    k = np.arange(start, stop, dtype=np.float64)
+    c = np.clip((k + 0.5) * m / n_out_full - 0.5, 0.0, m - 1)
+    lo = np.floor(c).astype(np.int64)
+    hi = np.minimum(lo + 1, m - 1)
+    frac = c - lo
+    w = np.zeros((stop - start, m), dtype=np.float32)
+    rows = np.arange(stop - start)
+    np.add.at(w, (rows, lo), (1.0 - frac).astype(np.float32))
+    np.add.at(w, (rows, hi), frac.astype(np.float32))
+    return w
+
+
+def upsample_to_input(
+    coarse: np.ndarray, shape: tuple[int, int, int], box: tuple[slice, slice, slice]
+) -> np.ndarray:
+    """Linearly interpolate a coarse-grid map back onto the input voxels of ``box``.
+
+    The same mapping as :func:`coarse_image` in reverse (coarse sample ``i`` sits at input
+    position ``(i + 0.5) * n / m - 0.5``), computed separably, one small matrix per axis, so only
+    the box is ever held at the input resolution.
+
+    Args:
+        coarse: (D, H, W) float map on the coarse grid of a (Z, Y, X) = ``shape`` volume.
+        shape: The input volume's (Z, Y, X).
+        box: Slices (with start and stop) of the input volume wanted.
+
+    Returns:
+        float32 array of the box's shape.
+    """
+    out = np.asarray(coarse, dtype=np.float32)
+    for axis in (2, 1, 0):
+        sl, n, m = box[axis], shape[axis], coarse.shape[axis]
+        w = _linear_weights(n, m, sl.start, sl.stop)
+        out = np.moveaxis(np.tensordot(out, w, axes=([axis], [1])), -1, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
