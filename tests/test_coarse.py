@@ -449,3 +449,15 @@ def test_gate_removes_the_heart_on_the_liver_dome_and_keeps_a_hypodense_tumour()
     assert gated[14:18, 28:36, 20:28].all()  # the tumour hole is filled, kept as liver
     dice = 2 * np.count_nonzero(gated & liver) / (gated.sum() + liver.sum())
     assert dice > 0.95
+
+
+def test_small_lesions_become_liver():
+    from livseg.infer.postprocess import remove_small_lesions
+
+    labels = np.ones((6, 10, 10), np.uint8)
+    labels[1:3, 1:4, 1:4] = 2  # 18 voxels = 144 mm^3 at 2 x 2 x 2 mm: kept
+    labels[5, 8, 8] = 2  # 8 mm^3: removed
+    labels[4, 0, 0] = labels[5, 1, 1] = 2  # two diagonal singles (not 6-connected): removed
+    assert remove_small_lesions(labels, (2.0, 2.0, 2.0), 100.0) == 3
+    assert np.count_nonzero(labels == 2) == 18 and labels[5, 8, 8] == 1
+    assert remove_small_lesions(labels, (2.0, 2.0, 2.0), 0.0) == 0

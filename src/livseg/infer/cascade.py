@@ -36,7 +36,13 @@ import numpy as np
 from livseg.device import resolve_device
 from livseg.errors import InputError, LivsegError
 from livseg.infer.coarse import CoarseRegion, CoarseStage
-from livseg.infer.postprocess import LIVER_STRUCTURE_RADIUS_MM, merge_labels, postprocess_liver
+from livseg.infer.postprocess import (
+    LIVER_STRUCTURE_RADIUS_MM,
+    MIN_LESION_MM3,
+    merge_labels,
+    postprocess_liver,
+    remove_small_lesions,
+)
 from livseg.infer.predictor import SlicePredictor, VolumeStats, volume_stats
 from livseg.infer.pretrained import (
     DEFAULT_MODEL,
@@ -230,6 +236,8 @@ class Cascade:
             cascade; then the liver model must work on whole slices).
         gate_mm: with a coarse stage, keep only liver voxels inside the coarse liver widened by
             this (:meth:`~livseg.infer.coarse.CoarseStage.gate`); None: the region's box only.
+        min_lesion_mm3: tumour components smaller than this become liver
+            (:func:`~livseg.infer.postprocess.remove_small_lesions`); 0 keeps all (the papers).
         liver_radius_mm: radius of the liver post-processing element (mm).
         check_ct: refuse inputs whose intensities do not look like CT (see
             :func:`check_ct_intensities`).
@@ -242,6 +250,7 @@ class Cascade:
         *,
         coarse: CoarseStage | None = None,
         gate_mm: float | None = 0.0,
+        min_lesion_mm3: float = 0.0,
         liver_radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
         check_ct: bool = True,
     ) -> None:
@@ -260,6 +269,7 @@ class Cascade:
         self.tumour = tumour
         self.coarse = coarse
         self.gate_mm = gate_mm
+        self.min_lesion_mm3 = float(min_lesion_mm3)
         self.liver_radius_mm = float(liver_radius_mm)
         self.check_ct = bool(check_ct)
 
@@ -296,7 +306,10 @@ class Cascade:
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
             tumour: False runs the liver stage only.
-            **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``).
+            **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``,
+                ``gate_mm``, ``min_lesion_mm3``: by default
+                :data:`~livseg.infer.postprocess.MIN_LESION_MM3` in livseg's cascade, 0 in the
+                papers').
 
         Raises:
             MissingWeightsError: a shipped model is needed but not installed (the message names
@@ -316,6 +329,8 @@ class Cascade:
             f" and tumour model {tum.name}" if tum else "",
             dev,
         )
+        if not paper:
+            options.setdefault("min_lesion_mm3", MIN_LESION_MM3)
         return cls(liver, tum, coarse=stage0, **options)
 
     # --- the cascade ----------------------------------------------------------------------------
@@ -356,7 +371,7 @@ class Cascade:
             del mask
         liver_found = bool(liver.any())
         with timed(timings, "tumour"):  # 4.-5. tumour stage in the liver box
-            labels_c = self._tumour_stage(hu, liver, stats, progress, src, warnings)
+            labels_c = self._tumour_stage(hu, liver, stats, spacing, progress, src, warnings)
         with timed(timings, "reorient"):
             labels = Volume(
                 reo.undo(labels_c), volume.spacing, volume.origin, volume.direction, "label"
@@ -433,6 +448,7 @@ class Cascade:
         hu: np.ndarray,
         liver: np.ndarray,
         stats: VolumeStats,
+        spacing: tuple[float, float, float],
         progress: StageProgress | None,
         src: str,
         warnings: list[str],
@@ -454,4 +470,12 @@ class Cascade:
         for kb, prob in self.tumour.predict(hu, ks, stats, box, cb):
             sub = labels[kb, y0:y1, x0:x1]
             labels[kb, y0:y1, x0:x1] = merge_labels(sub >= 1, prob > 0.5)
+        removed = remove_small_lesions(labels, spacing, self.min_lesion_mm3)
+        if removed:
+            log.info(
+                "%s: %d tumour component(s) below %g mm3 relabelled liver",
+                src,
+                removed,
+                self.min_lesion_mm3,
+            )
         return labels

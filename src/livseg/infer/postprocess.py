@@ -129,3 +129,38 @@ def merge_labels(liver: np.ndarray, tumour: np.ndarray) -> np.ndarray:
     labels = liver.astype(np.uint8)
     labels[liver & np.asarray(tumour, dtype=bool)] = 2
     return labels
+
+
+MIN_LESION_MM3 = 100.0
+"""Tumour components (6-connected) smaller than this (mm^3, about a 6 mm sphere) are relabelled
+liver by the cascade: on the cross-validation's first fold they were all false positives (96 of
+96 predicted lesions on one case were noise below it; tumour Dice unchanged)."""
+
+
+def remove_small_lesions(
+    labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float = MIN_LESION_MM3
+) -> int:
+    """Relabel tumour components smaller than ``min_mm3`` as liver, in place.
+
+    Args:
+        labels: (Z, Y, X) uint8 LiTS labels (modified in place).
+        spacing: (sz, sy, sx) mm.
+        min_mm3: Smallest lesion kept (mm^3); 0 keeps every component.
+
+    Returns:
+        The number of components removed.
+    """
+    from livseg.metrics.lesions import label_lesions
+    from livseg.preprocess.bbox import bounding_box
+
+    box = bounding_box(labels == 2)
+    if box is None or min_mm3 <= 0:
+        return 0
+    sub = labels[box]
+    comp, n = label_lesions(sub == 2)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing))
+    small = np.flatnonzero(sizes < min_mm3)
+    small = small[small > 0]
+    if small.size:
+        sub[np.isin(comp, small)] = 1
+    return int(small.size)

@@ -438,7 +438,9 @@ def _segment_fold(
         liver_model=models[liver.name]["checkpoint"],
         tumour_model=models[tumour.name]["checkpoint"] if tumour is not None else None,
         coarse_model=models[coarse.name]["checkpoint"] if coarse is not None else None,
-        paper=True,  # every stage's folder is given (no shipped model is ever used)
+        # livseg's cascade with a coarse stage, else the papers': every stage's folder is
+        # given, so no shipped model is ever used
+        paper=coarse is None,
         tumour=tumour is not None,
         device=device or "auto",
     )
