@@ -11,6 +11,7 @@ are in ``MODEL_CARD.md``. The bounds sit below what each shipped model gives on 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,3 +47,25 @@ def test_shipped_cascade_on_real_ct(lits_dir, model, min_dice):
     assert dice > min_dice, f"{model}: liver Dice {dice:.3f} on a training case"
     # tumours only inside the liver, by construction of the cascade
     assert not ((pred == 2) & ~liver_p).any()
+
+
+GOLDEN = Path(__file__).parent / "golden" / "livseg_cascade_volume-1.json"
+
+
+@pytest.mark.skipif(not GOLDEN.is_file(), reason="no recorded reference of livseg's cascade yet")
+def test_livseg_cascade_reproduces_its_recorded_measurements(lits_dir):
+    """The shipped ensemble cascade on a real case gives the measurements recorded when it was
+    installed (scripts/record_golden.py): a change of weights, pre-processing, ensembling or
+    post-processing shows up here, not only as a Dice drop."""
+    from livseg.report.measurements import measure
+
+    golden = json.loads(GOLDEN.read_text())
+    image = read_volume(lits_dir / "volume-1.nii.gz", kind="image")
+    result = Cascade.load(golden["model"], paper=False, device="cpu").segment(image)
+    m = measure(result.labels)
+    labels = result.labels.array
+    # voxel counts: exact up to float summation order across machines (0.2 %)
+    assert np.count_nonzero(labels >= 1) == pytest.approx(golden["liver_voxels"], rel=2e-3)
+    assert np.count_nonzero(labels == 2) == pytest.approx(golden["tumour_voxels"], rel=2e-2, abs=50)
+    assert m.liver_volume_ml == pytest.approx(golden["liver_volume_ml"], rel=2e-3)
+    assert m.lesion_count == golden["lesion_count"]
