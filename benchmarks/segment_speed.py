@@ -11,6 +11,7 @@ Usage::
     python benchmarks/segment_speed.py                       # shipped models, ../shared/data
     python benchmarks/segment_speed.py --liver-model RUN/best --tumour-model RUN2/best
     python benchmarks/segment_speed.py --data DIR --threads 2 --model densefcn
+    python benchmarks/segment_speed.py --cascade paper       # the papers' cascade
     python benchmarks/segment_speed.py --random-init -O data.size=256   # no weights needed
 
 ``--random-init`` builds randomly initialised checkpoints from the bundled configurations
@@ -32,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ("read", "reorient", "liver", "postprocess", "tumour", "write", "report")
+STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -48,6 +49,7 @@ def _one(args: argparse.Namespace) -> None:
         args.model,
         liver_model=args.liver_model,
         tumour_model=args.tumour_model,
+        paper=args.paper,
         device="cpu",
         batch_size=args.batch_size,
         tta=args.tta,
@@ -92,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
     p.add_argument("--inputs", nargs="*", type=Path, help="inputs instead of the data folder's")
     p.add_argument("--model", default="crunet", choices=("crunet", "densefcn"))
+    p.add_argument(
+        "--cascade",
+        choices=("livseg", "paper"),
+        default=None,
+        help="livseg's cascade (coarse stage + fold ensembles) or the papers' (default: livseg "
+        "segment's default)",
+    )
     p.add_argument("--liver-model", default=None)
     p.add_argument("--tumour-model", default=None)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -112,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    from livseg.infer.pretrained import DEFAULT_PAPER
+
+    args.paper = DEFAULT_PAPER if args.cascade is None else args.cascade == "paper"
     if args.one is not None:
         _one(args)
         return 0
@@ -136,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for opt in ("liver_model", "tumour_model"):
         if getattr(args, opt):
             fwd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    fwd += ["--cascade", "paper" if args.paper else "livseg"]
     fwd += ["--tta"] if args.tta else []
     fwd += ["--no-overlay"] if args.no_overlay else []
     header = f"{'case':<28}{'shape (z,y,x)':>16}" + "".join(f"{s:>12}" for s in STAGES)
