@@ -14,6 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -31,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| cascade | fold | case | liver > {args.distance:g} mm outside the liver (ml) |")
     print("|---|---|---|---|")
     for name, cascade in doc["cascades"].items():
-        for row in cascade["cases"]:
+        fold = {r["case"]: r["fold"] for r in cascade["cases"]}
+        with open(args.cv / "scores" / name / "per_case.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        for row in rows:
+            row["fold"] = fold[row["case"]]
             pred = read_volume(row["prediction"], kind="label")
             ref = read_volume(row["reference"], kind="label")
             ml = far_false_positive_ml(pred.array >= 1, ref.array >= 1, ref.spacing, args.distance)

@@ -16,6 +16,8 @@ Usage::
     python scripts/ship_ensemble.py --cv runs/cv11 \\
         --name coarse_liver=coarse_liver --name fine_crunet_liver=crunet_liver_fine \\
         --name tumour_runet=runet_tumour [--dry-run]
+    python scripts/ship_ensemble.py --halve crunet_liver --halve densefcn_liver \
+        --halve densefcn_tumour       # the papers' models as float16 (the 60 MB budget)
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def install(cv: Path, names: dict[str, str], dry_run: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cv", type=Path, required=True, help="the livseg cv folder")
+    p.add_argument("--cv", type=Path, help="the livseg cv folder")
     p.add_argument(
         "--name",
         action="append",
@@ -91,10 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         help="configuration name -> shipped model folder (repeatable)",
     )
     p.add_argument("--dry-run", action="store_true", help="check and convert, install nothing")
+    p.add_argument(
+        "--halve",
+        action="append",
+        default=[],
+        metavar="SHIPPED",
+        help="also store an installed single-checkpoint model's weights as float16 (repeatable)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     names = dict(item.split("=", 1) for item in args.name)
-    install(args.cv, names, args.dry_run)
+    if names:
+        install(args.cv, names, args.dry_run)
+    for name in args.halve:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=WEIGHTS))
+        _half(WEIGHTS / name, tmp)
+        shutil.rmtree(WEIGHTS / name)
+        tmp.rename(WEIGHTS / name)
+        log.info("%s stored as float16", name)
     return 0
 
 

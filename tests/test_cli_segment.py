@@ -138,9 +138,13 @@ def test_demo_without_weights_names_them(tmp_path, monkeypatch, capsys):
     import livseg.infer.pretrained as pre
 
     monkeypatch.setattr(pre, "WEIGHTS_DIR", tmp_path / "weights")
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--paper"]) == 2
     err = capsys.readouterr().err
     assert "crunet_liver" in err and "densefcn_tumour" in err
+    assert not (tmp_path / "demo").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2  # livseg's cascade (default)
+    err = capsys.readouterr().err
+    assert "coarse_liver, crunet_liver_fine, runet_tumour" in err and "--paper" in err
     assert not (tmp_path / "demo").exists()
 
 

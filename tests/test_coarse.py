@@ -461,3 +461,11 @@ def test_small_lesions_become_liver():
     assert remove_small_lesions(labels, (2.0, 2.0, 2.0), 100.0) == 3
     assert np.count_nonzero(labels == 2) == 18 and labels[5, 8, 8] == 1
     assert remove_small_lesions(labels, (2.0, 2.0, 2.0), 0.0) == 0
+
+
+def test_a_tiny_ct_is_padded_enough_for_instance_norm():
+    net = build_model("unet3d", base_width=2, depth=2).eval()
+    stage = CoarseStage([net], spacing_mm=4.0, multiple=4)
+    hu = np.full((4, 8, 8), -1000.0, np.float32)  # 1 x 2 x 2 coarse voxels at 4 mm
+    prob, _ = stage.probability(hu, (1.0, 1.0, 1.0))
+    assert prob.shape == (1, 2, 2) and np.isfinite(prob).all()

@@ -298,4 +298,6 @@ def test_shipped_weights_missing_message(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pre, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(MissingWeightsError, match="crunet_liver, densefcn_tumour"):
-        Cascade.load("crunet")
+        Cascade.load("crunet", paper=True)
+    with pytest.raises(MissingWeightsError, match="coarse_liver, crunet_liver_fine, runet_tumour"):
+        Cascade.load("crunet", paper=False)

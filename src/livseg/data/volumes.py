@@ -197,5 +197,7 @@ class VolumeDataset(Dataset):
 
     def whole(self, case_id: str, multiple: int) -> tuple[torch.Tensor, np.ndarray, tuple]:
         """A whole volume for validation: ((1, 1, D', H', W') padded tensor, labels, crop)."""
-        image, crop = pad_to(self.cache.images[case_id].astype(np.float32), multiple)
+        image, crop = pad_to(
+            self.cache.images[case_id].astype(np.float32), multiple, minimum=2 * multiple
+        )
         return torch.from_numpy(image)[None, None], self.cache.labels[case_id], crop

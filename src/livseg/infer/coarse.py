@@ -125,7 +125,8 @@ class CoarseStage:
         import torch
 
         image = coarse_image(hu, spacing, self.spacing_mm, self.window)
-        padded, crop = pad_to(image, self.multiple)
+        # instance norm needs more than one voxel at the bottom level: at least 2 x multiple
+        padded, crop = pad_to(image, self.multiple, minimum=2 * self.multiple)
         x = torch.from_numpy(padded)[None, None].to(self.device)
         total = np.zeros(image.shape, dtype=np.float32)
         with torch.inference_mode():

@@ -5,11 +5,10 @@ Shipped weights live in ``src/livseg/weights/<name>/`` as ``model.safetensors`` 
 ``src/livseg/weights/MODEL_CARD.md``. This module is the one home of their names (the CLI's
 ``--model`` choices and help come from here) and imports neither torch nor scipy. Names:
 
-* ``crunet_liver``: CR-U-Net liver model (``--model crunet``);
-* ``densefcn_liver``: liver DenseFCN (``--model densefcn``);
-* ``densefcn_tumour``: 3-window tumour DenseFCN (used by both cascades);
-* ``coarse_liver``: the coarse 3-D liver stage that places the liver before the slice models
-  (optional: without it the cascade is the papers' own).
+* ``crunet_liver``: CR-U-Net liver model (``--model crunet --paper``);
+* ``densefcn_liver``: liver DenseFCN (``--model densefcn``, both cascades);
+* ``densefcn_tumour``: 3-window tumour DenseFCN (the papers' cascade);
+* ``coarse_liver``, ``crunet_liver_fine``, ``runet_tumour``: livseg's cascade (3-fold ensembles).
 
 A model folder is either one checkpoint or a **fold ensemble**: sub-folders ``fold0``,
 ``fold1``, ... each holding a checkpoint of the same configuration trained on other patients;
@@ -32,6 +31,9 @@ SHIPPED_MODELS: dict[str, str] = {
     "crunet_liver": "CR-U-Net liver model (two residual U-Nets with morphology between them)",
     "densefcn_liver": "DenseFCN liver model (half resolution, [-100, 300] HU)",
     "densefcn_tumour": "DenseFCN tumour model (3 HU windows, liver crop)",
+    "coarse_liver": "coarse 3-D liver stage (whole CT at 4 mm), 3-fold ensemble",
+    "crunet_liver_fine": "CR-U-Net liver model on the coarse region's crops, 3-fold ensemble",
+    "runet_tumour": "residual U-Net tumour model (3 HU windows, liver box), 3-fold ensemble",
 }
 """Name -> one-line description of every model livseg is meant to ship."""
 
@@ -59,9 +61,9 @@ PAPER_CASCADE: dict[str, tuple[None, str, str]] = {
 }
 """``--model`` -> (no coarse stage, liver, tumour) shipped models of the papers' own cascade."""
 
-DEFAULT_PAPER = True
-"""The cascade ``livseg segment`` runs by default: the papers' (True) until livseg's own
-cascade's fold ensembles are all shipped (then False)."""
+DEFAULT_PAPER = False
+"""The cascade ``livseg segment`` runs by default: livseg's (False); ``--paper`` runs the
+papers'."""
 
 
 def cascade_models(model: str, paper: bool) -> tuple[str | None, str, str]:

@@ -168,14 +168,17 @@ def coarse_box_to_input(
     return tuple(result)
 
 
-def pad_to(array: np.ndarray, multiple: int, value: float = 0.0) -> tuple[np.ndarray, tuple]:
-    """Pad the last three axes at their end up to multiples of ``multiple``.
+def pad_to(
+    array: np.ndarray, multiple: int, value: float = 0.0, minimum: int = 0
+) -> tuple[np.ndarray, tuple]:
+    """Pad the last three axes at their end up to multiples of ``multiple`` (and at least
+    ``minimum`` samples each).
 
     Returns:
         (padded array, slices that cut the original back out).
     """
     shape = array.shape[-3:]
-    target = [int(np.ceil(n / multiple) * multiple) for n in shape]
+    target = [max(int(np.ceil(n / multiple) * multiple), minimum) for n in shape]
     pad = [(0, 0)] * (array.ndim - 3) + [(0, t - n) for t, n in zip(target, shape, strict=True)]
     crop = tuple(slice(0, n) for n in shape)
     return np.pad(array, pad, constant_values=value), crop

@@ -82,7 +82,8 @@ def _predict_volume(
 
     cache = run.cache
     lab = cache.labels[case_id]
-    image, crop = pad_to(cache.images[case_id].astype(np.float32), 2 ** int(trainee.net.depth))
+    mult = 2 ** int(trainee.net.depth)
+    image, crop = pad_to(cache.images[case_id].astype(np.float32), mult, minimum=2 * mult)
     x = torch.from_numpy(image)[None, None].to(run.device)
     with torch.autocast("cuda", dtype=torch.float16, enabled=trainee.amp):
         logits = trainee.eval_fwd(x, None).float()[(slice(None), slice(None), *crop)]
