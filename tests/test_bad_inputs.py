@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from dicom_utils import write_ct_series, write_ct_slice
-from test_infer import make_checkpoint, synthetic_ct
+from test_infer import make_checkpoint, model_args, synthetic_ct
 
 from livseg.cli import main
 from livseg.io import write_volume
@@ -42,17 +42,6 @@ def no_inference(monkeypatch):
         raise AssertionError("inference started although an input or output was bad")
 
     monkeypatch.setattr(cascade.Cascade, "segment", refuse)
-
-
-def _models(ckpts) -> list[str]:
-    return [
-        "--liver-model",
-        str(ckpts["densefcn_liver"]),
-        "--tumour-model",
-        str(ckpts["tumour"]),
-        "--device",
-        "cpu",
-    ]
 
 
 def _ct(tmp: Path, name: str = "ct.nii.gz", hu: np.ndarray | None = None) -> Path:
@@ -302,7 +291,7 @@ def _nothing_written(out: Path) -> None:
 def test_segment_refuses_bad_input_before_inference(case, tmp_path, ckpts, capsys, no_inference):
     args, words = SEGMENT_CASES[case](tmp_path)
     out = tmp_path / "out"
-    assert main(["segment", *args, "-o", str(out), *_models(ckpts)]) == 2
+    assert main(["segment", *args, "-o", str(out), *model_args(ckpts)]) == 2
     line = _one_error_line(capsys.readouterr().err, "segment")
     for w in words:
         assert w in line, (w, line)
@@ -317,7 +306,7 @@ def test_existing_output_refused_for_the_whole_batch(tmp_path, ckpts, capsys, no
     out = tmp_path / "out"
     out.mkdir()
     (out / "b_seg.nii.gz").write_bytes(b"old")
-    assert main(["segment", str(a), str(b), "-o", str(out), *_models(ckpts)]) == 2
+    assert main(["segment", str(a), str(b), "-o", str(out), *model_args(ckpts)]) == 2
     line = _one_error_line(capsys.readouterr().err, "segment")
     assert "b_seg.nii.gz" in line and "--overwrite" in line
     assert sorted(p.name for p in out.iterdir()) == ["b_seg.nii.gz"]  # a's outputs not written
@@ -327,7 +316,7 @@ def test_existing_output_refused_for_the_whole_batch(tmp_path, ckpts, capsys, no
 def test_output_folder_is_a_file(tmp_path, ckpts, capsys, no_inference):
     out = tmp_path / "out"
     out.write_text("a file")
-    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *_models(ckpts)]) == 2
+    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *model_args(ckpts)]) == 2
     line = _one_error_line(capsys.readouterr().err, "segment")
     assert str(out) in line and "not a folder" in line
     assert out.read_text() == "a file"
@@ -337,7 +326,7 @@ def test_output_folder_below_a_file(tmp_path, ckpts, capsys, no_inference):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = blocker / "results"
-    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *_models(ckpts)]) == 2
+    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *model_args(ckpts)]) == 2
     line = _one_error_line(capsys.readouterr().err, "segment")
     assert str(blocker) in line and "is a file" in line
 
@@ -350,7 +339,7 @@ def test_output_folder_not_writable(tmp_path, ckpts, capsys, no_inference, monke
     monkeypatch.setattr(
         os, "access", lambda p, mode, **k: Path(p) != out.parent and real(p, mode, **k)
     )
-    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *_models(ckpts)]) == 2
+    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *model_args(ckpts)]) == 2
     line = _one_error_line(capsys.readouterr().err, "segment")
     assert str(out.parent) in line and "permission denied" in line
     assert not out.exists()
@@ -376,7 +365,7 @@ def test_write_failure_after_inference_leaves_nothing(
 
     monkeypatch.setattr(atomic.os, "replace", failing_replace)
     out = tmp_path / "out"
-    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *_models(ckpts)]) == 2
+    assert main(["segment", str(_ct(tmp_path)), "-o", str(out), *model_args(ckpts)]) == 2
     line = _one_error_line(capsys.readouterr().err, "segment")
     assert "ct_report.html" in line and words in line
     # the report is renamed first (outputs are committed in reverse order): nothing appears,

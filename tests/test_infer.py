@@ -80,6 +80,19 @@ def make_checkpoint(folder: Path, kind: str, seed: int = 0) -> Path:
     return save_checkpoint(folder, model, cfg)
 
 
+def model_args(ckpts: dict[str, Path]) -> list[str]:
+    """CLI options pointing ``segment`` at the liver (densefcn_liver) and tumour checkpoints of
+    ``ckpts`` (as made by :func:`make_checkpoint`), on the CPU."""
+    return [
+        "--liver-model",
+        str(ckpts["densefcn_liver"]),
+        "--tumour-model",
+        str(ckpts["tumour"]),
+        "--device",
+        "cpu",
+    ]
+
+
 class ThresholdNet(nn.Module):
     """Logits ``gain * sign * (x[:, channel] - threshold)``: a deterministic 'network'."""
 

@@ -54,29 +54,16 @@ CRUNET_TINY = [
 ]
 
 
+def _train_crunet(phantoms: Path, out: Path, *extra: str) -> int:
+    """``livseg train crunet_mdice`` (tiny) on fold 0 of 3 of the phantoms, in-process."""
+    args = ["-q", "train", "crunet_mdice", "--data", str(phantoms), "--out", str(out)]
+    args += ["--device", "cpu", "--fold", "0", "--folds", "3", *extra]
+    return main([*args, *_sets(CRUNET_TINY)])
+
+
 def test_crunet_two_stages_one_command(phantoms, tmp_path):
     out = tmp_path / "crunet"
-    assert (
-        main(
-            [
-                "-q",
-                "train",
-                "crunet_mdice",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--fold",
-                "0",
-                "--folds",
-                "3",
-                *_sets(CRUNET_TINY),
-            ]
-        )
-        == 0
-    )
+    assert _train_crunet(phantoms, out) == 0
     for stage in ("level1", "level2"):
         assert (out / stage / "best" / "model.safetensors").is_file()
     assert load_info(out / "level1" / "best")["stage"] == "level1"
@@ -92,28 +79,7 @@ def test_crunet_two_stages_one_command(phantoms, tmp_path):
     with torch.no_grad():
         assert full(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)
     # a finished run resumes as a no-op; stage=level2 alone retrains level 2 in a new folder
-    assert (
-        main(
-            [
-                "-q",
-                "train",
-                "crunet_mdice",
-                "--data",
-                str(phantoms),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--fold",
-                "0",
-                "--folds",
-                "3",
-                "--resume",
-                *_sets(CRUNET_TINY),
-            ]
-        )
-        == 0
-    )
+    assert _train_crunet(phantoms, out, "--resume") == 0
     assert _log_epochs(out / "level2") == [1]
 
 

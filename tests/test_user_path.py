@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_infer import make_checkpoint, synthetic_ct
+from test_infer import make_checkpoint, model_args, synthetic_ct
 
 from livseg.cli import main
 from livseg.io import read_volume, write_volume
@@ -28,17 +28,6 @@ from livseg.volume import Volume
 def ckpts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("user_ckpt")
     return {k: make_checkpoint(root / k, k) for k in ("densefcn_liver", "tumour")}
-
-
-def _models(ckpts) -> list[str]:
-    return [
-        "--liver-model",
-        str(ckpts["densefcn_liver"]),
-        "--tumour-model",
-        str(ckpts["tumour"]),
-        "--device",
-        "cpu",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +50,7 @@ def test_segment_then_evaluate_on_a_lits_folder(tmp_path, lits, ckpts, capsys):
     written files."""
     results, scores = tmp_path / "results", tmp_path / "scores"
     inputs = sorted(str(p) for p in lits.glob("volume-*.nii.gz"))
-    assert main(["segment", *inputs, "-o", str(results), *_models(ckpts)]) == 0
+    assert main(["segment", *inputs, "-o", str(results), *model_args(ckpts)]) == 0
     rc = main(["evaluate", "--pred", str(results), "--ref", str(lits), "--out", str(scores)])
     assert rc == 0, capsys.readouterr().err
     rows = list(csv.DictReader((scores / "per_case.csv").open()))
@@ -89,7 +78,7 @@ def test_segment_with_ref_records_the_lits_scores(tmp_path, lits, ckpts):
             str(out),
             "--ref",
             str(lits / "segmentation-1.nii.gz"),
-            *_models(ckpts),
+            *model_args(ckpts),
         ]
     )
     assert rc == 0
@@ -120,7 +109,7 @@ def test_pairing_names():
 def test_progress_lines_when_not_a_terminal(tmp_path, ckpts, capsys):
     hu, _ = synthetic_ct((6, 40, 48))
     ct = write_volume(Volume.image(hu, (2.5, 0.7, 0.9)), tmp_path / "case_7.nii.gz")
-    assert main(["segment", str(ct), "-o", str(tmp_path / "o"), *_models(ckpts)]) == 0
+    assert main(["segment", str(ct), "-o", str(tmp_path / "o"), *model_args(ckpts)]) == 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("case_7: ")]
     stages = [ln.split()[1] for ln in lines]
     assert stages[0] == "read" and stages[-1] == "write" and "liver" in stages
@@ -129,13 +118,13 @@ def test_progress_lines_when_not_a_terminal(tmp_path, ckpts, capsys):
     assert all(ln.endswith(" s") for ln in lines)
     assert any(ln.startswith("case_7: liver 6 slices, ") for ln in lines)
     # -q: no progress at all
-    assert main(["-q", "segment", str(ct), "-o", str(tmp_path / "q"), *_models(ckpts)]) == 0
+    assert main(["-q", "segment", str(ct), "-o", str(tmp_path / "q"), *model_args(ckpts)]) == 0
     assert "case_7: read" not in capsys.readouterr().err
 
 
 def test_demo_progress_and_outputs(tmp_path, ckpts, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "32", *_models(ckpts)]) == 0
+    assert main(["demo", "--out", str(out), "--size", "32", *model_args(ckpts)]) == 0
     err = capsys.readouterr().err
     assert "phantom_ct: phantom " in err and "phantom_ct: write " in err
     meta = json.loads((out / "phantom_ct_measurements.json").read_text())["extra"]
@@ -149,7 +138,7 @@ def test_outputs_follow_the_umask(tmp_path, ckpts, umask, mode):
     ct = write_volume(Volume.image(hu, (2.5, 0.7, 0.9)), tmp_path / "ct.nii.gz")
     old = os.umask(umask)
     try:
-        assert main(["segment", str(ct), "-o", str(tmp_path / "o"), *_models(ckpts)]) == 0
+        assert main(["segment", str(ct), "-o", str(tmp_path / "o"), *model_args(ckpts)]) == 0
     finally:
         os.umask(old)
     files = sorted((tmp_path / "o").iterdir())
@@ -181,7 +170,7 @@ def test_warnings_and_series_uid_are_recorded(tmp_path, ckpts):
     extra = truth["positions"][-1] + 68.75 * truth["normal"]
     write_ct_slice(series / "zz_extra.dcm", np.zeros((16, 12)), extra, series_uid="1.2.826.0.7")
     out = tmp_path / "out"
-    assert main(["segment", str(series), "-o", str(out), *_models(ckpts)]) == 0
+    assert main(["segment", str(series), "-o", str(out), *model_args(ckpts)]) == 0
     meta = json.loads((out / "series_measurements.json").read_text())["extra"]
     assert meta["series_uid"] == "1.2.826.0.7"
     assert [Path(d["file"]).name for d in meta["dropped_files"]] == ["zz_extra.dcm"]
@@ -193,7 +182,7 @@ def test_warnings_and_series_uid_are_recorded(tmp_path, ckpts):
     hu, _ = synthetic_ct((6, 40, 48))
     hu[0, :2, :3] = np.nan  # 6 voxels
     ct = write_volume(Volume.image(hu, (2.5, 0.7, 0.9)), tmp_path / "holes.nii.gz")
-    assert main(["segment", str(ct), "-o", str(out), *_models(ckpts)]) == 0
+    assert main(["segment", str(ct), "-o", str(out), *model_args(ckpts)]) == 0
     meta = json.loads((out / "holes_measurements.json").read_text())["extra"]
     repaired = [w for w in meta["warnings"] if "replaced by -1024 HU" in w]
     assert len(repaired) == 1 and "6 non-finite voxel(s)" in repaired[0]
