@@ -28,6 +28,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "livseg.report": (*TRAINING, "livseg.infer"),
     "livseg.metrics": (*TRAINING, "livseg.infer", "livseg.report"),
     "livseg.device": (*TRAINING, "livseg.infer", "livseg.report"),
+    "livseg.distributed": (*TRAINING, "livseg.infer", "livseg.report", "livseg.models"),
 }
 
 

@@ -9,6 +9,7 @@ instant (no torch, no numpy)::
                                                           warnings, scores; .save(dir))
     livseg.Segmenter(model, device=..., options=...)   models loaded once, .segment(ct)
     livseg.SegmentOptions(liver_model=..., tta=...)    model loading options
+    livseg.segment_cohort(paths, outdir)               many CTs + cohort.csv; torchrun shards
     livseg.evaluate(pred, ref)                         LiTS scores (two folders, or one pair)
     livseg.read(path) / livseg.write(volume, path)     livseg.io.read_volume / write_volume
     livseg.Volume                                      the image/label container
@@ -27,6 +28,7 @@ LABEL_TUMOUR = 2
 
 _LAZY = {
     "segment": ("livseg.api", "segment"),
+    "segment_cohort": ("livseg.api", "segment_cohort"),
     "Segmenter": ("livseg.api", "Segmenter"),
     "SegmentOptions": ("livseg.api", "SegmentOptions"),
     "Segmentation": ("livseg.api", "Segmentation"),

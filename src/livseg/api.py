@@ -14,6 +14,9 @@ For notebooks and scripts, the same steps as the command line with few, typed pa
 
     scores = livseg.evaluate("results/", "labels/")  # LiTS scores (folders or one pair)
 
+    cohort = livseg.segment_cohort(paths, "results/", resume=True)   # + results/cohort.csv;
+                                                    # sharded over the ranks under torchrun
+
 The device defaults to ``"auto"`` (a CUDA GPU when there is one), as on the command line. Errors
 a user can fix raise :class:`livseg.errors.LivsegError` subclasses with a one-line message.
 """
@@ -38,7 +41,14 @@ from livseg.infer.pretrained import DEFAULT_MODEL
 from livseg.io import as_volume
 from livseg.volume import Volume
 
-__all__ = ["SegmentOptions", "Segmentation", "Segmenter", "evaluate", "segment"]
+__all__ = [
+    "SegmentOptions",
+    "Segmentation",
+    "Segmenter",
+    "evaluate",
+    "segment",
+    "segment_cohort",
+]
 
 log = logging.getLogger("livseg.api")
 
@@ -153,6 +163,51 @@ def segment(
     """
     segmenter = Segmenter(model, device=device, options=options)
     return segmenter.segment(ct, spacing=spacing, affine=affine, reference=reference)
+
+
+def segment_cohort(
+    inputs: list[str | os.PathLike],
+    outdir: str | os.PathLike,
+    *,
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    options: SegmentOptions | None = None,
+    overlay: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+):
+    """Segment many CTs into ``outdir`` as ``livseg segment`` does, with ``cohort.csv``.
+
+    Run under ``torchrun`` (every process given the same ``inputs``), the inputs are sharded
+    over the ranks by sorted path, each rank loads the models once, cases whose outputs exist
+    are skipped (``resume`` is implied) and rank 0 writes ``cohort.csv``.
+
+    Args:
+        inputs: CT files or DICOM series folders.
+        outdir: output folder.
+        model, device, options: as :class:`Segmenter`.
+        overlay: also write the PNG montage and the HTML report of each case.
+        overwrite: replace existing outputs.
+        resume: skip the cases whose outputs all exist.
+
+    Returns:
+        :class:`~livseg.infer.run.CohortResult`: ``cases`` segmented by this process,
+        ``rows`` of the table, ``table`` (the ``cohort.csv`` path on rank 0), ``skipped``,
+        ``failed``.
+    """
+    from livseg.infer.case import SaveOptions
+    from livseg.infer.run import segment_cohort as run_cohort
+
+    return run_cohort(
+        inputs,
+        outdir,
+        model=model,
+        device=device,
+        options=options,
+        save=SaveOptions(overlay=overlay, overwrite=overwrite),
+        resume=resume,
+        table=True,
+    )
 
 
 def _label_volume(x: Any, what: str) -> Volume:

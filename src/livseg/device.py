@@ -11,6 +11,7 @@ else the CPU. Mixed precision (autocast + GradScaler) is used only on CUDA devic
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from livseg.errors import LivsegError
@@ -51,7 +52,8 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
     Args:
         spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         local_rank: Rank of this process on its node under torchrun; with ``auto`` or ``cuda``
-            (no index) it selects the GPU ``cuda:local_rank``.
+            (no index) it selects the GPU ``cuda:local_rank`` (default: torchrun's ``LOCAL_RANK``,
+            0 without torchrun).
 
     Returns:
         A ``torch.device``.
@@ -70,7 +72,7 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
             f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)"
         )
     if index is None:
-        index = local_rank or 0
+        index = local_rank if local_rank is not None else int(os.environ.get("LOCAL_RANK", 0))
     count = torch.cuda.device_count()
     if index >= count:
         raise DeviceError(f"--device {spec}: GPU {index} requested but only {count} visible")

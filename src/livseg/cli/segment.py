@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from livseg.cli import EXIT_OK, Register, progress
+from livseg.cli import EXIT_ERROR, EXIT_OK, Register, progress
 
 
 class _StageProgress:
@@ -131,6 +131,20 @@ def _case_line(c) -> str:
     )
 
 
+def _print_cohort(result) -> int:
+    """The summary lines of ``livseg segment``; its exit status."""
+    where = f"rank {result.rank}: " if result.world_size > 1 else ""
+    for c in result.cases:
+        print(where + _case_line(c))
+    for name in result.skipped:
+        print(f"{where}{name}: outputs exist, skipped")
+    for name, error in result.failed.items():
+        print(f"{where}{name}: FAILED: {error}")
+    if result.table is not None:
+        print(f"cohort table: {result.table} ({len(result.rows)} cases)")
+    return EXIT_ERROR if result.failed else EXIT_OK
+
+
 def _register_segment(p: argparse.ArgumentParser):
     p.add_argument(
         "inputs",
@@ -167,6 +181,12 @@ def _register_segment(p: argparse.ArgumentParser):
         "--no-overlay", action="store_true", help="skip the PNG montage and the HTML report"
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip inputs whose outputs all exist (after a crash, or to add cases to a "
+        "cohort); implied under torchrun",
+    )
+    p.add_argument(
         "--series",
         metavar="UID",
         default=None,
@@ -175,12 +195,13 @@ def _register_segment(p: argparse.ArgumentParser):
     )
 
     def handler(args: argparse.Namespace) -> int:
+        from livseg.distributed import shutdown_distributed
         from livseg.infer.case import SaveOptions
-        from livseg.infer.run import segment_files
+        from livseg.infer.run import segment_cohort
 
         bars = _StageProgress(args.quiet)
         try:
-            cases = segment_files(
+            result = segment_cohort(
                 args.inputs,
                 args.out,
                 model=args.model,
@@ -194,12 +215,12 @@ def _register_segment(p: argparse.ArgumentParser):
                 references=args.ref,
                 series_uid=args.series,
                 progress=bars,
+                resume=args.resume,
             )
         finally:
             bars.close()
-        for c in cases:
-            print(_case_line(c))
-        return EXIT_OK
+            shutdown_distributed()
+        return _print_cohort(result)
 
     return handler
 

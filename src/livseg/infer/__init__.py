@@ -4,7 +4,8 @@
   ``Cascade.load(model, liver_model=..., tumour_model=..., device=...)`` and
   ``segment(volume, progress) -> SegmentationResult`` (labels in the input geometry).
 * :func:`segment_files` (``run.py``): ``livseg segment``, batch of files/DICOM folders -> labels,
-  measurements, overlays, DICOM-SEG; :func:`segment_case` does one input given by its path.
+  measurements, overlays, DICOM-SEG; :func:`segment_case` does one input given by its path;
+  :func:`segment_cohort` adds ``cohort.csv``, resuming and torchrun sharding (``cohort.py``).
 * ``case.py``: the steps of one case, :func:`read_ct` (read + check), :func:`segment_ct`
   (-> :class:`Segmentation`) and :meth:`Segmentation.save`; they also serve the Python API
   (:mod:`livseg.api`).
@@ -27,6 +28,8 @@ __all__ = [
     "Cascade",
     "SegmentationResult",
     "segment_files",
+    "segment_cohort",
+    "CohortResult",
     "segment_case",
     "case_name",
     "Segmentation",
@@ -50,6 +53,8 @@ _WHERE = {
     "Cascade": "cascade",
     "SegmentationResult": "cascade",
     "segment_files": "run",
+    "segment_cohort": "run",
+    "CohortResult": "run",
     "segment_case": "run",
     "case_name": "case",
     "Segmentation": "case",

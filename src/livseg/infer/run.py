@@ -14,15 +14,22 @@ against its input's geometry, and every output location is checked (exists, writ
 outputs are written to temporary files and renamed together at the end, so a failing case
 leaves nothing behind; existing outputs are refused unless ``overwrite=True``. The models are
 loaded once for the whole batch.
+
+**Cohorts.** :func:`segment_cohort` (what ``livseg segment`` calls) adds ``cohort.csv``, resuming
+(``resume=True`` skips the cases whose outputs all exist) and torchrun sharding: every rank
+segments its :func:`~livseg.infer.cohort.shard` of the inputs, the checks above run on every
+rank before any inference and a failure on one rank stops all of them, a case failing later is
+recorded in the table while the rank goes on, and rank 0 writes the table.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livseg.errors import InputError, LivsegError
 from livseg.infer.cascade import Cascade
@@ -39,7 +46,20 @@ from livseg.infer.case import (
     read_reference,
     segment_ct,
 )
+from livseg.infer.cohort import (
+    COHORT_FILE,
+    case_row,
+    cohort_csv,
+    existing_row,
+    failed_row,
+    is_done,
+    shard,
+)
 from livseg.infer.pretrained import DEFAULT_MODEL
+from livseg.io.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    from livseg.distributed import DistInfo
 
 log = logging.getLogger("livseg.infer.run")
 
@@ -168,6 +188,242 @@ def _check_batch(
     return first
 
 
+@dataclass
+class CohortResult:
+    """What one process of :func:`segment_cohort` did.
+
+    Attributes:
+        cases: the cases this process segmented (saved), in input order.
+        rows: the cohort table's rows: every input's on rank 0, this process's elsewhere.
+        table: ``cohort.csv`` when this process wrote it, else None.
+        skipped: names of this process's cases whose outputs existed (resume).
+        failed: name -> error of this process's cases that failed (torchrun only: a cohort
+            goes on past a failing case and records it; a single process stops there).
+        rank: this process's torchrun rank (0 alone).
+        world_size: number of processes.
+    """
+
+    cases: list[Segmentation] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    table: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+
+
+def _join(device: str) -> DistInfo:
+    """Join torchrun's process group when there is one (gloo: only rows are exchanged)."""
+    import torch
+
+    from livseg.distributed import env_info, init_distributed
+
+    info = env_info()
+    if not info.enabled:
+        return info
+    # a week: ranks wait for the slowest shard at the end, and resumed shards are uneven
+    return init_distributed(torch.device("cpu"), backend="gloo", timeout_minutes=7 * 24 * 60)
+
+
+def _agree(check: Callable[[], Any]) -> Any:
+    """``check()`` on every rank; when it fails on any rank, every rank raises.
+
+    Each rank checks its own shard before any inference, so one bad input anywhere stops the
+    whole cohort before it starts, with the failing rank's message on every rank.
+    """
+    from livseg.distributed import active, all_gather_object
+
+    try:
+        value, error = check(), None
+    except LivsegError as exc:
+        value, error = None, exc
+    if not active():
+        if error is not None:
+            raise error
+        return value
+    errors = all_gather_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    first = next(((r, e) for r, e in enumerate(errors) if e is not None), None)
+    if first is not None:
+        raise LivsegError(f"rank {first[0]} stopped the cohort before any inference: {first[1]}")
+    return value
+
+
+def _gather_rows(rows: dict[int, dict[str, Any]], n: int) -> list[dict[str, Any]] | None:
+    """Every input's row in input order on rank 0 (None on the other ranks)."""
+    from livseg.distributed import all_gather_object, env_info
+
+    parts = all_gather_object(rows)
+    if not env_info().is_main:
+        return None
+    merged = {i: r for part in parts for i, r in part.items()}
+    return [merged[i] for i in range(n) if i in merged]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The inputs of one process and how their outputs are handled."""
+
+    inputs: list[Path]
+    names: list[str]
+    refs: list[str | Path | None]
+    todo: list[int]
+    done: list[int]
+    save: SaveOptions
+    table: Path | None
+
+
+def _plan(
+    inputs: list[Path],
+    outdir: Path,
+    save: SaveOptions,
+    references: Sequence[str | Path] | None,
+    info: DistInfo,
+    resume: bool,
+    table: bool | None,
+) -> _Plan:
+    """This rank's shard, split into the cases to segment and those already done."""
+    names = _check_arguments(inputs, references, save.dicom_seg)
+    refs = list(references) if references is not None else [None] * len(inputs)
+    mine = shard(inputs, info.rank, info.world_size)
+    done = [i for i in mine if resume and is_done(names[i], outdir, save)]
+    todo = [i for i in mine if i not in done]
+    # resuming replaces a case's partial outputs (a crash between two renames)
+    save = replace(save, overwrite=save.overwrite or resume)
+    if table is None:
+        table = len(inputs) > 1 or info.enabled or resume
+    return _Plan(inputs, names, refs, todo, done, save, outdir / COHORT_FILE if table else None)
+
+
+def _check_plan(plan: _Plan, outdir: Path, series_uid: str | None, intensities: bool):
+    """The cheap checks, then every input of the shard read; the first one read (or None)."""
+    for i in plan.todo:
+        check_outputs(
+            output_paths(plan.names[i], outdir, plan.save).values(), outdir, plan.save.overwrite
+        )
+    if plan.table is not None and _is_main():
+        check_outputs([plan.table], outdir, plan.save.overwrite)
+    if not plan.todo:
+        return None
+    return _check_batch(
+        [plan.inputs[i] for i in plan.todo],
+        [plan.refs[i] for i in plan.todo],
+        series_uid,
+        intensities,
+    )
+
+
+def _is_main() -> bool:
+    """Whether this process is rank 0 (always, without torchrun)."""
+    from livseg.distributed import env_info
+
+    return env_info().is_main
+
+
+def segment_cohort(
+    inputs: Sequence[str | Path],
+    outdir: str | Path,
+    *,
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    options: SegmentOptions | None = None,
+    save: SaveOptions | None = None,
+    references: Sequence[str | Path] | None = None,
+    series_uid: str | None = None,
+    progress: CaseProgress | None = None,
+    cascade: Cascade | None = None,
+    resume: bool = False,
+    table: bool | None = None,
+) -> CohortResult:
+    """Segment a cohort: alone, or sharded over the ranks of ``torchrun``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank is given the same ``inputs``; each segments
+    its :func:`~livseg.infer.cohort.shard` with its own models (loaded once), skips cases whose
+    outputs all exist (``resume`` is implied), records a failing case in the table and goes on;
+    rank 0 writes ``cohort.csv``. Alone, it is :func:`segment_files` plus the table.
+
+    Args:
+        inputs, outdir, model, device, options, save, references, series_uid, progress,
+            cascade: as :func:`segment_files`.
+        resume: skip the cases whose outputs all exist (their rows are read back); a case with
+            only some outputs is segmented again, replacing them.
+        table: write ``cohort.csv`` (default: for more than one input, under torchrun, or when
+            resuming).
+
+    Returns:
+        :class:`CohortResult`.
+
+    Raises:
+        LivsegError: as :func:`segment_files`, before any inference (on every rank when any
+            rank's shard fails its checks).
+    """
+    inputs, outdir = [Path(p) for p in inputs], Path(outdir)
+    info = _join(device)
+    plan = _agree(
+        lambda: _plan(
+            inputs, outdir, save or SaveOptions(), references, info, resume or info.enabled, table
+        )
+    )
+    intensities = cascade.check_ct if cascade is not None else True
+    first = _agree(lambda: _check_plan(plan, outdir, series_uid, intensities))
+    if cascade is None and plan.todo:
+        cascade = _agree(lambda: (options or SegmentOptions()).load(model, device))
+    result = CohortResult(rank=info.rank, world_size=info.world_size)
+    rows = _segment_shard(plan, outdir, cascade, first, series_uid, progress, result, info)
+    for i in plan.done:
+        log.info("%s: outputs exist in %s; skipped", plan.names[i], outdir)
+        result.skipped.append(plan.names[i])
+        rows[i] = existing_row(plan.names[i], str(plan.inputs[i]), outdir, info.rank)
+    all_rows = _gather_rows(rows, len(inputs))
+    result.rows = all_rows if all_rows is not None else [rows[i] for i in sorted(rows)]
+    if plan.table is not None and all_rows is not None:
+        write_text_atomic(plan.table, cohort_csv(all_rows), overwrite=True)
+        result.table = plan.table
+        log.info("cohort table: %s (%d cases)", plan.table, len(all_rows))
+    return result
+
+
+def _segment_shard(
+    plan: _Plan,
+    outdir: Path,
+    cascade: Cascade | None,
+    first: CtInput | None,
+    series_uid: str | None,
+    progress: CaseProgress | None,
+    result: CohortResult,
+    info: DistInfo,
+) -> dict[int, dict[str, Any]]:
+    """Segment the plan's cases to do; their rows by input index."""
+    rows: dict[int, dict[str, Any]] = {}
+    for k, i in enumerate(plan.todo):
+        assert cascade is not None
+        try:
+            case = segment_case(
+                cascade,
+                plan.inputs[i],
+                outdir,
+                dicom_seg=plan.save.dicom_seg,
+                overwrite=plan.save.overwrite,
+                overlay=plan.save.overlay,
+                reference=plan.refs[i],
+                name=plan.names[i],
+                progress=progress,
+                series_uid=series_uid,
+                ct=first if k == 0 else None,
+            )
+        except LivsegError as exc:
+            if not info.enabled:
+                raise
+            log.error("%s: failed: %s", plan.names[i], exc)
+            result.failed[plan.names[i]] = str(exc)
+            rows[i] = failed_row(plan.names[i], str(plan.inputs[i]), str(exc), info.rank)
+            continue
+        result.cases.append(case)
+        rows[i] = case_row(case, info.rank)
+    return rows
+
+
 def segment_files(
     inputs: Sequence[str | Path],
     outdir: str | Path,
@@ -181,9 +437,11 @@ def segment_files(
     progress: CaseProgress | None = None,
     cascade: Cascade | None = None,
 ) -> list[Segmentation]:
-    """Segment several inputs with one set of loaded models (``livseg segment``).
+    """Segment several inputs with one set of loaded models.
 
     Everything that can be checked is checked before the first inference (module docstring).
+    No cohort table is written; :func:`segment_cohort` (``livseg segment``) adds it, resuming
+    and torchrun sharding.
 
     Args:
         inputs: NIfTI/NRRD/MHA files or DICOM series folders.
@@ -207,30 +465,16 @@ def segment_files(
             or unwritable outputs (all checked before any inference), or a failing case (the
             cases before it are kept; the message names the input).
     """
-    inputs = [Path(p) for p in inputs]
-    outdir = Path(outdir)
-    save = save or SaveOptions()
-    names = _check_arguments(inputs, references, save.dicom_seg)
-    for n in names:
-        check_outputs(output_paths(n, outdir, save).values(), outdir, save.overwrite)
-    refs = list(references) if references is not None else [None] * len(inputs)
-    check_intensities = cascade.check_ct if cascade is not None else True
-    first = _check_batch(inputs, refs, series_uid, check_intensities)
-    if cascade is None:
-        cascade = (options or SegmentOptions()).load(model, device)
-    return [
-        segment_case(
-            cascade,
-            p,
-            outdir,
-            dicom_seg=save.dicom_seg,
-            overwrite=save.overwrite,
-            overlay=save.overlay,
-            reference=ref,
-            name=n,
-            progress=progress,
-            series_uid=series_uid,
-            ct=first if k == 0 else None,
-        )
-        for k, (p, n, ref) in enumerate(zip(inputs, names, refs, strict=True))
-    ]
+    return segment_cohort(
+        inputs,
+        outdir,
+        model=model,
+        device=device,
+        options=options,
+        save=save,
+        references=references,
+        series_uid=series_uid,
+        progress=progress,
+        cascade=cascade,
+        table=False,
+    ).cases

@@ -1,6 +1,7 @@
 """Distributed data-parallel set-up for ``torchrun``: process group, samplers, small collectives.
 
-The same ``livseg train`` command runs alone or under ``torchrun --nproc_per_node N -m livseg.cli
+The process group itself is :mod:`livseg.distributed` (shared with inference); this module adds
+what only training needs. The same ``livseg train`` command runs alone or under ``torchrun --nproc_per_node N -m livseg.cli
 train ...`` (and multi-node torchrun): when torchrun's environment (``WORLD_SIZE`` > 1) is present,
 :func:`init_distributed` joins the process group with the **gloo** backend on CPU and **nccl** on
 CUDA; models are wrapped in :class:`torch.nn.parallel.DistributedDataParallel`, batches are drawn
@@ -10,22 +11,29 @@ foreground oversampling) and only rank 0 writes checkpoints and logs.
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from livseg.distributed import (
+    DistInfo,
+    active,
+    barrier,
+    broadcast_object,
+    env_info,
+    init_distributed,
+    shutdown_distributed,
+)
+
 logger = logging.getLogger("livseg.train.distributed")
 
 __all__ = [
     "DistInfo",
+    "env_info",
     "init_distributed",
     "shutdown_distributed",
     "barrier",
@@ -35,106 +43,10 @@ __all__ = [
     "DistributedWeightedSampler",
 ]
 
-_STARTED_HERE = False
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process stands in the job.
-
-    Attributes:
-        rank: Global rank (0 when not distributed).
-        world_size: Number of processes (1 when not distributed).
-        local_rank: Rank on this node (selects the GPU).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """True when running with more than one process."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0, the only rank that writes files."""
-        return self.rank == 0
-
-
-def env_info() -> DistInfo:
-    """The rank layout announced by torchrun's environment variables (single process if none)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the torchrun process group if there is one (idempotent).
-
-    Args:
-        device: This process's device; CUDA selects the nccl backend (and ``set_device``), the
-            CPU gloo.
-
-    Returns:
-        The :class:`DistInfo` of this process.
-    """
-    global _STARTED_HERE
-    info = env_info()
-    if not info.enabled:
-        return info
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        # rank 0 validates while the others wait: allow for long validations
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
-        _STARTED_HERE = True
-        logger.info(
-            "distributed: rank %d of %d (local rank %d), backend %s",
-            info.rank,
-            info.world_size,
-            info.local_rank,
-            backend,
-        )
-    return DistInfo(
-        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=info.local_rank
-    )
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group if :func:`init_distributed` created it."""
-    global _STARTED_HERE
-    if _STARTED_HERE and dist.is_initialized():
-        dist.destroy_process_group()
-    _STARTED_HERE = False
-
-
-def _active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op when not distributed)."""
-    if _active():
-        dist.barrier()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (picklable objects; no-op when not distributed)."""
-    if not _active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
 
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Mean of a float over ranks (the value itself when not distributed)."""
-    if not _active():
+    if not active():
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -163,7 +75,7 @@ def check_parameters_in_sync(module: torch.nn.Module, device: torch.device) -> b
     Raises:
         RuntimeError: The ranks differ (a bug: training would silently diverge).
     """
-    if not _active():
+    if not active():
         return True
     local = parameter_checksum(module).to(device)
     gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]

@@ -1,0 +1,189 @@
+"""Cohorts: ``livseg segment`` over many CTs, ``cohort.csv``, ``--resume`` and torchrun sharding.
+
+Tiny random checkpoints (``test_infer.make_checkpoint``) keep this fast; what is checked is the
+plumbing: which rank segments which input, that the table holds exactly what each case's
+measurements JSON says, that resuming segments nothing twice, and that two gloo processes
+under torchrun write the same labels as one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_infer import make_checkpoint, model_args, synthetic_ct
+
+from livseg.cli import main
+from livseg.infer.cohort import COLUMNS, shard
+from livseg.io import read_volume, write_volume
+from livseg.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cohort_ckpt")
+    return {k: make_checkpoint(root / k, k) for k in ("densefcn_liver", "tumour")}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[list[Path], list[Path]]:
+    """Five small CTs (different sizes and spacings) and their reference labels."""
+    root = tmp_path_factory.mktemp("cohort_in")
+    cts, refs = [], []
+    for k, shape in enumerate([(8, 40, 48), (6, 32, 32), (9, 36, 40), (7, 44, 36), (6, 32, 40)]):
+        hu, truth = synthetic_ct(shape)
+        spacing = (2.0 + 0.5 * k, 0.7, 0.8)
+        cts.append(write_volume(Volume.image(hu, spacing), root / f"ct{k}.nii.gz"))
+        refs.append(write_volume(Volume.label(truth, spacing), root / f"ref{k}.nii.gz"))
+    return cts, refs
+
+
+def _table(out: Path) -> list[dict[str, str]]:
+    with open(out / "cohort.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_shard_deals_sorted_paths_round_robin():
+    # sorted: a (index 1), b (2), c (0), d (3), e (4) -> rank 0 a c e, rank 1 b d
+    inputs = ["c", "a", "b", "d", "e"]
+    assert shard(inputs, 0, 2) == [0, 1, 4]
+    assert shard(inputs, 1, 2) == [2, 3]
+    # the order on the command line does not change who gets what
+    again = ["e", "d", "c", "b", "a"]
+    assert sorted(again[i] for i in shard(again, 1, 2)) == ["b", "d"]
+    # every input exactly once, for any number of ranks (more ranks than inputs too)
+    for world in (1, 2, 3, 7):
+        got = sorted(i for r in range(world) for i in shard(inputs, r, world))
+        assert got == list(range(5))
+    with pytest.raises(ValueError):
+        shard(inputs, 2, 2)
+
+
+def test_cohort_table_holds_each_cases_measurements(tmp_path, cohort, ckpts, capsys):
+    cts, refs = cohort
+    out = tmp_path / "out"
+    argv = ["segment", *map(str, cts[:3]), "-o", str(out), "--no-overlay", *model_args(ckpts)]
+    for r in refs[:3]:
+        argv += ["--ref", str(r)]
+    assert main(argv) == 0
+    assert "cohort table:" in capsys.readouterr().out
+    rows = _table(out)
+    assert list(rows[0]) == list(COLUMNS)
+    assert [r["case"] for r in rows] == ["ct0", "ct1", "ct2"]
+    for row in rows:
+        doc = json.loads((out / f"{row['case']}_measurements.json").read_text())
+        assert row["status"] == "segmented" and row["rank"] == "0" and row["error"] == ""
+        assert float(row["liver_ml"]) == round(doc["liver_volume_ml"], 2)
+        assert float(row["tumour_ml"]) == round(doc["tumour_volume_ml"], 3)
+        assert int(row["lesions"]) == doc["lesion_count"]
+        assert row["liver_found"] == str(doc["liver_found"])
+        assert float(row["liver_dice"]) == round(doc["extra"]["scores"]["liver_dice"], 4)
+        assert float(row["seconds"]) == round(sum(doc["extra"]["timings_s"].values()), 2)
+
+
+def test_single_input_writes_no_table(tmp_path, cohort, ckpts):
+    out = tmp_path / "out"
+    assert main(["segment", str(cohort[0][0]), "-o", str(out), *model_args(ckpts)]) == 0
+    assert not (out / "cohort.csv").exists()
+
+
+def test_resume_segments_only_what_is_missing(tmp_path, cohort, ckpts, capsys):
+    cts = cohort[0][:3]
+    out = tmp_path / "out"
+    args = ["segment", *map(str, cts), "-o", str(out), "--no-overlay", *model_args(ckpts)]
+    assert main(args) == 0
+    first = _table(out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
+    # without --resume the existing outputs are refused, and nothing changes
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    # a crash after the labels of ct1 were renamed but before its measurements were
+    (out / "ct1_measurements.json").unlink()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "ct0: outputs exist, skipped" in printed and "ct2: outputs exist, skipped" in printed
+    rows = _table(out)
+    assert [r["status"] for r in rows] == ["existing", "segmented", "existing"]
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*_seg.nii.gz")}
+    assert after["ct0_seg.nii.gz"] == stamps["ct0_seg.nii.gz"]
+    assert after["ct2_seg.nii.gz"] == stamps["ct2_seg.nii.gz"]
+    assert after["ct1_seg.nii.gz"] != stamps["ct1_seg.nii.gz"]
+    # the same models give the same measurements, whether read back or segmented again
+    for a, b in zip(first, rows, strict=True):
+        assert a["liver_ml"] == b["liver_ml"] and a["tumour_ml"] == b["tumour_ml"]
+
+
+def test_torchrun_two_gloo_ranks_shard_the_cohort(tmp_path, cohort, ckpts):
+    cts, _ = cohort
+    alone = tmp_path / "alone"
+    assert main(["segment", *map(str, cts), "-o", str(alone), *model_args(ckpts)]) == 0
+    out = tmp_path / "ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "livseg", "segment", *map(str, reversed(cts)), "-o", str(out)]
+    cmd += model_args(ckpts)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = _table(out)
+    # rank 0 wrote one row per input, in the order given; each case on the rank shard() names
+    assert [r["case"] for r in rows] == [f"ct{k}" for k in (4, 3, 2, 1, 0)]
+    ranks = {r["case"]: int(r["rank"]) for r in rows}
+    assert ranks == {"ct0": 0, "ct1": 1, "ct2": 0, "ct3": 1, "ct4": 0}
+    assert {r["status"] for r in rows} == {"segmented"}
+    # the labels are exactly those of one process
+    for ct in cts:
+        name = ct.name.removesuffix(".nii.gz")
+        a = read_volume(alone / f"{name}_seg.nii.gz", kind="label")
+        b = read_volume(out / f"{name}_seg.nii.gz", kind="label")
+        assert np.array_equal(a.array, b.array)
+    # a second torchrun finds everything done (resume is implied) and segments nothing
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert {r["status"] for r in _table(out)} == {"existing"}
+    assert res.stdout.count("outputs exist, skipped") == 5
+
+
+def test_torchrun_bad_input_on_one_rank_stops_every_rank(tmp_path, cohort, ckpts):
+    cts, _ = cohort
+    bad = tmp_path / "zz_broken.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    out = tmp_path / "ranks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "livseg", "segment", *map(str, cts[:3]), str(bad), "-o", str(out)]
+    cmd += model_args(ckpts)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    # each rank exits with one error line (torchrun then prints its own failure summary);
+    # the rank whose shard is fine names the rank that stopped it
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("livseg segment: error:")]
+    assert len(errors) == 2 and all("zz_broken.nii.gz" in ln for ln in errors)
+    assert sum("stopped the cohort before any inference" in ln for ln in errors) == 1
+    assert "livseg/infer" not in res.stderr  # no traceback of livseg's own
+    # nothing was segmented on either rank
+    assert not out.exists() or not list(out.glob("*_seg.nii.gz"))
+
+
+def test_python_api_segment_cohort(tmp_path, cohort, ckpts):
+    import livseg
+
+    options = livseg.SegmentOptions(
+        liver_model=str(ckpts["densefcn_liver"]), tumour_model=str(ckpts["tumour"])
+    )
+    cts = cohort[0][:2]
+    out = tmp_path / "api"
+    first = livseg.segment_cohort(cts, out, device="cpu", options=options, overlay=False)
+    assert first.table == out / "cohort.csv" and [c.name for c in first.cases] == ["ct0", "ct1"]
+    again = livseg.segment_cohort(
+        cts, out, device="cpu", options=options, overlay=False, resume=True
+    )
+    assert again.cases == [] and again.skipped == ["ct0", "ct1"]
+    assert [r["status"] for r in again.rows] == ["existing", "existing"]
+    assert [r["liver_ml"] for r in again.rows] == [r["liver_ml"] for r in first.rows]
