@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# exported ONNX networks (livseg.infer.backend) go to a fresh folder, never the user's cache;
+# subprocesses inherit it
+os.environ.setdefault("LIVSEG_CACHE", tempfile.mkdtemp(prefix="livseg-test-cache-"))
 SHARED_DATA = Path(os.environ.get("LIVSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

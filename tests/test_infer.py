@@ -62,6 +62,11 @@ TINY_MODELS = {
         {"pipeline": "tumour", "size": 32, "crop_to_liver": True, "crop_margin": 4},
         {"name": "wce", "options": {}},
     ),
+    "runet_tumour": (
+        {"name": "runet", "options": {"in_channels": 3, "depth": 2, "base_width": 4}},
+        {"pipeline": "tumour", "size": 32, "crop_to_liver": True, "crop_margin": 4},
+        {"name": "tumour_compound", "options": {}},
+    ),
 }
 
 

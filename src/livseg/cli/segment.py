@@ -95,6 +95,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="tumour checkpoint folder instead of the shipped one",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="how the slice networks run: ONNX Runtime (CPU, faster, same results; needs "
+        'pip install "livseg[onnx]"), PyTorch, or auto (ONNX Runtime on the CPU when installed)',
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -108,6 +115,7 @@ def _segment_options(args: argparse.Namespace):
         paper=args.paper,
         tta=getattr(args, "tta", False),
         batch_size=getattr(args, "batch_size", 8),
+        backend=args.backend,
     )
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from livseg.device import resolve_device
 from livseg.errors import InputError, LivsegError
+from livseg.infer.backend import resolve_backend
 from livseg.infer.coarse import CoarseRegion, CoarseStage
 from livseg.infer.postprocess import (
     LIVER_STRUCTURE_RADIUS_MM,
@@ -130,11 +131,19 @@ def _load_members(checkpoint: str | Path, device: Any) -> tuple[list[Any], Any, 
     return models, specs[0], path
 
 
-def _load(checkpoint: str | Path, device: Any, batch_size: int, tta: bool) -> SlicePredictor:
-    """A slice predictor of a model folder (one checkpoint or a fold ensemble)."""
+def _load(
+    checkpoint: str | Path, device: Any, batch_size: int, tta: bool, backend: str = "torch"
+) -> SlicePredictor:
+    """A slice predictor of a model folder (one checkpoint or a fold ensemble), its networks
+    run by ``backend`` (``"torch"`` or ``"onnx"``: :mod:`livseg.infer.backend`)."""
+    from livseg.infer.backend import prepare
+
     models, spec, path = _load_members(checkpoint, device)
     if spec.preprocess.pipeline not in SLICE_PIPELINES:
         raise LivsegError(f"{path}: a {spec.preprocess.pipeline} model is not a slice model")
+    size = int(spec.preprocess.size)
+    shape = (1, int(spec.preprocess.channels), size, size)
+    models = prepare(models, ensemble_members(path), shape, backend)
     return SlicePredictor(
         models, spec.preprocess, device=device, batch_size=batch_size, tta=tta, name=str(path)
     )
@@ -286,6 +295,7 @@ class Cascade:
         batch_size: int = 8,
         tta: bool = False,
         tumour: bool = True,
+        backend: str = "auto",
         **options: Any,
     ) -> Cascade:
         """Load the cascade from checkpoint folders or the shipped weights.
@@ -306,6 +316,9 @@ class Cascade:
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
             tumour: False runs the liver stage only.
+            backend: how the slice networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU)
+                or ``"auto"`` (ONNX Runtime on the CPU when installed); see
+                :mod:`livseg.infer.backend`.
             **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``,
                 ``gate_mm``, ``min_lesion_mm3``: by default
                 :data:`~livseg.infer.postprocess.MIN_LESION_MM3` in livseg's cascade, 0 in the
@@ -319,15 +332,17 @@ class Cascade:
         dirs = _checkpoint_dirs(model, paper, given, tumour)
         coarse_dir, liver_dir, tumour_dir = dirs["coarse"], dirs["liver"], dirs["tumour"]
         dev = resolve_device(device)
-        liver = _load(liver_dir, dev, batch_size, tta)
-        tum = _load(tumour_dir, dev, batch_size, tta) if tumour_dir is not None else None
+        backend = resolve_backend(backend, dev)
+        liver = _load(liver_dir, dev, batch_size, tta, backend)
+        tum = _load(tumour_dir, dev, batch_size, tta, backend) if tumour_dir is not None else None
         stage0 = _load_coarse(coarse_dir, dev) if coarse_dir is not None else None
         log.info(
-            "loaded %sliver model %s%s on %s",
+            "loaded %sliver model %s%s on %s (%s)",
             f"coarse stage {coarse_dir}, " if stage0 else "",
             liver.name,
             f" and tumour model {tum.name}" if tum else "",
             dev,
+            "ONNX Runtime" if backend == "onnx" else "PyTorch",
         )
         if not paper:
             options.setdefault("min_lesion_mm3", MIN_LESION_MM3)

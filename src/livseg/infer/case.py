@@ -76,6 +76,7 @@ class SegmentOptions:
             livseg's; default :data:`~livseg.infer.pretrained.DEFAULT_PAPER`.
         tta: left-right flip test-time augmentation.
         batch_size: slices per forward pass.
+        backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (:mod:`livseg.infer.backend`).
     """
 
     liver_model: str | Path | None = None
@@ -84,6 +85,7 @@ class SegmentOptions:
     paper: bool = DEFAULT_PAPER
     tta: bool = False
     batch_size: int = 8
+    backend: str = "auto"
 
     def load(self, model: str = DEFAULT_MODEL, device: str = "auto") -> Cascade:
         """The cascade of ``model`` (``crunet`` or ``densefcn``, see
@@ -99,6 +101,7 @@ class SegmentOptions:
             device=device,
             batch_size=self.batch_size,
             tta=self.tta,
+            backend=self.backend,
         )
 
 

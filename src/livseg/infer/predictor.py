@@ -175,6 +175,8 @@ class SlicePredictor:
 
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            if t.dim() == 4:  # faster convolutions (oneDNN); the results are the same
+                t = t.contiguous(memory_format=torch.channels_last)
             total = None
             for model in self.models:
                 prob = foreground_probability(model(t)).float()

@@ -1,0 +1,120 @@
+"""The inference back-ends (``livseg.infer.backend``): ONNX Runtime gives the networks' outputs
+to 1e-4 and the cascade's labels exactly; the export cache is keyed by the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_infer import TINY_MODELS, make_checkpoint, synthetic_ct
+
+from livseg.errors import LivsegError
+from livseg.infer import backend
+from livseg.infer.cascade import Cascade
+from livseg.models.checkpoint import load_model
+from livseg.volume import Volume
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("LIVSEG_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("backend_ckpt")
+    return {k: make_checkpoint(root / k, k, seed=3) for k in TINY_MODELS}
+
+
+def test_resolve_backend():
+    cpu = torch.device("cpu")
+    assert backend.resolve_backend("auto", cpu) == "onnx"  # onnxruntime is installed here
+    assert backend.resolve_backend("torch", cpu) == "torch"
+    assert backend.resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    with pytest.raises(LivsegError, match="runs on the CPU"):
+        backend.resolve_backend("onnx", torch.device("cuda", 0))
+    with pytest.raises(LivsegError, match="choose one of"):
+        backend.resolve_backend("tensorrt", cpu)
+
+
+@pytest.mark.parametrize("kind", ["crunet", "densefcn_liver", "tumour", "runet_tumour"])
+def test_onnx_network_equals_torch(kind, ckpts, cache):
+    model, spec = load_model(ckpts[kind])
+    size = int(spec.preprocess.size)
+    shape = (1, int(spec.preprocess.channels), size, size)
+    (net,) = backend.prepare([model], [ckpts[kind]], shape, "onnx")
+    gen = torch.Generator().manual_seed(0)
+    for batch in (1, 5):  # any batch size, one export
+        x = torch.rand(batch, *shape[1:], generator=gen)
+        with torch.inference_mode():
+            want = model(x)
+        got = net(x)
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert len(list(cache.glob("*.onnx"))) == 1
+    with pytest.raises(LivsegError, match="built for inputs"):
+        net(torch.rand(1, shape[1], size * 2, size * 2))
+
+
+def test_export_cache_reused_and_keyed_by_the_weights(ckpts, cache, monkeypatch, tmp_path):
+    model, spec = load_model(ckpts["tumour"])
+    shape = (1, 3, 32, 32)
+    backend.prepare([model], [ckpts["tumour"]], shape, "onnx")
+    (first,) = cache.glob("*.onnx")
+
+    def no_export(*_):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(backend, "_export", no_export)
+    backend.prepare([model], [ckpts["tumour"]], shape, "onnx")  # from the cache
+    # other weights in a checkpoint of the same name: another key, so a new export
+    other = make_checkpoint(tmp_path / "other" / ckpts["tumour"].name, "tumour", seed=4)
+    with pytest.raises(AssertionError, match="exported again"):
+        backend.prepare([model], [other], shape, "onnx")
+    assert list(cache.glob("*.onnx")) == [first]
+
+
+def test_unwritable_cache_keeps_the_export_in_memory(ckpts, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LIVSEG_CACHE", str(blocker))
+    model, _ = load_model(ckpts["tumour"])
+    (net,) = backend.prepare([model], [ckpts["tumour"]], (1, 3, 32, 32), "onnx")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), model(x), atol=1e-4)
+
+
+def test_torch_backend_uses_channels_last_with_the_same_outputs(ckpts):
+    model, _ = load_model(ckpts["crunet"])
+    x = torch.rand(3, 1, 32, 32)
+    with torch.inference_mode():
+        want = model(x)
+        (fast,) = backend.prepare([model], [ckpts["crunet"]], (1, 1, 32, 32), "torch")
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    convs = [p for p in fast.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_cascade_labels_identical_with_either_backend(ckpts, cache):
+    hu, _ = synthetic_ct((10, 40, 48))
+    ct = Volume.image(hu, (2.5, 0.8, 0.8))
+    labels = {}
+    for name in ("torch", "onnx"):
+        cascade = Cascade.load(
+            liver_model=ckpts["densefcn_liver"],
+            tumour_model=ckpts["tumour"],
+            paper=True,
+            device="cpu",
+            backend=name,
+        )
+        labels[name] = cascade.segment(ct).labels.array
+    assert np.array_equal(labels["torch"], labels["onnx"])
+    assert len(list(cache.glob("*.onnx"))) == 2  # the liver and the tumour network
