@@ -1,173 +1,187 @@
-"""Time ``livseg segment`` end to end (read -> write) on the real cases, on CPU.
+"""Time ``livseg segment`` end to end against the floor and the previous release, side by side.
 
-Each case runs in a fresh subprocess (so its peak RSS is its own) through the same library call
-as the CLI (:func:`livseg.infer.segment_case` with a cascade loaded once per process) and the
-per-stage seconds reported by the library (read, reorient, liver, postprocess, tumour, write,
-report) are printed with the peak resident memory. Target (issue): <= 30 s and <= 4 GB for a
-512x512x~130 volume on 2 cores.
+For every input, in one run on one machine, each in a fresh process (so start-up, model loading
+and peak memory are its own), with the same thread count:
+
+* **floor**: Python starts, reads the CT with ``livseg.io`` and writes an empty label volume in
+  its geometry: what no segmentation tool can beat;
+* **previous**: ``livseg segment`` of the previous release (``--previous``, a git revision: by
+  default v0.3, the release that shipped livseg's cascade), run from a temporary git worktree;
+* **today**: ``livseg segment`` of this checkout.
+
+Each ``livseg segment`` call writes every output (labels, measurements JSON, lesion CSV, overlay
+PNG, HTML report, unless ``--no-overlay``); the per-stage seconds come from its measurements JSON
+and ``start`` is the rest of the wall time (interpreter, imports, model loading). Then the
+**batch** line: every input in one ``livseg segment`` call (models loaded once), wall time per
+case. Ratios are previous / today (> 1: today is faster) and today / floor. Today's first call
+is made once, untimed, before the others: it exports the ONNX networks into the cache (once per
+installation and model).
+
+Targets (issue #14): a 512 x 512 x ~150 CT in <= 5 s wall and <= 1.5 GB peak RSS on 2 threads;
+batch <= 4 s per case; the 207-slice case <= 7 s; on a GPU (``--device cuda``) <= 1 s per CT.
 
 Usage::
 
-    python benchmarks/segment_speed.py                       # shipped models, ../shared/data
-    python benchmarks/segment_speed.py --liver-model RUN/best --tumour-model RUN2/best
-    python benchmarks/segment_speed.py --data DIR --threads 2 --model densefcn
-    python benchmarks/segment_speed.py --cascade paper       # the papers' cascade
-    python benchmarks/segment_speed.py --random-init -O data.size=256   # no weights needed
-
-``--random-init`` builds randomly initialised checkpoints from the bundled configurations
-(``crunet_mdice`` or ``densefcn_liver``, and ``densefcn_tumour``; ``-O`` overrides apply to both):
-the speed of a network does not depend on its weights.
-
-Inputs: ``DIR/lits/volume-*.nii.gz`` and the DICOM series ``DIR/dicom/*/ct-*`` (override
-with ``--inputs``).
+    python benchmarks/segment_speed.py                         # ../shared/data, 2 threads
+    python benchmarks/segment_speed.py --previous HEAD~3 --threads 2 --backend torch
+    python benchmarks/segment_speed.py --inputs ct1.nii.gz ct2.nii.gz --no-previous
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+#: v0.3 (livseg's cascade shipped as the default; model card with its speed)
+PREVIOUS = "019188b"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+FLOOR = """
+import sys, numpy as np
+from livseg.io import read_volume, write_volume
+ct = read_volume(sys.argv[1], kind="image")
+write_volume(ct.with_array(np.zeros(ct.shape, np.uint8), kind="label"), sys.argv[2])
+"""
 
 
-def _one(args: argparse.Namespace) -> None:
-    """Child process: segment one input, print a JSON line with timings and peak RSS."""
-    import torch
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
-    torch.set_num_threads(args.threads)
-    from livseg.infer import Cascade, segment_case
 
-    t0 = time.perf_counter()
-    cascade = Cascade.load(
-        args.model,
-        liver_model=args.liver_model,
-        tumour_model=args.tumour_model,
-        paper=args.paper,
-        device="cpu",
-        batch_size=args.batch_size,
-        tta=args.tta,
-    )
-    load_s = time.perf_counter() - t0
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in GB, stderr tail) of one child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = (err.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"{' '.join(cmd[:4])}...: exit {proc.returncode}: {tail}")
+    return wall, usage.ru_maxrss / 1024**2, err
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def segment(src: Path, inputs: list[Path], opts: list[str], env: dict[str, str]) -> dict:
+    """One ``livseg segment`` call of the checkout whose ``src`` folder is given."""
+    env = {**env, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        case = segment_case(cascade, args.one, out, overlay=not args.no_overlay)
-        total = time.perf_counter() - t0
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "input": str(args.one),
-                "shape": list(case.result.labels.shape),
-                "load_models": load_s,
-                "total": total,
-                **case.timings,
-                "liver_found": case.measurements.liver_found,
-                "peak_rss_gb": rss_kb / 1024**2,
-            }
+        cmd = [sys.executable, "-m", "livseg.cli", "segment", *map(str, inputs), "-o", out, *opts]
+        wall, rss, _ = run(cmd, env)
+        stages = {}
+        for inp in inputs:
+            doc = json.loads((Path(out) / f"{case_name(inp)}_measurements.json").read_text())
+            for k, v in doc["extra"]["timings_s"].items():
+                stages[k] = stages.get(k, 0.0) + v
+    stages["start"] = wall - sum(stages.values())
+    return {"wall": wall, "rss": rss, **stages}
+
+
+def floor(inp: Path, env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-c", FLOOR, str(inp), str(Path(out) / "seg.nii.gz")]
+        wall, rss, _ = run(cmd, {**env, "PYTHONPATH": str(ROOT / "src")})
+    return {"wall": wall, "rss": rss}
+
+
+def previous_src(rev: str, keep: Path) -> Path:
+    """The ``src`` folder of revision ``rev`` in a git worktree under ``keep``."""
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = keep / f"livseg-{sha}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), sha],
+            capture_output=True,
+            check=True,
         )
-    )
+    return tree / "src"
 
 
-def _random_checkpoints(args: argparse.Namespace, root: Path) -> tuple[Path, Path]:
-    from livseg.models import build_model
-    from livseg.train.checkpoint import save_checkpoint
-    from livseg.train.config import load_config
-
-    out = []
-    for name in ("crunet_mdice" if args.model == "crunet" else "densefcn_liver", "densefcn_tumour"):
-        cfg = load_config(name, overrides=args.override)
-        out.append(
-            save_checkpoint(root / name, build_model(cfg.model.name, **cfg.model.options), cfg)
-        )
-    return out[0], out[1]
+def line(label: str, d: dict, base: dict | None) -> str:
+    stages = "".join(f"{d.get(s, 0.0):>8.2f}" for s in ("start", *STAGES))
+    ratio = f"{base['wall'] / d['wall']:>7.2f}x" if base else " " * 8
+    return f"  {label:<9}{d['wall']:>7.2f}{d['rss']:>7.2f}{stages}{ratio}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
     p.add_argument("--inputs", nargs="*", type=Path, help="inputs instead of the data folder's")
-    p.add_argument("--model", default="crunet", choices=("crunet", "densefcn"))
-    p.add_argument(
-        "--cascade",
-        choices=("livseg", "paper"),
-        default=None,
-        help="livseg's cascade (coarse stage + fold ensembles) or the papers' (default: livseg "
-        "segment's default)",
-    )
-    p.add_argument("--liver-model", default=None)
-    p.add_argument("--tumour-model", default=None)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--previous", default=PREVIOUS, help="git revision of the previous release")
+    p.add_argument("--no-previous", action="store_true", help="skip the previous release")
+    p.add_argument("--worktrees", type=Path, default=Path(tempfile.gettempdir()))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     p.add_argument("--no-overlay", action="store_true")
-    p.add_argument(
-        "--random-init",
-        action="store_true",
-        help="random checkpoints from the bundled configs (no weights needed)",
-    )
-    p.add_argument(
-        "-O",
-        "--override",
-        action="append",
-        default=[],
-        help="config override for --random-init, e.g. data.size=256",
-    )
-    p.add_argument("--one", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--no-batch", action="store_true", help="skip the batch line")
     args = p.parse_args(argv)
-    from livseg.infer.pretrained import DEFAULT_PAPER
-
-    args.paper = DEFAULT_PAPER if args.cascade is None else args.cascade == "paper"
-    if args.one is not None:
-        _one(args)
-        return 0
-    inputs = args.inputs or (
-        sorted((args.data / "lits").glob("volume-*.nii*"))
-        + sorted((args.data / "dicom").glob("*/ct-*"))
-    )
+    inputs = args.inputs or sorted((args.data / "lits").glob("volume-*.nii*"))
     if not inputs:
         print(f"no inputs found under {args.data}", file=sys.stderr)
         return 2
-    tmp = tempfile.TemporaryDirectory()
-    if args.random_init:
-        args.liver_model, args.tumour_model = _random_checkpoints(args, Path(tmp.name))
-    fwd = [
-        "--model",
-        args.model,
-        "--threads",
-        str(args.threads),
-        "--batch-size",
-        str(args.batch_size),
-    ]
-    for opt in ("liver_model", "tumour_model"):
-        if getattr(args, opt):
-            fwd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
-    fwd += ["--cascade", "paper" if args.paper else "livseg"]
-    fwd += ["--tta"] if args.tta else []
-    fwd += ["--no-overlay"] if args.no_overlay else []
-    header = f"{'case':<28}{'shape (z,y,x)':>16}" + "".join(f"{s:>12}" for s in STAGES)
-    print(header + f"{'total':>9}{'RSS GB':>8}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    opts = ["--device", args.device] + (["--no-overlay"] if args.no_overlay else [])
+    today_opts = [*opts, "--backend", args.backend]
+    prev = None if args.no_previous else previous_src(args.previous, args.worktrees)
+    print(
+        f"livseg segment, end to end; {cpu_model()}, {args.threads} threads, device {args.device}"
+    )
+    print(f"today: {ROOT} (backend {args.backend}); previous: {args.previous if prev else '-'}")
+    warm = segment(ROOT / "src", inputs[:1], today_opts, env)  # fills the ONNX export cache
+    print(f"(untimed warm-up of today's first call: {warm['wall']:.1f} s, exports included)")
+    head = "".join(f"{s:>8}" for s in ("start", *STAGES))
+    print(f"  {'':<9}{'wall s':>7}{'RSS GB':>7}{head}{'prev/now':>8}")
     for inp in inputs:
-        r = subprocess.run(
-            [sys.executable, __file__, "--one", str(inp), *fwd], capture_output=True, text=True
-        )
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"{inp.name:<28} FAILED: {last}")
-            continue
-        d = json.loads(r.stdout.strip().splitlines()[-1])
-        shape = "x".join(map(str, d["shape"]))
-        print(
-            f"{inp.name:<28}{shape:>16}"
-            + "".join(f"{d.get(s, 0.0):>12.2f}" for s in STAGES)
-            + f"{d['total']:>9.2f}{d['peak_rss_gb']:>8.2f}"
-        )
+        print(f"{inp.name}")
+        base = floor(inp, env)
+        print(line("floor", base, None))
+        old = segment(prev, [inp], opts, env) if prev else None
+        if old:
+            print(line("previous", old, None))
+        now = segment(ROOT / "src", [inp], today_opts, env)
+        print(line("today", now, old) + f"   today/floor {now['wall'] / base['wall']:.1f}x")
+    if not args.no_batch and len(inputs) > 1:
+        n = len(inputs)
+        print(f"batch: {n} inputs in one call, seconds per case")
+        old = segment(prev, inputs, opts, env) if prev else None
+        now = segment(ROOT / "src", inputs, today_opts, env)
+        for label, d in (("previous", old), ("today", now)):
+            if d:
+                per = {k: v / n for k, v in d.items() if k != "rss"} | {"rss": d["rss"]}
+                print(
+                    line(
+                        label, per, old and {"wall": old["wall"] / n} if label == "today" else None
+                    )
+                )
     return 0
 
 

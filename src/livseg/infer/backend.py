@@ -1,8 +1,11 @@
 """Inference back-ends of the slice networks: PyTorch, or ONNX Runtime on the CPU.
 
-``benchmarks/onnx_speed.py`` measured, on 2 CPU threads, the shipped slice networks run by ONNX
-Runtime (CPU execution provider, all graph optimisations) 1.3-1.9x faster than PyTorch with
-channels-last tensors, and 2.4-2.8x faster than plain PyTorch, with outputs equal to 1e-5. So:
+``benchmarks/onnx_speed.py`` (2 threads, AMD EPYC, batch 8) measured the shipped slice networks
+run by ONNX Runtime (CPU execution provider, all graph optimisations, one shared memory arena,
+no spinning threads) 1.1-2.7x faster than PyTorch as loaded, and ahead of PyTorch with
+channels-last tensors for livseg's cascade (fine CR-U-Net 8.7 against 11.0 ms per slice,
+tumour R-U-Net 14.0 against 23.2), with logits equal to 1.5e-5; end to end
+(``benchmarks/segment_speed.py``) a 512 x 512 x 119 CT took 14.3 s instead of 22.7 s. So:
 
 * ``torch``: the networks as loaded; 2-D networks on channels-last tensors (same results, faster
   convolutions on the CPU's oneDNN).
@@ -129,6 +132,20 @@ def _onnx_bytes(model: Any, checkpoint: Path, shape: tuple[int, ...]) -> bytes |
     return str(path)
 
 
+_ARENA: list[bool] = []
+
+
+def _shared_arena(ort: Any) -> None:
+    """Register one CPU arena allocator with ONNX Runtime's environment (once)."""
+    if _ARENA:
+        return
+    info = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    _ARENA.append(True)
+
+
 class OnnxNetwork:
     """A slice network run by ONNX Runtime, called like the torch module it replaces.
 
@@ -145,6 +162,12 @@ class OnnxNetwork:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # one memory arena for every network (they run one after the other): the arena's
+        # speed without one arena per network (peak RSS 2.5 GB instead of 1 GB with six)
+        _shared_arena(ort)
+        opts.add_session_config_entry("session.use_env_allocators", "1")
+        # no busy-waiting threads: PyTorch's run between the networks' calls
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = _onnx_bytes(model, checkpoint, shape)
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.shape = shape

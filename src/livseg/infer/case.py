@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,7 @@ class CtInput:
         path: the file or DICOM folder read (None for an in-memory input).
         warnings: warnings raised while reading (dropped DICOM slices, non-finite voxels...).
         series: DICOM facts (``series_uid``, ``series_description``, ``dropped_files``) or {}.
+        seconds: time taken to read and check it.
     """
 
     image: Volume
@@ -137,6 +139,7 @@ class CtInput:
     path: Path | None = None
     warnings: list[str] = field(default_factory=list)
     series: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
     @property
     def is_dicom(self) -> bool:
@@ -360,6 +363,7 @@ def read_ct(
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    start = time.perf_counter()
     series: dict[str, Any] = {}
     with collect_warnings() as warnings:
         if path.is_dir():
@@ -368,7 +372,7 @@ def read_ct(
             image = read_volume(path, kind="image")
     check_ct(image, str(path), check_intensities)
     log.debug("%s: %r", path, image)
-    return CtInput(image, str(path), path, warnings, series)
+    return CtInput(image, str(path), path, warnings, series, time.perf_counter() - start)
 
 
 def read_reference(path: str | Path, image: Volume) -> Volume:

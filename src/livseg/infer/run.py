@@ -110,11 +110,13 @@ def segment_case(
     _check_dicom_seg(path, dicom_seg)
     check_outputs(output_paths(name, outdir, save).values(), outdir, overwrite)
     _stage(progress, name, "read", 0)
+    given = ct is not None
     t = time.perf_counter()
     if ct is None:
         ct = read_ct(path, series_uid, cascade.check_ct)
     ref = read_reference(reference, ct.image) if reference is not None else None
-    read_s = time.perf_counter() - t
+    # a CT read earlier (by the batch's checks) adds the time that reading took
+    read_s = time.perf_counter() - t + (ct.seconds if given else 0.0)
     _stage(progress, name, "read", 1)
     case = segment_ct(cascade, ct, name=name, reference=ref, progress=progress)
     case.result.timings = {"read": read_s, **case.result.timings}
