@@ -71,12 +71,51 @@ def main(path: str) -> int:
             f"| {name} | " + " | ".join(_fmt(cascades[n]["summary"].get(key)) for n in names) + " |"
         )
     for n in names:
+        _intervals(n, cascades[n]["cases"])
+    for n in names:
         tumour = cascades[n].get("tumour_config") or "no tumour stage"
         print(f"\nPer case, {_heading(n)} ({cascades[n].get('liver_config', '')} + {tumour}):\n")
         _cases(cascades[n]["cases"])
     if doc.get("models"):
         _models(doc["models"])
     return 0
+
+
+def _global_dice_interval(rows: list[dict], what: str) -> tuple[float, float, float]:
+    """Global Dice (voxels pooled over cases) and its 95% bootstrap interval over cases."""
+    import numpy as np
+
+    from livseg.metrics.bootstrap import CONFIDENCE, N_RESAMPLES, SEED
+
+    inter, pred, ref = (
+        np.array([float(r[f"{what}_voxels_{k}"]) for r in rows])
+        for k in ("intersection", "pred", "ref")
+    )
+    idx = np.random.default_rng(SEED).integers(0, len(rows), size=(N_RESAMPLES, len(rows)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = 2 * inter[idx].sum(1) / (pred[idx].sum(1) + ref[idx].sum(1))
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.nanquantile(dice, [alpha, 1 - alpha])
+    return 2 * inter.sum() / (pred.sum() + ref.sum()), float(low), float(high)
+
+
+def _intervals(name: str, rows: list[dict]) -> None:
+    """95% bootstrap intervals over the cases (livseg.metrics.bootstrap) of the key numbers."""
+    from livseg.metrics.bootstrap import mean_interval
+
+    print(f"\n95% bootstrap intervals over the {len(rows)} cases, {_heading(name)}:\n")
+    print("| metric | value | 95% interval |\n|---|---|---|")
+    for key, label in (
+        ("liver_dice", "Liver Dice per case"),
+        ("liver_assd", "Liver ASSD (mm)"),
+        ("tumor_dice", "Tumour Dice per case"),
+    ):
+        iv = mean_interval([float(r[key]) for r in rows])
+        print(f"| {label} | {_fmt(iv.mean)} | [{_fmt(iv.low)}, {_fmt(iv.high)}] |")
+    for what, label in (("liver", "Liver Dice global"), ("tumor", "Tumour Dice global")):
+        if f"{what}_voxels_intersection" in rows[0]:
+            value, low, high = _global_dice_interval(rows, what)
+            print(f"| {label} | {_fmt(value)} | [{_fmt(low)}, {_fmt(high)}] |")
 
 
 def _models(models: list[dict]) -> None:
