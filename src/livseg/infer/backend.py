@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,16 @@ from livseg.errors import LivsegError
 
 log = logging.getLogger("livseg.infer.backend")
 
-__all__ = ["BACKENDS", "resolve_backend", "onnx_available", "cache_dir", "OnnxNetwork", "prepare"]
+__all__ = [
+    "BACKENDS",
+    "resolve_backend",
+    "onnx_available",
+    "cache_dir",
+    "OnnxNetwork",
+    "onnx_networks",
+    "channels_last",
+    "prepare",
+]
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -112,12 +122,13 @@ def _export(model: Any, shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-def _onnx_bytes(model: Any, checkpoint: Path, shape: tuple[int, ...]) -> bytes | str:
-    """The cached ONNX file's path, exporting it first when missing; bytes when uncacheable."""
+def _onnx_source(checkpoint: Path, shape: tuple[int, ...], load: Callable[[], Any]) -> bytes | str:
+    """The cached ONNX file of a checkpoint; on a miss ``load()`` gives the torch network, which
+    is exported and cached (bytes when the cache cannot be written)."""
     path = cache_dir() / f"{_cache_key(checkpoint, shape)}.onnx"
     if path.is_file():
         return str(path)
-    data = _export(model, shape)
+    data = _export(load(), shape)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,11 +161,15 @@ class OnnxNetwork:
     """A slice network run by ONNX Runtime, called like the torch module it replaces.
 
     ``net(x)`` takes a float32 (B, C, H, W) tensor of the working size and returns the logits as
-    a torch tensor; ``to()`` and ``eval()`` return the network itself, and the attributes the
-    predictor reads (``multiple``, ``levels``, ``depth``) are the torch model's.
+    a torch tensor; ``to()`` and ``eval()`` return the network itself.
+
+    Args:
+        source: the ``.onnx`` file, or its bytes.
+        shape: ``(1, C, H, W)``, the input it was exported for (any batch size).
+        threads: intra-op threads.
     """
 
-    def __init__(self, model: Any, checkpoint: Path, shape: tuple[int, ...], threads: int) -> None:
+    def __init__(self, source: bytes | str, shape: tuple[int, ...], threads: int) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -168,12 +183,8 @@ class OnnxNetwork:
         opts.add_session_config_entry("session.use_env_allocators", "1")
         # no busy-waiting threads: PyTorch's run between the networks' calls
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        source = _onnx_bytes(model, checkpoint, shape)
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.shape = shape
-        for attr in ("multiple", "levels", "depth"):
-            if hasattr(model, attr):
-                setattr(self, attr, getattr(model, attr))
 
     def to(self, *_: Any, **__: Any) -> OnnxNetwork:
         return self
@@ -193,20 +204,38 @@ class OnnxNetwork:
         return torch.from_numpy(self.session.run(None, {"x": arr})[0])
 
 
+def onnx_networks(
+    checkpoints: list[Path], shape: tuple[int, ...], load: Callable[[int], Any]
+) -> list[OnnxNetwork]:
+    """ONNX Runtime networks of the checkpoints; ``load(k)`` (the torch network of checkpoint
+    ``k``) is called only for those not in the export cache, so a warm cache reads no weights."""
+    import torch
+
+    threads = torch.get_num_threads()
+    return [
+        OnnxNetwork(_onnx_source(c, shape, lambda k=k: load(k)), shape, threads)
+        for k, c in enumerate(checkpoints)
+    ]
+
+
+def channels_last(models: list[Any]) -> list[Any]:
+    """The 2-D torch networks with channels-last weights (faster convolutions on the CPU)."""
+    import torch
+
+    return [m.to(memory_format=torch.channels_last) for m in models]
+
+
 def prepare(
     models: list[Any], checkpoints: list[Path], shape: tuple[int, ...], backend: str
 ) -> list[Any]:
-    """The slice networks ready for ``backend`` (``"torch"`` or ``"onnx"``, resolved).
+    """Loaded torch networks ready for ``backend`` (``"torch"`` or ``"onnx"``, resolved).
 
     Args:
         models: the loaded torch networks (eval mode).
         checkpoints: their checkpoint folders (the ONNX cache key).
         shape: one input ``(1, C, H, W)`` of the working size.
-        backend: ``"torch"``: channels-last networks; ``"onnx"``: :class:`OnnxNetwork` s.
+        backend: ``"torch"``: :func:`channels_last`; ``"onnx"``: :func:`onnx_networks`.
     """
-    import torch
-
     if backend == "onnx":
-        threads = torch.get_num_threads()
-        return [OnnxNetwork(m, c, shape, threads) for m, c in zip(models, checkpoints, strict=True)]
-    return [m.to(memory_format=torch.channels_last) for m in models]
+        return onnx_networks(checkpoints, shape, lambda k: models[k])
+    return channels_last(models)

@@ -111,39 +111,49 @@ def check_ct_intensities(stats: VolumeStats, source: str = "input") -> None:
         )
 
 
-def _load_members(checkpoint: str | Path, device: Any) -> tuple[list[Any], Any, Path]:
-    """The networks of a model folder (one checkpoint or a fold ensemble), their common
-    :class:`~livseg.models.checkpoint.ModelSpec` and the folder (torch is imported here).
+def _member_specs(checkpoint: str | Path) -> tuple[list[Path], Any, Path]:
+    """The members of a model folder (one checkpoint or a fold ensemble), their common
+    :class:`~livseg.models.checkpoint.ModelSpec` and the folder; no weights are read.
 
     Raises:
         LivsegError: ensemble members trained with different pre-processing or networks.
     """
-    from livseg.models.checkpoint import load_model
+    from livseg.models.checkpoint import CONFIG_FILE, model_spec, read_config_json
 
     path = check_checkpoint_dir(checkpoint)
-    models, specs = [], []
-    for member in ensemble_members(path):
-        model, spec = load_model(member, device)
-        models.append(model)
-        specs.append(spec)
+    members = ensemble_members(path)
+    specs = [model_spec(read_config_json(m), str(m / CONFIG_FILE)) for m in members]
     if any(sp.preprocess != specs[0].preprocess or sp.name != specs[0].name for sp in specs):
         raise LivsegError(f"{path}: the ensemble's members differ in network or pre-processing")
-    return models, specs[0], path
+    return members, specs[0], path
+
+
+def _load_members(checkpoint: str | Path, device: Any) -> tuple[list[Any], Any, Path]:
+    """The networks of a model folder, their common spec and the folder (torch is imported)."""
+    from livseg.models.checkpoint import load_model
+
+    members, spec, path = _member_specs(checkpoint)
+    return [load_model(m, device)[0] for m in members], spec, path
 
 
 def _load(
     checkpoint: str | Path, device: Any, batch_size: int, tta: bool, backend: str = "torch"
 ) -> SlicePredictor:
     """A slice predictor of a model folder (one checkpoint or a fold ensemble), its networks
-    run by ``backend`` (``"torch"`` or ``"onnx"``: :mod:`livseg.infer.backend`)."""
-    from livseg.infer.backend import prepare
+    run by ``backend`` (``"torch"`` or ``"onnx"``: :mod:`livseg.infer.backend`; with a warm
+    export cache the ONNX networks are built without reading the weights)."""
+    from livseg.infer.backend import channels_last, onnx_networks
+    from livseg.models.checkpoint import load_model
 
-    models, spec, path = _load_members(checkpoint, device)
+    members, spec, path = _member_specs(checkpoint)
     if spec.preprocess.pipeline not in SLICE_PIPELINES:
         raise LivsegError(f"{path}: a {spec.preprocess.pipeline} model is not a slice model")
     size = int(spec.preprocess.size)
     shape = (1, int(spec.preprocess.channels), size, size)
-    models = prepare(models, ensemble_members(path), shape, backend)
+    if backend == "onnx":
+        models = onnx_networks(members, shape, lambda k: load_model(members[k], device)[0])
+    else:
+        models = channels_last([load_model(m, device)[0] for m in members])
     return SlicePredictor(
         models, spec.preprocess, device=device, batch_size=batch_size, tta=tta, name=str(path)
     )
