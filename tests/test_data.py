@@ -424,3 +424,47 @@ def test_real_lits_case_cache(lits_dir, tmp_path):
     tum_z = np.flatnonzero((ref == 2).any(axis=(0, 1)))
     assert t.slices[0] == max(tum_z[0] - 5, 0) and t.image.shape[1:] == (3, 64, 64)
     assert (t.label == 2).any() and 0.0 <= t.image.min() and t.image.max() <= 1.0
+
+
+# --- contrast-phase shift of the 2-D augmentation ----------------------------------------------
+
+
+def _phase_only(**kw) -> Augmentation:
+    return Augmentation(spatial_prob=0.0, elastic_prob=0.0, intensity_prob=0.0, **kw)
+
+
+def test_phase_shift_moves_liver_and_lesion_by_hu_over_window_width():
+    label = np.zeros((8, 8), np.int64)
+    label[2:6, 2:6] = 1
+    label[3:5, 3:5] = 2
+    image = np.full((3, 8, 8), 0.5, np.float32)
+    aug = _phase_only(phase_prob=1.0, phase_hu=40.0, window_widths_hu=(100.0, 300.0, 500.0))
+    out, lab, _ = aug(image, label, None, np.random.default_rng(3))
+    assert np.array_equal(lab, label)
+    shift = out - image
+    assert np.allclose(shift[:, label == 0], 0.0)  # the rest of the body is untouched
+    liver = shift[:, (label == 1)][:, 0]
+    lesion = shift[:, (label == 2)][:, 0]
+    # one HU shift per region, in each channel's units: d / width
+    assert np.allclose(liver * [100.0, 300.0, 500.0], liver[0] * 100.0, atol=1e-4)
+    assert 0 < abs(liver[0] * 100.0) <= 40.0
+    d_lesion = lesion[0] * 100.0 - liver[0] * 100.0  # lesions are liver too: both shifts add
+    assert 0 < abs(d_lesion) <= 40.0
+    assert np.allclose(lesion * [100.0, 300.0, 500.0], lesion[0] * 100.0, atol=1e-4)
+    # the same HU drawn again with the same generator
+    again, _, _ = aug(image, label, None, np.random.default_rng(3))
+    assert np.array_equal(out, again)
+
+
+def test_phase_shift_off_draws_nothing():
+    # phase_hu = 0 (the default) leaves the random stream of the other transforms unchanged
+    image = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)
+    label = np.zeros((16, 16), np.int64)
+    label[4:12, 4:12] = 1
+    a = Augmentation()(image, label, None, np.random.default_rng(5))
+    b = Augmentation(phase_prob=0.9, window_widths_hu=(100.0,))(
+        image, label, None, np.random.default_rng(5)
+    )
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    with pytest.raises(ValueError):
+        Augmentation(phase_hu=-1.0)

@@ -5,7 +5,12 @@ flip, and a smooth elastic deformation) is composed into a single sampling grid 
 ``torch.nn.functional.grid_sample`` to the image (bilinear, every channel), the label (nearest:
 label values are never interpolated) and the weight map (bilinear). Then an **intensity** jitter
 (gamma, contrast, brightness, Gaussian noise) acts on the normalised image only, which is clipped
-back to [0, 1].
+back to [0, 1]. With ``phase_hu`` > 0 a **contrast-phase** shift comes first: the liver
+(label >= 1) and, independently, the lesions (label == 2) are brightened or darkened by up to
+``phase_hu`` HU, converted to each channel's image units with its window width, as between
+arterial, portal-venous and late phases (the 2-D twin of
+:meth:`livseg.data.augment3d.Augmentation3D.shift_phase`). For histogram-equalised inputs the
+conversion is approximate (the equalisation is not linear).
 
 Left-right flips are off by default: the liver lies on the patient's right, and a flipped abdomen
 is not a plausible CT. Everything is deterministic given the ``numpy.random.Generator``.
@@ -57,6 +62,11 @@ class Augmentation:
         contrast: (min, max) factor applied around the slice mean.
         gamma: (min, max) exponent of a gamma curve on the [0, 1] image (log-uniform).
         noise_std: Maximum standard deviation of additive Gaussian noise (drawn in [0, noise_std]).
+        phase_prob: Probability of the contrast-phase shift.
+        phase_hu: Maximum shift of the liver and (independently) the lesions, in HU; 0 (the
+            default) turns it off and draws no random numbers for it.
+        window_widths_hu: Width in HU of each channel's window (one value: every channel), to
+            convert ``phase_hu`` to image units.
     """
 
     spatial_prob: float = 0.9
@@ -72,9 +82,14 @@ class Augmentation:
     contrast: tuple[float, float] = (0.85, 1.15)
     gamma: tuple[float, float] = (0.8, 1.25)
     noise_std: float = 0.02
+    phase_prob: float = 0.5
+    phase_hu: float = 0.0
+    window_widths_hu: tuple[float, ...] = (450.0,)
 
     def __post_init__(self) -> None:
-        for name in ("spatial_prob", "elastic_prob", "intensity_prob"):
+        if self.phase_hu < 0 or not self.window_widths_hu or min(self.window_widths_hu) <= 0:
+            raise ValueError("phase_hu must be >= 0 and every window width > 0")
+        for name in ("spatial_prob", "elastic_prob", "intensity_prob", "phase_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -187,6 +202,23 @@ class Augmentation:
                 )[0, 0].numpy()
         return out_img, out_lab, out_w
 
+    def shift_phase(
+        self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Shift liver (label >= 1) and lesion (label == 2) intensities independently (C, H, W)."""
+        if self.phase_hu <= 0 or label is None:
+            return image
+        do = rng.random() < self.phase_prob
+        d_liver, d_lesion = rng.uniform(-1.0, 1.0, size=2) * self.phase_hu
+        if not do:
+            return image
+        widths = np.broadcast_to(np.asarray(self.window_widths_hu, np.float32), image.shape[:1])
+        out = image.astype(np.float32, copy=True)
+        for mask, delta in ((label >= 1, d_liver), (label == 2, d_lesion)):
+            if mask.any():
+                out[:, mask] += (np.float32(delta) / widths)[:, None]
+        return np.clip(out, 0.0, 1.0, out=out)
+
     def jitter_intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Gamma, contrast, brightness and noise on a [0, 1] image (C, H, W); clipped to [0, 1]."""
         do = rng.random() < self.intensity_prob
@@ -230,5 +262,6 @@ class Augmentation:
             raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
         grid = self.sample_grid(image.shape[-2:], rng)
         image, label, weight = self.apply_grid(grid, image, label, weight)
+        image = self.shift_phase(image, label, rng)
         image = self.jitter_intensity(image, rng)
         return image.astype(np.float32, copy=False), label, weight
