@@ -36,6 +36,16 @@ WEIGHTS = REPO / "src" / "livseg" / "weights"
 log = logging.getLogger("ship_ensemble")
 
 
+def _checkpoint(cv: Path, fold: int, recorded: Path) -> Path:
+    """A fold model's checkpoint folder: ``livseg cv`` records it as given to ``--out`` (relative
+    to where it ran), so a relative one is found from its ``fold<k>/`` part inside ``cv``."""
+    if recorded.is_absolute():
+        return recorded
+    parts = recorded.parts
+    name = f"fold{fold}"
+    return cv.joinpath(*parts[parts.index(name) :]) if name in parts else cv / recorded
+
+
 def _half(src: Path, dst: Path) -> None:
     """Copy a checkpoint folder with float32 weights stored as float16."""
     import torch
@@ -66,8 +76,7 @@ def install(cv: Path, names: dict[str, str], dry_run: bool) -> None:
             raise SystemExit(f"{cv}: no model of configuration {config!r}")
         tmp = Path(tempfile.mkdtemp(prefix=f".{shipped}-", dir=WEIGHTS))
         for k, model in members:
-            ckpt = Path(model["checkpoint"])
-            ckpt = ckpt if ckpt.is_absolute() else cv / ckpt
+            ckpt = _checkpoint(cv, k, Path(model["checkpoint"]))
             _half(ckpt, tmp / f"fold{k}")
             log.info("%s fold %d <- %s", shipped, k, ckpt)
         if dry_run:
