@@ -247,8 +247,9 @@ def test_foreground_sampler_draws_the_configured_fraction(phantoms, tmp_path, ta
     """
     from livseg.data.cache import build_slice_cache
     from livseg.data.dataset import SliceDataset
+    from livseg.distributed import DistInfo
     from livseg.io.datasets import discover_cases
-    from livseg.train.distributed import DistInfo, DistributedWeightedSampler
+    from livseg.train.distributed import DistributedWeightedSampler
     from livseg.train.loop import make_loader
 
     cfg = load_config(

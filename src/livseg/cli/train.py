@@ -112,8 +112,8 @@ def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
     p.add_argument("--folds", type=int, default=5, metavar="N", help="number of folds (5)")
 
     def handler(args: argparse.Namespace) -> int:
+        from livseg.distributed import shutdown_distributed
         from livseg.train.config import load_config
-        from livseg.train.distributed import shutdown_distributed
         from livseg.train.trainer import train
 
         _training_logging()
@@ -196,8 +196,8 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
     )
 
     def handler(args: argparse.Namespace) -> int:
+        from livseg.distributed import shutdown_distributed
         from livseg.train.cv import cross_validate, load_stage_configs
-        from livseg.train.distributed import shutdown_distributed
 
         _training_logging()
         configs = load_stage_configs(args.configs, args.overrides)

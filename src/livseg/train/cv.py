@@ -338,7 +338,7 @@ def _open_run(out: Path, plan: _Plan, main: bool) -> None:
 # --- one fold ---------------------------------------------------------------------------------
 def _rank() -> int:
     """This process's torchrun rank (0 without torchrun)."""
-    from livseg.train.distributed import env_info
+    from livseg.distributed import env_info
 
     return env_info().rank
 
@@ -464,7 +464,7 @@ def _run_fold(
 
     The case results are added to ``scored[cascade][case_id]``.
     """
-    from livseg.train.distributed import barrier
+    from livseg.distributed import barrier
 
     fold_dir = out / f"fold{k}"
     if (fold_dir / FOLD_FILE).is_file():
@@ -624,7 +624,7 @@ def cross_validate(
         OutputExistsError: ``out`` holds something else than this cross-validation.
         LivsegError: Bad ``folds``, dataset problems, training or segmenting errors.
     """
-    from livseg.train.distributed import barrier
+    from livseg.distributed import barrier
 
     out = Path(out)
     plan = _make_plan(configs, data, folds, seed, extra)

@@ -19,25 +19,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from livseg.distributed import (
-    DistInfo,
-    active,
-    barrier,
-    broadcast_object,
-    env_info,
-    init_distributed,
-    shutdown_distributed,
-)
+from livseg.distributed import active
 
 logger = logging.getLogger("livseg.train.distributed")
 
 __all__ = [
-    "DistInfo",
-    "env_info",
-    "init_distributed",
-    "shutdown_distributed",
-    "barrier",
-    "broadcast_object",
     "all_reduce_mean",
     "check_parameters_in_sync",
     "DistributedWeightedSampler",

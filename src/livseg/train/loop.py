@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from livseg.data.cache import SliceCache
 from livseg.data.dataset import SliceDataset
+from livseg.distributed import DistInfo
 from livseg.train.config import Config, OptimizerConfig, TrainConfig
-from livseg.train.distributed import DistInfo, DistributedWeightedSampler, all_reduce_mean
+from livseg.train.distributed import DistributedWeightedSampler, all_reduce_mean
 from livseg.train.results import ProgressCallback, TrainingDiverged
 from livseg.train.resume import Optimisation, StageState
 from livseg.train.schedules import SchedulePlan, build_scheduler

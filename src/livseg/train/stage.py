@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from livseg.device import amp_enabled
+from livseg.distributed import barrier, broadcast_object
 from livseg.errors import InputError, LivsegError
 from livseg.io.atomic import write_text_atomic
 from livseg.models.checkpoint import find_checkpoint, load_info, load_weights
 from livseg.train.checkpoint import save_checkpoint
 from livseg.train.config import Config
-from livseg.train.distributed import barrier, broadcast_object, check_parameters_in_sync
+from livseg.train.distributed import check_parameters_in_sync
 from livseg.train.logs import LOG_COLUMNS, StageLogs, write_val_reports
 from livseg.train.loop import (
     EpochStats,

@@ -53,10 +53,10 @@ import torch
 from livseg.data.cache import SliceCache, build_slice_cache
 from livseg.data.volumes import VolumeCache, build_volume_cache
 from livseg.device import resolve_device
+from livseg.distributed import barrier, env_info, init_distributed
 from livseg.errors import InputError, LivsegError
 from livseg.io.atomic import write_text_atomic
 from livseg.train.config import Config, config_to_dict
-from livseg.train.distributed import barrier, env_info, init_distributed
 from livseg.train.loop import Run
 from livseg.train.results import ProgressCallback, TrainResult
 from livseg.train.stage import run_stage
