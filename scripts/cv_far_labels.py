@@ -27,7 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("cv", type=Path, help="the livseg cv folder")
     p.add_argument("--distance", type=float, default=20.0, help="mm (default 20)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="the folder livseg cv ran in: the relative prediction and reference paths of its "
+        "scores resolve against it (default: the current folder)",
+    )
     args = p.parse_args(argv)
+
+    def resolve(path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else args.root / path
+
     doc = json.loads((args.cv / "cv_summary.json").read_text(encoding="utf-8"))
     print(f"| cascade | fold | case | liver > {args.distance:g} mm outside the liver (ml) |")
     print("|---|---|---|---|")
@@ -37,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = list(csv.DictReader(fh))
         for row in rows:
             row["fold"] = fold[row["case"]]
-            pred = read_volume(row["prediction"], kind="label")
-            ref = read_volume(row["reference"], kind="label")
+            pred = read_volume(resolve(row["prediction"]), kind="label")
+            ref = read_volume(resolve(row["reference"]), kind="label")
             ml = far_false_positive_ml(pred.array >= 1, ref.array >= 1, ref.spacing, args.distance)
             print(f"| {name} | {row['fold']} | {row['case']} | {ml:.1f} |")
     return 0
