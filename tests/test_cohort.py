@@ -1,7 +1,7 @@
 """Cohorts: ``livseg segment`` over many CTs, ``cohort.csv``, ``--resume`` and torchrun sharding.
 
 Tiny random checkpoints (``test_infer.make_checkpoint``) keep this fast; what is checked is the
-plumbing: which rank segments which input, that the table holds exactly what each case's
+plumbing, on phantom CTs: which rank segments which input, that the table holds exactly what each case's
 measurements JSON says, that resuming segments nothing twice, and that two gloo processes
 under torchrun write the same labels as one process.
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_infer import make_checkpoint, model_args, synthetic_ct
+from test_infer import make_checkpoint, model_args
 
 from livseg.cli import main
 from livseg.infer.cohort import COLUMNS, shard
-from livseg.io import read_volume, write_volume
-from livseg.volume import Volume
+from livseg.io import read_volume
+from livseg.phantom import write_phantom_dataset
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,14 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> tuple[list[Path], list[Path]]:
-    """Five small CTs (different sizes and spacings) and their reference labels."""
+    """Five small phantom CTs (``livseg phantom``: 48 x 48 x 16) renamed ct0..ct4, and their
+    reference labels."""
     root = tmp_path_factory.mktemp("cohort_in")
+    write_phantom_dataset(root / "raw", cases=5, seed=11, size=48, slices=16)
     cts, refs = [], []
-    for k, shape in enumerate([(8, 40, 48), (6, 32, 32), (9, 36, 40), (7, 44, 36), (6, 32, 40)]):
-        hu, truth = synthetic_ct(shape)
-        spacing = (2.0 + 0.5 * k, 0.7, 0.8)
-        cts.append(write_volume(Volume.image(hu, spacing), root / f"ct{k}.nii.gz"))
-        refs.append(write_volume(Volume.label(truth, spacing), root / f"ref{k}.nii.gz"))
+    for k in range(5):
+        cts.append((root / "raw" / f"volume-{k}.nii.gz").rename(root / f"ct{k}.nii.gz"))
+        refs.append((root / "raw" / f"segmentation-{k}.nii.gz").rename(root / f"ref{k}.nii.gz"))
     return cts, refs
 
 
