@@ -18,7 +18,7 @@ import pytest
 
 from livseg.cli import main
 from livseg.data.splits import load_splits
-from livseg.errors import OutputExistsError
+from livseg.errors import LivsegError, OutputExistsError
 from livseg.io import read_volume
 from livseg.metrics import evaluate_case
 from livseg.phantom import write_phantom_dataset
@@ -247,6 +247,27 @@ def test_model_card_tables_from_both_summary_formats(cv_run):
     assert old.splitlines()[0] == "| metric | `--model crunet` | `--model densefcn` |"
     a, b = (cascades[n]["summary"]["liver_dice_per_case"] for n in ("crunet", "densefcn"))
     assert f"| Liver Dice per case | {a:.3f} | {b:.3f} |" in old
+
+
+def test_folds_run_separately_pool_when_the_last_one_finishes(phantoms, tmp_path, capsys):
+    out = tmp_path / "byfold"
+    configs = load_stage_configs(["runet"], TINY_CV)
+    with pytest.raises(LivsegError, match="--fold 2: the folds are 0-1"):
+        cross_validate(configs, phantoms, out, 2, device="cpu", only_folds=[2])
+    assert not out.exists()  # checked before anything is written
+    assert cross_validate(configs, phantoms, out, 2, device="cpu", only_folds=[1]) is None
+    assert (out / "fold1" / "fold.json").is_file() and not (out / "fold0").exists()
+    assert not (out / "cv_summary.json").exists()  # fold 0 still to run
+    state1 = out / "fold1" / "models" / "runet" / "last" / "state.pt"
+    stamp = state1.stat().st_mtime_ns
+    result = cross_validate(configs, phantoms, out, 2, device="cpu", only_folds=[0])
+    assert state1.stat().st_mtime_ns == stamp  # fold 1 was not touched again
+    assert [c.case_id for c in result.scores["runet"].cases] == CASES
+    doc = json.loads(result.summary_file.read_text())
+    assert sorted(m["fold"] for m in doc["models"]) == [0, 1]
+    # the CLI: a fold outside 0..K-1 is one line and exit 2
+    assert _cv(phantoms, tmp_path / "bad", "runet", extra=("--fold", "3")) == 2
+    assert "--fold 3: the folds are 0-2" in capsys.readouterr().err
 
 
 def test_rerun_skips_finished_folds_and_refuses_other_settings(cv_run, phantoms):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from livseg.data import (
     load_splits,
     save_splits,
 )
+from livseg.data.lock import folder_lock
+from livseg.data.volumes import build_volume_cache
 from livseg.errors import InputError, LivsegError, OutputExistsError
 from livseg.io import write_volume
 from livseg.preprocess.pipeline import PreprocessSettings
@@ -185,6 +189,40 @@ def test_interrupted_build_is_recovered(two_cases, tmp_path):
     assert cache["a"].image.shape[0] == 6
     assert cache["a"].meta["case_id"] == "a"
     assert not dead.exists()
+
+
+def _built_while_locked(build, folder: Path) -> tuple[bool, object]:
+    """Run ``build()`` in a thread while this thread holds ``folder``'s lock; return whether
+    it was still waiting (nothing built) after 0.3 s, and its result once released."""
+    result = {}
+    with folder_lock(folder):
+        t = threading.Thread(target=lambda: result.setdefault("out", build()))
+        t.start()
+        time.sleep(0.3)
+        waited = t.is_alive() and not any(p.is_dir() for p in folder.iterdir())
+    t.join(timeout=60)
+    return waited, result["out"]
+
+
+def test_slice_cache_builders_take_turns(two_cases, tmp_path):
+    s = PreprocessSettings("crunet", size=16, margin=0)
+    folder = tmp_path / "cache" / s.key()
+    waited, cache = _built_while_locked(
+        lambda: build_slice_cache(two_cases, s, tmp_path / "cache"), folder
+    )
+    assert waited  # a second builder waits for the first instead of racing it
+    assert cache.case_ids == ["a", "b"] and cache["a"].image.shape[0] == 6
+
+
+def test_coarse_volume_cache_builders_take_turns(two_cases, tmp_path):
+    s = PreprocessSettings("coarse", spacing_mm=4.0, windows=((-250.0, 350.0),))
+    folder = tmp_path / "coarse" / s.key()
+    waited, cache = _built_while_locked(
+        lambda: build_volume_cache(two_cases, tmp_path / "coarse", s), folder
+    )
+    assert waited
+    # 12 x 48 x 48 at 3 x 0.8 x 0.8 mm -> 9 x 10 x 10 at 4 mm (36 / 4, 38.4 / 4 rounded)
+    assert cache.images["a"].shape == (9, 10, 10) and cache.labels["b"].max() >= 1
 
 
 def test_cache_context_slices_replicate_ends(tmp_path):

@@ -163,6 +163,17 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
         help="cross-validation folder; the same command again continues an unfinished one",
     )
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds by patient (5)")
+    p.add_argument(
+        "--fold",
+        type=int,
+        action="append",
+        default=None,
+        metavar="K",
+        dest="only_folds",
+        help="run only fold K (repeatable; default all), e.g. one fold per machine or "
+        "process into the same --out; whichever call finds every fold finished pools the "
+        "results",
+    )
     p.add_argument("--seed", type=int, default=0, metavar="N", help="fold assignment seed (0)")
     p.add_argument(
         "--extra",
@@ -214,11 +225,13 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
                 cache=args.cache,
                 progress=bar,
                 cache_progress=progress,
+                only_folds=args.only_folds,
             )
         finally:
             bar.close()
             shutdown_distributed()
-        log.info("cross-validation summary: %s", result.summary_file)
+        if result is not None:
+            log.info("cross-validation summary: %s", result.summary_file)
         return EXIT_OK
 
     return handler

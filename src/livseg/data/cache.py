@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from livseg.data.lock import folder_lock
 from livseg.errors import InputError, LivsegError
 from livseg.preprocess.intensity import data_range
 from livseg.preprocess.orientation import Reorientation, to_canonical
@@ -512,18 +513,19 @@ def build_slice_cache(
     if dup:
         raise InputError(f"duplicate case ids: {', '.join(dup)}")
     root = _settings_folder(Path(cache_root), settings)
-    _remove_leftovers(root)
-    todo = [
-        (cid, str(img), str(lab), settings, str(root))
-        for cid, img, lab in items
-        if not _is_fresh(root / cid, img, lab, settings)
-    ]
-    logger.info("slice cache %s: %d of %d cases to build", root, len(todo), len(items))
-    if jobs <= 1 or len(todo) == 1:
-        _build_here(todo, progress)
-    else:
-        _build_in_workers(todo, jobs, progress)
-    return SliceCache(root, ids)
+    with folder_lock(root):  # a concurrent builder finishes first; then its cases are fresh
+        _remove_leftovers(root)
+        todo = [
+            (cid, str(img), str(lab), settings, str(root))
+            for cid, img, lab in items
+            if not _is_fresh(root / cid, img, lab, settings)
+        ]
+        logger.info("slice cache %s: %d of %d cases to build", root, len(todo), len(items))
+        if jobs <= 1 or len(todo) == 1:
+            _build_here(todo, progress)
+        else:
+            _build_in_workers(todo, jobs, progress)
+        return SliceCache(root, ids)
 
 
 def _settings_folder(cache_root: Path, settings: PreprocessSettings) -> Path:

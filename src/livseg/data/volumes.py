@@ -6,7 +6,8 @@ Every case is read once, put in the canonical orientation, resampled to the coar
 (image float16 in [0, 1], labels uint8) with a ``meta.json``. ``key`` is the settings' key
 (:meth:`livseg.preprocess.pipeline.PreprocessSettings.key`, pipeline ``coarse``), so changing
 the spacing or the window builds a new cache; a case is rebuilt when its source files
-change (size and mtime recorded). Writes are atomic (temporary folder, then rename).
+change (size and mtime recorded). Writes are atomic (temporary folder, then rename), and
+builders sharing a cache take turns (:func:`livseg.data.lock.folder_lock`).
 
 :class:`VolumeDataset` draws random augmented patches (:class:`~livseg.data.augment3d.
 Augmentation3D`) for training and gives whole padded volumes for validation.
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from livseg.data.augment3d import Augmentation3D, random_patch
+from livseg.data.lock import folder_lock
 from livseg.preprocess.coarse import (
     coarse_image,
     coarse_labels,
@@ -133,15 +135,16 @@ def build_volume_cache(cases: Sequence[Any], root: str | os.PathLike, s: Preproc
         :class:`VolumeCache` with every case.
     """
     folder = Path(root) / s.key()
-    folder.mkdir(parents=True, exist_ok=True)
     for case in cases:
         if case.label is None:
             raise ValueError(f"{case.image}: case {case.case_id} has no label to train on")
-        dest = folder / case.case_id
-        if not _fresh(dest, Path(case.image), Path(case.label)):
-            logger.info("coarse cache: building %s", case.case_id)
-            _build_case(case.case_id, Path(case.image), Path(case.label), s, dest)
-    return VolumeCache(folder, [c.case_id for c in cases])
+    with folder_lock(folder):  # a concurrent builder finishes first; then its cases are fresh
+        for case in cases:
+            dest = folder / case.case_id
+            if not _fresh(dest, Path(case.image), Path(case.label)):
+                logger.info("coarse cache: building %s", case.case_id)
+                _build_case(case.case_id, Path(case.image), Path(case.label), s, dest)
+        return VolumeCache(folder, [c.case_id for c in cases])
 
 
 class VolumeDataset(Dataset):

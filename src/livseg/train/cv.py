@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from livseg.data.splits import Split
-from livseg.errors import InputError, OutputExistsError
+from livseg.errors import InputError, LivsegError, OutputExistsError
 from livseg.io.atomic import write_text_atomic
 from livseg.train.config import Config, ConfigError
 
@@ -308,7 +308,28 @@ def _differences(path: Path, plan: _Plan) -> list[str]:
 
 
 def _open_run(out: Path, plan: _Plan, main: bool) -> None:
-    """Start the cross-validation in ``out`` or check that it continues the one there."""
+    """Start the cross-validation in ``out`` or check that it continues the one there.
+
+    Calls starting together (``--fold`` per process) take turns, so one creates the run.
+    """
+    from livseg.data.lock import LOCK_FILE, folder_lock
+
+    if not (out / SPLITS_FILE).is_file() and _holds_other(out, LOCK_FILE):
+        _refuse_other(out)  # before the lock file is put there
+    with folder_lock(out):
+        _open_run_locked(out, plan, main)
+
+
+def _holds_other(out: Path, lock_file: str) -> bool:
+    return out.exists() and any(p.name != lock_file for p in out.iterdir())
+
+
+def _refuse_other(out: Path) -> None:
+    raise OutputExistsError(f"{out}: exists and holds no cross-validation; choose another --out")
+
+
+def _open_run_locked(out: Path, plan: _Plan, main: bool) -> None:
+    from livseg.data.lock import LOCK_FILE
     from livseg.data.splits import save_splits
 
     path = out / SPLITS_FILE
@@ -321,10 +342,8 @@ def _open_run(out: Path, plan: _Plan, main: bool) -> None:
             )
         logger.info("%s: continuing the cross-validation there", out)
         return
-    if out.exists() and any(out.iterdir()):
-        raise OutputExistsError(
-            f"{out}: exists and holds no cross-validation; choose another --out"
-        )
+    if _holds_other(out, LOCK_FILE):
+        _refuse_other(out)
     if main:
         save_splits(
             plan.splits,
@@ -586,7 +605,8 @@ def cross_validate(
     cache: str | os.PathLike | None = None,
     progress: Callable[..., Any] | None = None,
     cache_progress: Callable[..., Any] | None = None,
-) -> CVResult:
+    only_folds: Sequence[int] | None = None,
+) -> CVResult | None:
     """Cross-validate cascades by patient, scored at each case's original resolution.
 
     See the module docstring for the procedure, the stages, the output folder and resuming.
@@ -614,9 +634,12 @@ def cross_validate(
         cache: Slice-cache root shared by the folds (default ``out/cache``).
         progress: Training progress callback (see :func:`livseg.train.train`).
         cache_progress: Progress wrapper for building the slice cache.
+        only_folds: Run these folds only (default all), e.g. one fold per machine or process
+            into a shared ``out`` (as nnU-Net trains a fold per call); the results are pooled
+            by whichever call finds every fold finished.
 
     Returns:
-        A :class:`CVResult`.
+        A :class:`CVResult`, or None when ``only_folds`` left some fold unfinished.
 
     Raises:
         ConfigError: No liver configuration, several tumour ones, duplicate names, a stage whose
@@ -628,6 +651,7 @@ def cross_validate(
 
     out = Path(out)
     plan = _make_plan(configs, data, folds, seed, extra)
+    run = _folds_to_run(only_folds, len(plan.splits))
     _open_run(out, plan, _rank() == 0)
     barrier()
     opts = _Options(
@@ -637,6 +661,23 @@ def cross_validate(
         cache_progress=cache_progress,
     )
     scored: dict[str, dict[str, CaseResult]] = {}
-    for k in range(len(plan.splits)):
+    for k in run:
         _run_fold(plan, k, out, opts, scored)
+    left = [k for k in range(len(plan.splits)) if not (out / f"fold{k}" / FOLD_FILE).is_file()]
+    if left:
+        logger.info(
+            "fold(s) %s not finished yet: the results are pooled once every fold is",
+            ", ".join(map(str, left)),
+        )
+        return None
     return _pool(plan, out, scored)
+
+
+def _folds_to_run(only: Sequence[int] | None, n: int) -> list[int]:
+    """The fold indices to run (all by default); a bad index is a :class:`LivsegError`."""
+    if not only:
+        return list(range(n))
+    bad = sorted({int(k) for k in only if not 0 <= int(k) < n})
+    if bad:
+        raise LivsegError(f"--fold {bad[0]}: the folds are 0-{n - 1}")
+    return sorted({int(k) for k in only})
