@@ -494,6 +494,23 @@ def test_phase_shift_moves_liver_and_lesion_by_hu_over_window_width():
     assert np.array_equal(out, again)
 
 
+def test_phase_shift_repeats_the_window_widths_for_each_context_slice():
+    # 3 windows x 3 context slices = 9 channels, offset-major: widths 100, 300, 500 three times
+    label = np.zeros((8, 8), np.int64)
+    label[2:6, 2:6] = 1
+    image = np.full((9, 8, 8), 0.5, np.float32)
+    aug = _phase_only(phase_prob=1.0, phase_hu=40.0, window_widths_hu=(100.0, 300.0, 500.0))
+    out, _, _ = aug(image, label, None, np.random.default_rng(3))
+    liver = (out - image)[:, 4, 4]
+    hu = liver[0] * 100.0
+    assert 0 < abs(hu) <= 40.0
+    np.testing.assert_allclose(liver, hu / np.tile([100.0, 300.0, 500.0], 3), atol=1e-6)
+    with pytest.raises(ValueError, match="2 window widths do not divide the image's 9"):
+        _phase_only(phase_prob=1.0, phase_hu=40.0, window_widths_hu=(100.0, 300.0))(
+            image, label, None, np.random.default_rng(3)
+        )
+
+
 def test_phase_shift_off_draws_nothing():
     # phase_hu = 0 (the default) leaves the random stream of the other transforms unchanged
     image = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)

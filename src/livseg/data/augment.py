@@ -65,8 +65,8 @@ class Augmentation:
         phase_prob: Probability of the contrast-phase shift.
         phase_hu: Maximum shift of the liver and (independently) the lesions, in HU; 0 (the
             default) turns it off and draws no random numbers for it.
-        window_widths_hu: Width in HU of each channel's window (one value: every channel), to
-            convert ``phase_hu`` to image units.
+        window_widths_hu: Width in HU of each window (one value: every channel), to convert
+            ``phase_hu`` to image units; with 2.5-D context they repeat for every context slice.
     """
 
     spatial_prob: float = 0.9
@@ -212,12 +212,22 @@ class Augmentation:
         d_liver, d_lesion = rng.uniform(-1.0, 1.0, size=2) * self.phase_hu
         if not do:
             return image
-        widths = np.broadcast_to(np.asarray(self.window_widths_hu, np.float32), image.shape[:1])
+        widths = self._channel_widths(image.shape[0])
         out = image.astype(np.float32, copy=True)
         for mask, delta in ((label >= 1, d_liver), (label == 2, d_lesion)):
             if mask.any():
                 out[:, mask] += (np.float32(delta) / widths)[:, None]
         return np.clip(out, 0.0, 1.0, out=out)
+
+    def _channel_widths(self, channels: int) -> np.ndarray:
+        """Window width of every channel: ``window_widths_hu`` repeated per 2.5-D context slice
+        (channels are offset-major: every context slice carries all windows, in order)."""
+        w = np.asarray(self.window_widths_hu, np.float32)
+        if channels % w.size:
+            raise ValueError(
+                f"{w.size} window widths do not divide the image's {channels} channels"
+            )
+        return np.tile(w, channels // w.size)
 
     def jitter_intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Gamma, contrast, brightness and noise on a [0, 1] image (C, H, W); clipped to [0, 1]."""
