@@ -37,6 +37,8 @@ Output folder ``out``::
 
     splits.json                    fold assignment (format livseg-splits-1) + seed + the resolved
                                    configurations; a re-run must match it
+    build.lock                     held while a call creates or checks the run (``--fold``
+                                   calls started together take turns)
     cache/                         slice cache shared by all folds and configurations
     fold<k>/models/<config>/       the fold's training run of each configuration
     fold<k>/predictions/<cascade>/ <case>_seg.nii.gz (input geometry), _measurements.json,
