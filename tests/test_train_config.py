@@ -123,6 +123,16 @@ def test_bad_overrides_are_clear_errors(override, fragment):
     assert isinstance(exc.value, LivsegError)
 
 
+def test_phase_widths_checked_when_the_configuration_loads():
+    # tumour pipeline: 3 windows -> one width or three; two is refused before any training
+    ok = load_config("tumour_runet", ["augment.phase_hu=40", "augment.window_widths_hu=[100]"])
+    assert ok.augment.window_widths_hu == (100.0,)
+    with pytest.raises(ConfigError, match="2 widths for the 3 window"):
+        load_config("tumour_runet", ["augment.phase_hu=40", "augment.window_widths_hu=[100, 300]"])
+    # with the phase shift off the widths are not used, so not checked
+    load_config("tumour_runet", ["augment.window_widths_hu=[100, 300]"])
+
+
 def test_stage_option_only_for_crunet():
     with pytest.raises(ConfigError, match="crunet model only"):
         load_config("runet", ["train.stage=level1"])

@@ -446,6 +446,20 @@ def _validate_pipeline(cfg: Config) -> None:
         raise ConfigError("the coarse pipeline needs train.stage 'all' and a positive train.patch")
 
 
+def _validate_phase_widths(cfg: Config) -> None:
+    """The phase shift's window widths: one, or one per window of the slice pipeline (checked
+    here, before training, rather than at the first shifted slice)."""
+    a = cfg.augment
+    if a is None or a.phase_hu <= 0 or cfg.data.pipeline == "coarse":
+        return
+    n, windows = len(a.window_widths_hu), cfg.data.base_channels
+    if n not in (1, windows):
+        raise ConfigError(
+            f"augment.window_widths_hu: {n} widths for the {windows} window(s) of data.pipeline "
+            f"{cfg.data.pipeline!r}; give one width, or one per window"
+        )
+
+
 def _validate(cfg: Config) -> None:
     """Cross-field checks of a complete configuration."""
     object.__setattr__(
@@ -488,6 +502,7 @@ def _validate(cfg: Config) -> None:
 
     parse_device(t.device, "train.device")
     _validate_pipeline(cfg)
+    _validate_phase_widths(cfg)
     in_ch = cfg.model.options.get("in_channels", 1)
     ctx = cfg.model.options.get("context_slices", 0)
     expected = cfg.data.base_channels
