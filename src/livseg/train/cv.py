@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from livseg.data.lock import LOCK_FILE, folder_lock
 from livseg.data.splits import Split
 from livseg.errors import InputError, LivsegError, OutputExistsError
 from livseg.io.atomic import write_text_atomic
@@ -314,16 +315,15 @@ def _open_run(out: Path, plan: _Plan, main: bool) -> None:
 
     Calls starting together (``--fold`` per process) take turns, so one creates the run.
     """
-    from livseg.data.lock import LOCK_FILE, folder_lock
-
-    if not (out / SPLITS_FILE).is_file() and _holds_other(out, LOCK_FILE):
+    if not (out / SPLITS_FILE).is_file() and _holds_other(out):
         _refuse_other(out)  # before the lock file is put there
     with folder_lock(out):
         _open_run_locked(out, plan, main)
 
 
-def _holds_other(out: Path, lock_file: str) -> bool:
-    return out.exists() and any(p.name != lock_file for p in out.iterdir())
+def _holds_other(out: Path) -> bool:
+    """``out`` holds something besides the lock file."""
+    return out.exists() and any(p.name != LOCK_FILE for p in out.iterdir())
 
 
 def _refuse_other(out: Path) -> None:
@@ -331,7 +331,6 @@ def _refuse_other(out: Path) -> None:
 
 
 def _open_run_locked(out: Path, plan: _Plan, main: bool) -> None:
-    from livseg.data.lock import LOCK_FILE
     from livseg.data.splits import save_splits
 
     path = out / SPLITS_FILE
@@ -344,7 +343,7 @@ def _open_run_locked(out: Path, plan: _Plan, main: bool) -> None:
             )
         logger.info("%s: continuing the cross-validation there", out)
         return
-    if _holds_other(out, LOCK_FILE):
+    if _holds_other(out):
         _refuse_other(out)
     if main:
         save_splits(
