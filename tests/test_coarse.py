@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from livseg.data.augment3d import Augmentation3D, random_patch, sample_patch
 from livseg.infer.coarse import CoarseStage, largest_component_box
@@ -449,6 +450,59 @@ def test_gate_removes_the_heart_on_the_liver_dome_and_keeps_a_hypodense_tumour()
     assert gated[14:18, 28:36, 20:28].all()  # the tumour hole is filled, kept as liver
     dice = 2 * np.count_nonzero(gated & liver) / (gated.sum() + liver.sum())
     assert dice > 0.95
+
+
+class _Band(torch.nn.Module):
+    """A stand-in network: logit +20 where input channel ``c`` is in (lo, hi), else -20."""
+
+    def __init__(self, c: int, lo: float, hi: float) -> None:
+        super().__init__()
+        self.c, self.lo, self.hi = c, lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x[:, self.c : self.c + 1]
+        return torch.where((v > self.lo) & (v < self.hi), 20.0, -20.0)
+
+
+def test_tumour_at_the_liver_edge_left_out_by_the_fine_stage_is_found_in_the_gate():
+    from livseg.infer import Cascade
+    from livseg.infer.predictor import SlicePredictor
+    from livseg.preprocess.pipeline import PreprocessSettings
+    from livseg.volume import Volume
+
+    hu = np.full((32, 64, 64), -1000.0, np.float32)
+    hu[2:30, 4:60, 4:60] = -100.0  # body
+    hu[8:24, 16:48, 8:40] = 100.0  # liver
+    hu[12:20, 16:48, 30:40] = 0.0  # hypodense tumour at the liver's edge (not a hole)
+    vol = Volume.image(hu, spacing=(2.0, 2.0, 2.0))
+    tumour = np.zeros(hu.shape, bool)
+    tumour[12:20, 16:48, 30:40] = True
+    # fine liver: [-100, 300] min-max -> liver 1.0, tumour 0.5: fires on the liver only;
+    # coarse: [-250, 350] -> liver 0.58, tumour 0.42: its gate holds both;
+    # tumour model: window [-100, 200] min-max (channel 1) -> tumour 0.5, liver 1.0, fat 0.0
+    coarse = CoarseStage([_Above(0.38, 0.62)], spacing_mm=4.0, margin_mm=8.0)
+
+    def run(in_gate: bool) -> np.ndarray:
+        liver = SlicePredictor(_Above(0.75, 1.01), PreprocessSettings("densefcn_liver", size=64))
+        t = PreprocessSettings("tumour", size=64, crop_to_liver=True, crop_margin=2)
+        cascade = Cascade(
+            liver,
+            SlicePredictor(_Band(1, 0.3, 0.7), t),
+            coarse=coarse,
+            liver_radius_mm=2.0,
+            min_lesion_mm3=100.0,
+            tumour_in_gate=in_gate,
+        )
+        return cascade.segment(vol).labels.array
+
+    inside_only = run(False)
+    assert (inside_only[tumour] == 0).mean() > 0.9  # the fine stage leaves the tumour out
+    labels = run(True)
+    assert (labels[tumour] == 2).mean() > 0.9  # found in the gate: tumour, hence liver too
+    near = ndimage.binary_dilation(tumour, iterations=2)
+    assert np.count_nonzero((labels == 2) & ~near) < 0.05 * tumour.sum()
+    assert (labels[8:24, 16:48, 8:28] == 1).mean() > 0.95  # the liver itself is unchanged
+    assert not labels[:, :, 44:].any()  # nothing outside the gate
 
 
 def test_small_lesions_become_liver():
