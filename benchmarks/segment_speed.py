@@ -6,7 +6,8 @@ and peak memory are its own), with the same thread count:
 * **floor**: Python starts, reads the CT with ``livseg.io`` and writes an empty label volume in
   its geometry: what no segmentation tool can beat;
 * **previous**: ``livseg segment`` of the previous release (``--previous``, a git revision: by
-  default v0.3, the release that shipped livseg's cascade), run from a temporary git worktree;
+  default v0.5, the release before the tumour stage ran in the coarse gate), run from a
+  temporary git worktree;
 * **today**: ``livseg segment`` of this checkout.
 
 Each ``livseg segment`` call writes every output (labels, measurements JSON, lesion CSV, overlay
@@ -41,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: v0.3 (livseg's cascade shipped as the default; model card with its speed)
-PREVIOUS = "019188b"
+#: v0.5 (coarse stage at 96 epochs; model card with its speed)
+PREVIOUS = "217f479"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 
 FLOOR = """
