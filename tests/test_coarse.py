@@ -482,13 +482,14 @@ def test_tumour_at_the_liver_edge_left_out_by_the_fine_stage_is_found_in_the_gat
     # tumour model: window [-100, 200] min-max (channel 1) -> tumour 0.5, liver 1.0, fat 0.0
     coarse = CoarseStage([_Above(0.38, 0.62)], spacing_mm=4.0, margin_mm=8.0)
 
-    def run(in_gate: bool) -> np.ndarray:
+    def run(in_gate: bool, gate_mm: float | None = 0.0) -> np.ndarray:
         liver = SlicePredictor(_Above(0.75, 1.01), PreprocessSettings("densefcn_liver", size=64))
         t = PreprocessSettings("tumour", size=64, crop_to_liver=True, crop_margin=2)
         cascade = Cascade(
             liver,
             SlicePredictor(_Band(1, 0.3, 0.7), t),
             coarse=coarse,
+            gate_mm=gate_mm,
             liver_radius_mm=2.0,
             min_lesion_mm3=100.0,
             tumour_in_gate=in_gate,
@@ -497,6 +498,8 @@ def test_tumour_at_the_liver_edge_left_out_by_the_fine_stage_is_found_in_the_gat
 
     inside_only = run(False)
     assert (inside_only[tumour] == 0).mean() > 0.9  # the fine stage leaves the tumour out
+    box_only = run(True, gate_mm=None)  # no gate: the region's box is not taken for liver
+    assert (box_only[tumour] == 0).mean() > 0.9 and not (box_only[:, :, :30] == 2).any()
     labels = run(True)
     assert (labels[tumour] == 2).mean() > 0.9  # found in the gate: tumour, hence liver too
     near = ndimage.binary_dilation(tumour, iterations=2)

@@ -265,9 +265,10 @@ class Cascade:
         liver_radius_mm: radius of the liver post-processing element (mm).
         check_ct: refuse inputs whose intensities do not look like CT (see
             :func:`check_ct_intensities`).
-        tumour_in_gate: with a coarse stage, the tumour stage also labels tumour inside the
-            coarse gate outside the fine liver (the liver grows by it); False keeps tumour inside
-            the fine liver only. No effect without a coarse stage (the papers' cascade).
+        tumour_in_gate: with a coarse stage and a gate, the tumour stage also labels tumour
+            inside the gate outside the fine liver (the liver grows by it); False keeps tumour
+            inside the fine liver only. No effect without a coarse stage (the papers' cascade) or
+            with ``gate_mm`` None (the region's box is not a liver).
     """
 
     def __init__(
@@ -462,9 +463,9 @@ class Cascade:
         progress: StageProgress | None,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
         """Liver model on the region's slices (every slice without a coarse stage): uint8 mask
-        (probability > 0.5, nothing outside the region), the coarse stage's bool mask (the gate
-        inside the region's box, or the box when ``gate_mm`` is None; None without a coarse
-        stage) and the probability summary."""
+        (probability > 0.5, nothing outside the region), the gate as a bool mask of the whole
+        volume (None without a coarse stage, without a region or with ``gate_mm`` None) and the
+        probability summary."""
         mask = np.zeros(hu.shape, dtype=np.uint8)
         summary = _LiverSummary()
         cb = _stage_callback(progress, "liver")
@@ -474,7 +475,7 @@ class Cascade:
             fg = prob > 0.5
             mask[ks, y0:y1, x0:x1] = fg
             summary.add(prob, fg)
-        inside = None
+        gate = None
         if keep is not None:
             inside = np.zeros(hu.shape, dtype=bool)
             inside[keep] = True
@@ -482,9 +483,8 @@ class Cascade:
             if self.gate_mm is not None:
                 inside[keep] = CoarseStage.gate(region, hu.shape, self.gate_mm)
                 mask[keep] &= inside[keep]
-        elif region is not None:  # a coarse stage that found no liver
-            inside = np.zeros(hu.shape, dtype=bool)
-        return mask, inside, summary.as_dict()
+                gate = inside
+        return mask, gate, summary.as_dict()
 
     def _tumour_stage(
         self,
