@@ -526,9 +526,10 @@ class Cascade:
             if grown is not None:  # small tumour outside the fine liver is not liver either
                 labels[grown & (labels == 1)] = 0
             log.info(
-                "%s: %d tumour component(s) below %g mm3 relabelled liver",
+                "%s: %d tumour component(s) below %g mm3 relabelled liver%s",
                 src,
                 removed,
                 self.min_lesion_mm3,
+                " (background outside the fine liver)" if grown is not None else "",
             )
         return labels
