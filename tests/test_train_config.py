@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livseg.device import DeviceError, amp_enabled, parse_device, resolve_device
+from livseg.device import (
+    DeviceError,
+    amp_enabled,
+    cpu_bf16_enabled,
+    parse_device,
+    resolve_device,
+)
 from livseg.errors import LivsegError
 from livseg.train.config import (
     Config,
@@ -190,6 +196,9 @@ def test_device_policy():
     assert not amp_enabled(torch.device("cpu"), True)
     assert amp_enabled(torch.device("cuda", 0), True)
     assert not amp_enabled(torch.device("cuda", 0), False)
+    assert cpu_bf16_enabled(torch.device("cpu"), True)
+    assert not cpu_bf16_enabled(torch.device("cpu"), False)
+    assert not cpu_bf16_enabled(torch.device("cuda", 0), True)
 
 
 def test_distributed_weighted_sampler_splits_draws():

@@ -284,8 +284,10 @@ def test_foreground_sampler_draws_the_configured_fraction(phantoms, tmp_path, ta
     assert np.mean(fg) == pytest.approx(flags[drawn].mean())
 
 
-def test_training_learns(phantoms, tmp_path):
-    """A tiny network on the phantom: the mean training loss of epoch 3 is below half epoch 1's."""
+@pytest.mark.parametrize("amp_cpu", [False, True])
+def test_training_learns(phantoms, tmp_path, caplog, amp_cpu):
+    """A tiny network on the phantom: the mean training loss of epoch 3 is below half epoch 1's,
+    in float32 and with bfloat16 autocast on the CPU (``train.amp_cpu``)."""
     cfg = load_config(
         "runet",
         TINY
@@ -298,10 +300,30 @@ def test_training_learns(phantoms, tmp_path):
             "train.iterations_per_epoch=8",
             "train.batch_size=4",
             "train.val_every=3",
+            f"train.amp_cpu={str(amp_cpu).lower()}",
         ],
     )
-    train(cfg, phantoms, tmp_path / "learn", fold=0, folds=3, device="cpu")
+    with caplog.at_level("INFO", logger="livseg.train.stage"):
+        train(cfg, phantoms, tmp_path / "learn", fold=0, folds=3, device="cpu")
+    assert ("bfloat16 autocast" in caplog.text) == amp_cpu
     with open(tmp_path / "learn" / "log.csv", newline="", encoding="utf-8") as fh:
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
     assert len(losses) == 3
     assert losses[2] < 0.5 * losses[0]
+
+
+def test_cpu_autocast_computes_in_bfloat16_and_keeps_float32_weights():
+    """``train.amp_cpu``: convolutions run in bfloat16 on channels-last inputs; the weights stay
+    float32, so checkpoints are unchanged in format."""
+    from livseg.train.loop import autocast, channels_last
+
+    conv = torch.nn.Conv2d(2, 3, 3).to(memory_format=channels_last(4))
+    trainee = type("T", (), {"amp": False, "cpu_bf16": True})()
+    x = torch.randn(1, 2, 8, 8).contiguous(memory_format=channels_last(4))
+    with autocast(trainee):
+        y = conv(x)
+    assert y.dtype == torch.bfloat16 and conv.weight.dtype == torch.float32
+    trainee.cpu_bf16 = False
+    with autocast(trainee):
+        assert conv(x).dtype == torch.float32
+    assert channels_last(5) == torch.channels_last_3d

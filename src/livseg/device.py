@@ -5,7 +5,7 @@ the package top level and imports nothing but :mod:`livseg.errors` (torch only w
 
 ``auto`` picks CUDA when available (under torchrun: the GPU of this process's ``LOCAL_RANK``),
 else the CPU. Mixed precision (autocast + GradScaler) is used only on CUDA devices
-(:func:`amp_enabled`).
+(:func:`amp_enabled`); bfloat16 autocast on the CPU only when asked for (:func:`cpu_bf16_enabled`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from livseg.errors import LivsegError
 
 logger = logging.getLogger("livseg.device")
 
-__all__ = ["DeviceError", "parse_device", "resolve_device", "amp_enabled"]
+__all__ = ["DeviceError", "parse_device", "resolve_device", "amp_enabled", "cpu_bf16_enabled"]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -82,3 +82,18 @@ def resolve_device(spec: str = "auto", local_rank: int | None = None):
 def amp_enabled(device, requested: bool = True) -> bool:
     """Whether autocast + GradScaler are used: only on CUDA, and only when requested."""
     return bool(requested) and getattr(device, "type", str(device)) == "cuda"
+
+
+def cpu_bf16_enabled(device, requested: bool = False) -> bool:
+    """Whether training uses bfloat16 autocast on the CPU: only on CPU devices, only when
+    requested. Warns when the CPU has no native bfloat16 (emulated, hence slower)."""
+    if not requested or getattr(device, "type", str(device)) != "cpu":
+        return False
+    import torch
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning(
+            "train.amp_cpu: this CPU has no native bfloat16 (AVX-512 BF16 or AMX); training will "
+            "be slower than in float32, set train.amp_cpu=false"
+        )
+    return True

@@ -4,7 +4,8 @@ One epoch is ``train.iterations_per_epoch`` iterations (or one pass over the tra
 drawn by a :class:`~torch.utils.data.DistributedSampler` (uniform, without replacement) or, with
 ``train.foreground_fraction`` > 0, by a
 :class:`~livseg.train.distributed.DistributedWeightedSampler` (foreground slices oversampled).
-Every iteration: forward under autocast (CUDA only), loss in float32, GradScaler backward,
+Every iteration: forward under autocast (float16 with a GradScaler on CUDA; bfloat16 with
+channels-last tensors on the CPU when ``train.amp_cpu``), loss in float32, backward,
 optional gradient clipping, optimiser step, scheduler step. Every epoch reseeds torch, numpy and
 Python from ``(train.seed, epoch, rank)``, so a resumed run draws the same batches as an
 uninterrupted one.
@@ -12,6 +13,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -45,6 +47,7 @@ __all__ = [
     "build_optimisation",
     "OnStep",
     "train_epoch",
+    "autocast",
 ]
 
 
@@ -106,6 +109,7 @@ class Trainee:
     steps: int
     masks: dict[str, np.ndarray] | None
     amp: bool
+    cpu_bf16: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,21 @@ def build_optimisation(
     )
 
 
+def channels_last(ndim: int) -> torch.memory_format:
+    """Channels-last memory format of 4-D (slices) or 5-D (volumes) tensors."""
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def autocast(trainee: Trainee) -> contextlib.AbstractContextManager:
+    """The trainee's autocast: float16 on CUDA (``amp``), bfloat16 on the CPU (``cpu_bf16``),
+    else none."""
+    if trainee.amp:
+        return torch.autocast("cuda", dtype=torch.float16)
+    if trainee.cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _optimiser_step(opt: Optimisation, loss: Tensor, grad_clip: float) -> None:
     """Backward (scaled), optional clipping, optimiser and scheduler steps."""
     opt.optimizer.zero_grad(set_to_none=True)
@@ -249,7 +268,9 @@ def _batch_loss(run: Run, trainee: Trainee, batch: dict[str, Any]) -> Tensor:
     mask = batch["mask"].to(dev, non_blocking=True) if "mask" in batch else None
     label = batch["label"].to(dev, non_blocking=True)
     weight = batch["weight"].to(dev, non_blocking=True) if "weight" in batch else None
-    with torch.autocast("cuda", dtype=torch.float16, enabled=trainee.amp):
+    if trainee.cpu_bf16:
+        x = x.contiguous(memory_format=channels_last(x.dim()))
+    with autocast(trainee):
         logits = trainee.fwd(x, mask)
     return loss_value(
         trainee.loss_fn, logits, label, weight, run.config.train.target, trainee.uses_weight

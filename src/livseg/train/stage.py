@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from livseg.device import amp_enabled
+from livseg.device import amp_enabled, cpu_bf16_enabled
 from livseg.distributed import barrier, broadcast_object
 from livseg.errors import InputError, LivsegError
 from livseg.io.atomic import write_text_atomic
@@ -36,6 +36,7 @@ from livseg.train.loop import (
     Run,
     Trainee,
     build_optimisation,
+    channels_last,
     make_loader,
     seed_all,
     train_epoch,
@@ -81,6 +82,9 @@ def _prepare(run: Run, stage: str, last: Path | None) -> Trainee:
     if last is not None:
         load_weights(model, last)
     model.to(dev)
+    cpu_bf16 = cpu_bf16_enabled(dev, cfg.train.amp_cpu)
+    if cpu_bf16:
+        model.to(memory_format=channels_last(5 if cfg.data.pipeline == "coarse" else 4))
     loss_fn, uses_weight = _loss(cfg, dev)
     ids = (run.train_ids, run.val_ids)
     dataset, masks = stage_dataset(cfg, stage, model, run.cache, ids, dev, uses_weight)
@@ -107,6 +111,7 @@ def _prepare(run: Run, stage: str, last: Path | None) -> Trainee:
         steps=steps,
         masks=masks,
         amp=amp_enabled(dev, cfg.train.amp),
+        cpu_bf16=cpu_bf16,
     )
 
 
@@ -123,7 +128,7 @@ def _log_start(run: Run, stage: str, trainee: Trainee) -> None:
         t.batch_size,
         run.dist.world_size,
         run.device,
-        ", mixed precision" if trainee.amp else "",
+        ", mixed precision" if trainee.amp else ", bfloat16 autocast" if trainee.cpu_bf16 else "",
     )
 
 

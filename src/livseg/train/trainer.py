@@ -14,7 +14,8 @@
 
 Each stage runs epochs (:mod:`livseg.train.loop`) of ``train.iterations_per_epoch`` iterations
 (or one pass over the slices): Adam/AdamW, a per-iteration learning-rate schedule
-(:mod:`livseg.train.schedules`), autocast + GradScaler on CUDA only, gradient clipping; after every
+(:mod:`livseg.train.schedules`), float16 autocast + GradScaler on CUDA (``train.amp``) or bfloat16
+autocast on the CPU (``train.amp_cpu``), gradient clipping; after every
 ``train.val_every`` epochs the validation cases are scored with the LiTS metric set
 (:mod:`livseg.train.validation`). The best checkpoint (by ``train.monitor``) and the last one are
 written after every epoch (atomically; see :mod:`livseg.train.checkpoint`), the last one with the

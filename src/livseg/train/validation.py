@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from livseg.data.cache import CachedCase
 from livseg.train.config import TrainConfig
-from livseg.train.loop import Run, Trainee, loss_value
+from livseg.train.loop import Run, Trainee, autocast, loss_value
 
 __all__ = ["validate", "score"]
 
@@ -44,7 +44,7 @@ def _predict_case(
         sl = slice(i, i + t.val_batch_size)
         x = _tensor(img, sl, np.float32, run.device)
         m = None if masks is None else _tensor(masks[case_id], sl, np.float32, run.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=trainee.amp):
+        with autocast(trainee):
             logits = trainee.eval_fwd(x, m).float()
         y = _tensor(lab, sl, np.int64, run.device)
         w = None if wmap is None else _tensor(wmap, sl, np.float32, run.device)
@@ -85,7 +85,7 @@ def _predict_volume(
     mult = 2 ** int(trainee.net.depth)
     image, crop = pad_to(cache.images[case_id].astype(np.float32), mult, minimum=2 * mult)
     x = torch.from_numpy(image)[None, None].to(run.device)
-    with torch.autocast("cuda", dtype=torch.float16, enabled=trainee.amp):
+    with autocast(trainee):
         logits = trainee.eval_fwd(x, None).float()[(slice(None), slice(None), *crop)]
     y = torch.from_numpy(lab.astype(np.int64))[None].to(run.device)
     loss = loss_value(trainee.loss_fn, logits, y, None, run.config.train.target, False)
