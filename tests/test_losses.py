@@ -88,6 +88,25 @@ def test_batch_items_are_summed_separately_then_averaged(cls):
     assert abs(pooled.item() - loss(logits, g).item()) > 1e-4  # not pooled over the batch
 
 
+def test_batch_dice_sums_over_the_batch_so_empty_items_pay_for_false_positives():
+    """``batch=True``: item 0 has no foreground and p = 0.5 on its 4 pixels, item 1 is G predicted
+    perfectly. Pooled: sum(pg) = 2, sum(p) = 2 + 2, sum(g) = 2 -> soft Dice (4 + eps) / (6 + eps);
+    per item the empty item's loss is ~1 whatever it predicts, so its gradient is ~0."""
+    g = torch.stack([torch.zeros(2, 2), G.float()])
+    logits = torch.stack([torch.zeros(1, 2, 2), (G.float() * 100 - 50)[None]]).requires_grad_()
+    batch = SoftDiceLoss(batch=True)(logits, g)
+    assert batch.item() == pytest.approx(1 - (4 + EPS) / (6 + EPS), abs=1e-6)
+    grad_batch = torch.autograd.grad(batch, logits)[0][0].abs().sum().item()
+    grad_item = torch.autograd.grad(SoftDiceLoss()(logits, g), logits)[0][0].abs().sum().item()
+    assert grad_item < 1e-4 < 0.1 < grad_batch
+    # MDice: D = 4/6, T = 2 / (2 + 0.5 * 2) = 2/3
+    mdice = MDiceLoss(batch=True)(logits, g).item()
+    assert mdice == pytest.approx(1 - (2 / 3) * (2 / 3), abs=1e-5)
+    assert build_loss("mdice", batch=True).batch
+    with pytest.raises(LivsegError, match="reduction='mean'"):
+        SoftDiceLoss(batch=True, reduction="none")
+
+
 def test_empty_reference():
     g = torch.zeros(1, 2, 2, dtype=torch.long)
     empty_pred = torch.full((1, 1, 2, 2), -50.0)  # p ~ 2e-22

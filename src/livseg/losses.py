@@ -12,7 +12,9 @@ Every loss is a small ``nn.Module`` called as ``loss(logits, target, weight=None
 
 Overlap losses sum over the pixels of each batch item, then average the per-item losses over the
 batch, so one item's empty reference does not leak into another's (``reduction="none"`` returns
-the (B,) per-item losses). With p the foreground probability and g the reference (SPEC section 1):
+the (B,) per-item losses). With ``batch=True`` they sum over the whole batch instead (nnU-Net's
+"batch Dice"): an item without foreground then still pays for its false positives, where per item
+its loss is close to 1 whatever it predicts and gives almost no gradient. With p the foreground probability and g the reference (SPEC section 1):
 
 - :class:`DiceLoss` (Milletari et al., eq. 1 of CR-U-Net): ``1 - (2 sum(pg) + eps) /
   (sum(p^2) + sum(g^2) + eps)``.
@@ -130,15 +132,18 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 class _OverlapLoss(nn.Module):
-    """Base of the overlap losses: validation, per-item sums, batch mean."""
+    """Base of the overlap losses: validation, per-item (or whole-batch) sums, batch mean."""
 
     uses_weight = False
 
-    def __init__(self, eps: float = 1e-5, reduction: str = "mean") -> None:
+    def __init__(self, eps: float = 1e-5, reduction: str = "mean", batch: bool = False) -> None:
         super().__init__()
         _check_options(eps, reduction)
+        if batch and reduction != "mean":
+            raise LossInputError("batch=True sums over the batch: it needs reduction='mean'")
         self.eps = float(eps)
         self.reduction = reduction
+        self.batch = bool(batch)
 
     def per_item(self, p: Tensor, g: Tensor) -> Tensor:
         """Loss per batch item from flattened probabilities and reference, (B, N) -> (B,)."""
@@ -157,6 +162,8 @@ class _OverlapLoss(nn.Module):
         """
         g = _check_logits_target(logits, target).flatten(1)
         p = _foreground(logits).flatten(1)
+        if self.batch:
+            p, g = p.reshape(1, -1), g.reshape(1, -1)
         return _reduce(self.per_item(p, g), self.reduction)
 
 
@@ -167,6 +174,7 @@ class DiceLoss(_OverlapLoss):
 
     Args:
         eps: Smoothing term in numerator and denominator (>= 0).
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
         reduction: ``"mean"`` (scalar) or ``"none"`` ((B,) per item).
     """
 
@@ -195,6 +203,7 @@ class SoftDiceLoss(_OverlapLoss):
 
     Args:
         eps: Smoothing term (>= 0).
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
         reduction: ``"mean"`` or ``"none"``.
     """
 
@@ -211,12 +220,18 @@ class TverskyLoss(_OverlapLoss):
         beta: Weight of false negatives, in [0, 1] (default 0.7, the CR-U-Net value).
         eps: Smoothing term (>= 0).
         reduction: ``"mean"`` or ``"none"``.
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
     """
 
     def __init__(
-        self, alpha: float = 0.5, beta: float = 0.7, eps: float = 1e-5, reduction: str = "mean"
+        self,
+        alpha: float = 0.5,
+        beta: float = 0.7,
+        eps: float = 1e-5,
+        reduction: str = "mean",
+        batch: bool = False,
     ) -> None:
-        super().__init__(eps, reduction)
+        super().__init__(eps, reduction, batch)
         _check_fraction("alpha", alpha)
         _check_fraction("beta", beta)
         self.alpha = float(alpha)
@@ -237,6 +252,7 @@ class MDiceLoss(TverskyLoss):
         alpha: Tversky false-positive weight (paper: 0.5).
         beta: Tversky false-negative weight (paper: 0.7).
         eps: Smoothing term (paper: 1e-5).
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
         reduction: ``"mean"`` or ``"none"``.
     """
 
