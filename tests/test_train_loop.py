@@ -327,3 +327,20 @@ def test_cpu_autocast_computes_in_bfloat16_and_keeps_float32_weights():
     with autocast(trainee):
         assert conv(x).dtype == torch.float32
     assert channels_last(5) == torch.channels_last_3d
+
+
+def test_a_resumed_run_warns_about_changed_options_not_about_newly_added_ones(tmp_path, caplog):
+    """A run folder written before an option existed (its config.json lacks the key) does not
+    count the option's default as a change; a changed value is named."""
+    from livseg.train.config import config_to_dict
+    from livseg.train.trainer import _check_run_folder
+
+    cfg = load_config("runet", TINY)
+    saved = config_to_dict(cfg)
+    del saved["train"]["amp_cpu"]
+    (tmp_path / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="livseg.train.trainer"):
+        _check_run_folder(tmp_path, cfg)
+        assert "differs" not in caplog.text
+        _check_run_folder(tmp_path, load_config("runet", TINY + ["train.epochs=2"]))
+    assert "differs from the earlier run's: train.epochs" in caplog.text
