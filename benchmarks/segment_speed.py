@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-previous", action="store_true", help="skip the previous release")
     p.add_argument("--worktrees", type=Path, default=Path(tempfile.gettempdir()))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "bf16"))
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--no-batch", action="store_true", help="skip the batch line")
     args = p.parse_args(argv)

@@ -526,3 +526,20 @@ def test_a_tiny_ct_is_padded_enough_for_instance_norm():
     hu = np.full((4, 8, 8), -1000.0, np.float32)  # 1 x 2 x 2 coarse voxels at 4 mm
     prob, _ = stage.probability(hu, (1.0, 1.0, 1.0))
     assert prob.shape == (1, 2, 2) and np.isfinite(prob).all()
+
+
+def test_coarse_stage_bf16_runs_in_bfloat16_close_to_float32():
+    """``--backend bf16`` also runs the coarse 3-D ensemble under bfloat16 autocast: the
+    probabilities move (bfloat16 keeps ~3 significant digits; an untrained network passes the
+    rounding on, here by 0.023 at most), and not more."""
+    torch.manual_seed(0)
+    net = build_model("unet3d", base_width=4, depth=2).eval()
+    hu = np.random.default_rng(0).uniform(-200, 300, (20, 24, 24)).astype(np.float32)
+    probs = [
+        CoarseStage([net], spacing_mm=2.0, multiple=4, bf16=bf16).probability(hu, (2.0, 2.0, 2.0))[
+            0
+        ]
+        for bf16 in (False, True)
+    ]
+    diff = np.abs(probs[1] - probs[0])
+    assert 0 < diff.max() < 0.05

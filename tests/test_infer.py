@@ -319,3 +319,21 @@ def test_shipped_weights_missing_message(monkeypatch, tmp_path):
         Cascade.load("crunet", paper=True)
     with pytest.raises(MissingWeightsError, match="coarse_liver, crunet_liver_fine, runet_tumour"):
         Cascade.load("crunet", paper=False)
+
+
+def test_bf16_predictor_runs_the_network_in_bfloat16_close_to_float32(tiny_checkpoints):
+    """``--backend bf16``: the slice networks run under bfloat16 autocast (so the probabilities
+    move, by bfloat16's ~3 significant digits, not more), and the back-end name resolves."""
+    from livseg.infer.backend import resolve_backend
+    from livseg.models.checkpoint import load_model
+
+    assert resolve_backend("bf16", torch.device("cpu")) == "bf16"
+    model, spec = load_model(tiny_checkpoints["runet_tumour"])
+    hu, _ = synthetic_ct((6, 32, 32))
+    stats = volume_stats(hu)
+    probs = {}
+    for bf16 in (False, True):
+        pred = SlicePredictor(model, spec.preprocess, bf16=bf16)
+        probs[bf16] = np.concatenate([p for _, p in pred.predict(hu, range(6), stats, None)])
+    diff = np.abs(probs[True] - probs[False])
+    assert 0 < diff.max() < 0.02

@@ -97,10 +97,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=("auto", "torch", "onnx", "bf16"),
         default="auto",
-        help="how the slice networks run: ONNX Runtime (CPU, faster, same results; needs "
-        'pip install "livseg[onnx]"), PyTorch, or auto (ONNX Runtime on the CPU when installed)',
+        help="how the networks run: ONNX Runtime (CPU, faster, same results; needs "
+        'pip install "livseg[onnx]"), PyTorch, PyTorch in bfloat16 (faster on CPUs with '
+        "AVX-512 BF16 or AMX and on GPUs; an approximation), or auto (ONNX Runtime on the CPU "
+        "when installed)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 

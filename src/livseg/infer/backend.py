@@ -13,9 +13,15 @@ tumour R-U-Net 14.0 against 23.2), with logits equal to 1.5e-5; end to end
   a cache (``$LIVSEG_CACHE`` or ``~/.cache/livseg/onnx``; key: the checkpoint's files, torch's
   and livseg's export version) and run by :mod:`onnxruntime` (optional dependency:
   ``pip install "livseg[onnx]"``). When the cache cannot be written the export is kept in memory.
+* ``bf16``: the torch networks under bfloat16 autocast (weights stay float32), channels-last,
+  the coarse 3-D stage included: faster on CPUs with native bfloat16 (AVX-512 BF16, AMX) and on
+  GPUs, an approximation (probabilities differ by about 1e-3; ``benchmarks/segment_speed.py
+  --backend bf16`` measures time and label agreement). CPUs without native bfloat16 emulate it
+  (slower; a warning says so).
 * ``auto`` (the default): ``onnx`` on the CPU when onnxruntime is installed, else ``torch``.
 
-The coarse 3-D stage always runs in PyTorch: its input size changes with every CT.
+The coarse 3-D stage runs in PyTorch (in float32 except with ``bf16``): its input size changes
+with every CT.
 """
 
 from __future__ import annotations
@@ -42,10 +48,11 @@ __all__ = [
     "OnnxNetwork",
     "onnx_networks",
     "channels_last",
+    "autocast",
     "prepare",
 ]
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "bf16")
 
 #: bump when the export changes (opset, names, axes): old cache entries are then not used
 EXPORT_VERSION = "1"
@@ -62,7 +69,7 @@ def onnx_available() -> bool:
 
 
 def resolve_backend(backend: str, device: Any) -> str:
-    """``"torch"`` or ``"onnx"`` for a ``--backend`` value on ``device``.
+    """``"torch"``, ``"onnx"`` or ``"bf16"`` for a ``--backend`` value on ``device``.
 
     Raises:
         LivsegError: an unknown back-end, ``onnx`` without onnxruntime or on a GPU.
@@ -72,6 +79,11 @@ def resolve_backend(backend: str, device: Any) -> str:
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     if backend == "auto":
         return "onnx" if on_cpu and onnx_available() else "torch"
+    if backend == "bf16" and on_cpu:
+        import torch
+
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning("--backend bf16: this CPU has no native bfloat16; it will be slower")
     if backend == "onnx" and not on_cpu:
         raise LivsegError("--backend onnx runs on the CPU; use --device cpu or --backend torch")
     if backend == "onnx" and not onnx_available():
@@ -225,6 +237,15 @@ def channels_last(models: list[Any]) -> list[Any]:
     return [m.to(memory_format=torch.channels_last) for m in models]
 
 
+def autocast(device: Any, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``bf16``, else nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(getattr(device, "type", str(device)), dtype=torch.bfloat16)
+
+
 def prepare(
     models: list[Any], checkpoints: list[Path], shape: tuple[int, ...], backend: str
 ) -> list[Any]:
@@ -234,7 +255,8 @@ def prepare(
         models: the loaded torch networks (eval mode).
         checkpoints: their checkpoint folders (the ONNX cache key).
         shape: one input ``(1, C, H, W)`` of the working size.
-        backend: ``"torch"``: :func:`channels_last`; ``"onnx"``: :func:`onnx_networks`.
+        backend: ``"torch"``, ``"bf16"``: :func:`channels_last`; ``"onnx"``:
+            :func:`onnx_networks`.
     """
     if backend == "onnx":
         return onnx_networks(checkpoints, shape, lambda k: models[k])

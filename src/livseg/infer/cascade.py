@@ -145,8 +145,8 @@ def _load(
     checkpoint: str | Path, device: Any, batch_size: int, tta: bool, backend: str = "torch"
 ) -> SlicePredictor:
     """A slice predictor of a model folder (one checkpoint or a fold ensemble), its networks
-    run by ``backend`` (``"torch"`` or ``"onnx"``: :mod:`livseg.infer.backend`; with a warm
-    export cache the ONNX networks are built without reading the weights)."""
+    run by ``backend`` (``"torch"``, ``"bf16"`` or ``"onnx"``: :mod:`livseg.infer.backend`; with a
+    warm export cache the ONNX networks are built without reading the weights)."""
     from livseg.infer.backend import channels_last, onnx_networks
     from livseg.models.checkpoint import load_model
 
@@ -160,18 +160,28 @@ def _load(
     else:
         models = channels_last([load_model(m, device)[0] for m in members])
     return SlicePredictor(
-        models, spec.preprocess, device=device, batch_size=batch_size, tta=tta, name=str(path)
+        models,
+        spec.preprocess,
+        device=device,
+        batch_size=batch_size,
+        tta=tta,
+        name=str(path),
+        bf16=backend == "bf16",
     )
 
 
-def _load_coarse(checkpoint: str | Path, device: Any) -> CoarseStage:
+def _load_coarse(checkpoint: str | Path, device: Any, bf16: bool = False) -> CoarseStage:
     """The coarse 3-D stage of a model folder (one checkpoint or a fold ensemble)."""
+    import torch
+
     models, spec, path = _load_members(checkpoint, device)
+    if bf16:
+        models = [m.to(memory_format=torch.channels_last_3d) for m in models]
     s = spec.preprocess
     if s.pipeline != "coarse":
         raise LivsegError(f"{path}: a {s.pipeline} model is not a coarse 3-D liver model")
     multiple = max(2 ** int(m.depth) for m in models)
-    return CoarseStage(models, s.spacing_mm, s.windows[0], multiple, device=device)
+    return CoarseStage(models, s.spacing_mm, s.windows[0], multiple, device=device, bf16=bf16)
 
 
 def _checkpoint_dirs(
@@ -337,8 +347,9 @@ class Cascade:
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
             tumour: False runs the liver stage only.
-            backend: how the slice networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU)
-                or ``"auto"`` (ONNX Runtime on the CPU when installed); see
+            backend: how the slice networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU),
+                ``"bf16"`` (PyTorch under bfloat16 autocast, the coarse stage too; an
+                approximation) or ``"auto"`` (ONNX Runtime on the CPU when installed); see
                 :mod:`livseg.infer.backend`.
             **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``,
                 ``gate_mm``, ``tumour_in_gate``, ``min_lesion_mm3``: by default
@@ -356,14 +367,15 @@ class Cascade:
         backend = resolve_backend(backend, dev)
         liver = _load(liver_dir, dev, batch_size, tta, backend)
         tum = _load(tumour_dir, dev, batch_size, tta, backend) if tumour_dir is not None else None
-        stage0 = _load_coarse(coarse_dir, dev) if coarse_dir is not None else None
+        bf16 = backend == "bf16"
+        stage0 = _load_coarse(coarse_dir, dev, bf16) if coarse_dir is not None else None
         log.info(
             "loaded %sliver model %s%s on %s (%s)",
             f"coarse stage {coarse_dir}, " if stage0 else "",
             liver.name,
             f" and tumour model {tum.name}" if tum else "",
             dev,
-            "ONNX Runtime" if backend == "onnx" else "PyTorch",
+            {"onnx": "ONNX Runtime", "bf16": "PyTorch, bfloat16"}.get(backend, "PyTorch"),
         )
         if not paper:
             options.setdefault("min_lesion_mm3", MIN_LESION_MM3)

@@ -77,7 +77,7 @@ class SegmentOptions:
             livseg's; default :data:`~livseg.infer.pretrained.DEFAULT_PAPER`.
         tta: left-right flip test-time augmentation.
         batch_size: slices per forward pass.
-        backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (:mod:`livseg.infer.backend`).
+        backend: ``"auto"``, ``"torch"``, ``"onnx"`` or ``"bf16"`` (:mod:`livseg.infer.backend`).
     """
 
     liver_model: str | Path | None = None

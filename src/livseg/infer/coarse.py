@@ -88,6 +88,7 @@ class CoarseStage:
         multiple: Spatial sizes the networks need a multiple of (``2**depth``).
         margin_mm: Margin of the region around the coarse liver box (mm).
         device: torch device the models are on.
+        bf16: bfloat16 autocast and channels-last volumes (``--backend bf16``).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class CoarseStage:
         multiple: int = 16,
         margin_mm: float = DEFAULT_MARGIN_MM,
         device: str = "cpu",
+        bf16: bool = False,
     ) -> None:
         if not models:
             raise ValueError("a coarse stage needs at least one model")
@@ -107,6 +109,7 @@ class CoarseStage:
         self.multiple = int(multiple)
         self.margin_mm = float(margin_mm)
         self.device = device
+        self.bf16 = bool(bf16)
         for m in self.models:
             m.eval()
 
@@ -124,12 +127,16 @@ class CoarseStage:
         """
         import torch
 
+        from livseg.infer.backend import autocast
+
         image = coarse_image(hu, spacing, self.spacing_mm, self.window)
         # instance norm needs more than one voxel at the bottom level: at least 2 x multiple
         padded, crop = pad_to(image, self.multiple, minimum=2 * self.multiple)
         x = torch.from_numpy(padded)[None, None].to(self.device)
+        if self.bf16:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         total = np.zeros(image.shape, dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.bf16):
             for model in self.models:
                 p = torch.sigmoid(model(x)[:, 0])[0].float().cpu().numpy()
                 total += p[crop]

@@ -105,6 +105,7 @@ class SlicePredictor:
         batch_size: slices per forward pass.
         tta: average with the left-right mirrored prediction.
         name: name used in log messages (e.g. the checkpoint folder).
+        bf16: run the networks under bfloat16 autocast (``--backend bf16``).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class SlicePredictor:
         batch_size: int = 8,
         tta: bool = False,
         name: str = "model",
+        bf16: bool = False,
     ) -> None:
         import torch
 
@@ -129,6 +131,7 @@ class SlicePredictor:
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.name = name
+        self.bf16 = bool(bf16)
         size = int(settings.size)
         mult = max(size_multiple(m) for m in self.models)
         if size % mult:
@@ -171,9 +174,10 @@ class SlicePredictor:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         import torch
 
+        from livseg.infer.backend import autocast
         from livseg.models import foreground_probability
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.bf16):
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
             if t.dim() == 4:  # faster convolutions (oneDNN); the results are the same
                 t = t.contiguous(memory_format=torch.channels_last)
