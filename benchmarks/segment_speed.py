@@ -6,7 +6,7 @@ and peak memory are its own), with the same thread count:
 * **floor**: Python starts, reads the CT with ``livseg.io`` and writes an empty label volume in
   its geometry: what no segmentation tool can beat;
 * **previous**: ``livseg segment`` of the previous release (``--previous``, a git revision: by
-  default v0.5, the release before the tumour stage ran in the coarse gate), run from a
+  default v0.6, the release before the batch-Dice fine stage and ``--backend bf16``), run from a
   temporary git worktree;
 * **today**: ``livseg segment`` of this checkout.
 
@@ -42,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: v0.5 (coarse stage at 96 epochs; model card with its speed)
-PREVIOUS = "217f479"
+#: v0.6 (tumour stage in the coarse gate, tumour models at 30 epochs; model card with its speed)
+PREVIOUS = "4658cf3"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 
 FLOOR = """
