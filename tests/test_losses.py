@@ -103,6 +103,10 @@ def test_batch_dice_sums_over_the_batch_so_empty_items_pay_for_false_positives()
     mdice = MDiceLoss(batch=True)(logits, g).item()
     assert mdice == pytest.approx(1 - (2 / 3) * (2 / 3), abs=1e-5)
     assert build_loss("mdice", batch=True).batch
+    # the tumour compound loss: its Dice term pooled the same way (CE unchanged)
+    both = CompoundTumourLoss(tumour_weight=1.0, dice="soft", batch_dice=True)(logits, g)
+    ce = WeightedCrossEntropyLoss()(logits, g)
+    assert both.item() == pytest.approx(ce.item() + batch.item(), abs=1e-6)
     with pytest.raises(LivsegError, match="reduction='mean'"):
         SoftDiceLoss(batch=True, reduction="none")
 

@@ -374,6 +374,8 @@ class CompoundTumourLoss(nn.Module):
         dice: ``"milletari"`` (squared denominators, the form Kaluva et al. quote) or ``"soft"``.
         eps: Dice smoothing term.
         reduction: ``"mean"`` or ``"none"``.
+        batch_dice: Sum the Dice term over the whole batch (nnU-Net's batch Dice), so slices
+            without tumour pay for false positives in it too.
 
     The optional weight map multiplies the cross-entropy term only.
     """
@@ -389,6 +391,7 @@ class CompoundTumourLoss(nn.Module):
         dice: str = "milletari",
         eps: float = 1e-5,
         reduction: str = "mean",
+        batch_dice: bool = False,
     ) -> None:
         super().__init__()
         if ce_weight < 0 or dice_weight < 0:
@@ -407,7 +410,7 @@ class CompoundTumourLoss(nn.Module):
         self.tumour_weight = None if tumour_weight is None else float(tumour_weight)
         self.max_tumour_weight = float(max_tumour_weight)
         self.ce = WeightedCrossEntropyLoss(reduction=reduction)
-        self.dice = dice_losses[dice](eps=eps, reduction=reduction)
+        self.dice = dice_losses[dice](eps=eps, reduction=reduction, batch=batch_dice)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """Compute the loss.
