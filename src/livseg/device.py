@@ -18,7 +18,14 @@ from livseg.errors import LivsegError
 
 logger = logging.getLogger("livseg.device")
 
-__all__ = ["DeviceError", "parse_device", "resolve_device", "amp_enabled", "cpu_bf16_enabled"]
+__all__ = [
+    "DeviceError",
+    "parse_device",
+    "resolve_device",
+    "amp_enabled",
+    "cpu_bf16_enabled",
+    "native_bf16",
+]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -84,14 +91,19 @@ def amp_enabled(device, requested: bool = True) -> bool:
     return bool(requested) and getattr(device, "type", str(device)) == "cuda"
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX, as oneDNN sees it)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def cpu_bf16_enabled(device, requested: bool = False) -> bool:
     """Whether training uses bfloat16 autocast on the CPU: only on CPU devices, only when
     requested. Warns when the CPU has no native bfloat16 (emulated, hence slower)."""
     if not requested or getattr(device, "type", str(device)) != "cpu":
         return False
-    import torch
-
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not native_bf16():
         logger.warning(
             "train.amp_cpu: this CPU has no native bfloat16 (AVX-512 BF16 or AMX); training will "
             "be slower than in float32, set train.amp_cpu=false"

@@ -14,7 +14,8 @@ Overlap losses sum over the pixels of each batch item, then average the per-item
 batch, so one item's empty reference does not leak into another's (``reduction="none"`` returns
 the (B,) per-item losses). With ``batch=True`` they sum over the whole batch instead (nnU-Net's
 "batch Dice"): an item without foreground then still pays for its false positives, where per item
-its loss is close to 1 whatever it predicts and gives almost no gradient. With p the foreground probability and g the reference (SPEC section 1):
+its loss is close to 1 whatever it predicts and gives almost no gradient. With p the foreground
+probability and g the reference (SPEC section 1):
 
 - :class:`DiceLoss` (Milletari et al., eq. 1 of CR-U-Net): ``1 - (2 sum(pg) + eps) /
   (sum(p^2) + sum(g^2) + eps)``.
@@ -174,8 +175,8 @@ class DiceLoss(_OverlapLoss):
 
     Args:
         eps: Smoothing term in numerator and denominator (>= 0).
-        batch: Sum over the whole batch (one loss per batch) instead of per item.
         reduction: ``"mean"`` (scalar) or ``"none"`` ((B,) per item).
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
     """
 
     def per_item(self, p: Tensor, g: Tensor) -> Tensor:
@@ -203,8 +204,8 @@ class SoftDiceLoss(_OverlapLoss):
 
     Args:
         eps: Smoothing term (>= 0).
-        batch: Sum over the whole batch (one loss per batch) instead of per item.
         reduction: ``"mean"`` or ``"none"``.
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
     """
 
     def per_item(self, p: Tensor, g: Tensor) -> Tensor:
@@ -252,8 +253,8 @@ class MDiceLoss(TverskyLoss):
         alpha: Tversky false-positive weight (paper: 0.5).
         beta: Tversky false-negative weight (paper: 0.7).
         eps: Smoothing term (paper: 1e-5).
-        batch: Sum over the whole batch (one loss per batch) instead of per item.
         reduction: ``"mean"`` or ``"none"``.
+        batch: Sum over the whole batch (one loss per batch) instead of per item.
     """
 
     def per_item(self, p: Tensor, g: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from livseg.device import native_bf16
 from livseg.errors import LivsegError
 
 log = logging.getLogger("livseg.infer.backend")
@@ -79,11 +80,8 @@ def resolve_backend(backend: str, device: Any) -> str:
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     if backend == "auto":
         return "onnx" if on_cpu and onnx_available() else "torch"
-    if backend == "bf16" and on_cpu:
-        import torch
-
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            log.warning("--backend bf16: this CPU has no native bfloat16; it will be slower")
+    if backend == "bf16" and on_cpu and not native_bf16():
+        log.warning("--backend bf16: this CPU has no native bfloat16; it will be slower")
     if backend == "onnx" and not on_cpu:
         raise LivsegError("--backend onnx runs on the CPU; use --device cpu or --backend torch")
     if backend == "onnx" and not onnx_available():
