@@ -171,9 +171,9 @@ class TrainConfig:
         amp_cpu: bfloat16 autocast and channels-last tensors on CPU devices; the weights, the
             optimiser state and the loss stay float32, and no GradScaler is needed (bfloat16 has
             float32's exponent range). On a CPU with native bfloat16 (AVX-512 BF16, AMX) one
-            training step ran 1.5x (CR-U-Net), 1.8x (tumour R-U-Net) and 2.5x (3-D coarse U-Net)
-            faster on one thread; CPUs without it emulate bfloat16 and are slower (a warning
-            says so). Off by default.
+            training step ran 1.6x (CR-U-Net level 1), 2.1x (tumour R-U-Net) and 2.5x (3-D coarse
+            U-Net) faster on one thread (``benchmarks/amp_cpu_speed.py``); CPUs without it
+            emulate bfloat16 and are slower (a warning says so). Off by default.
         seed: Seed of every random generator (weights, sampling, augmentation).
         num_workers: DataLoader worker processes (0 = in the training process).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; the CLI's ``--device`` overrides it.
