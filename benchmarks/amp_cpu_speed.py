@@ -55,13 +55,14 @@ def network_and_batch(name: str):
 def seconds_per_step(name: str, bf16: bool, steps: int, warmup: int) -> float:
     import torch
 
-    from livseg.train.loop import autocast, channels_last
+    from livseg.infer.backend import memory_format
+    from livseg.train.loop import autocast
 
     torch.manual_seed(0)
     net, loss_fn, x, y = network_and_batch(name)
     if bf16:
-        net = net.to(memory_format=channels_last(x.dim()))
-        x = x.contiguous(memory_format=channels_last(x.dim()))
+        net = net.to(memory_format=memory_format(x.dim()))
+        x = x.contiguous(memory_format=memory_format(x.dim()))
     trainee = type("Trainee", (), {"amp": False, "cpu_bf16": bf16})()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
 

@@ -315,18 +315,19 @@ def test_training_learns(phantoms, tmp_path, caplog, amp_cpu):
 def test_cpu_autocast_computes_in_bfloat16_and_keeps_float32_weights():
     """``train.amp_cpu``: convolutions run in bfloat16 on channels-last inputs; the weights stay
     float32, so checkpoints are unchanged in format."""
-    from livseg.train.loop import autocast, channels_last
+    from livseg.infer.backend import memory_format
+    from livseg.train.loop import autocast
 
-    conv = torch.nn.Conv2d(2, 3, 3).to(memory_format=channels_last(4))
+    conv = torch.nn.Conv2d(2, 3, 3).to(memory_format=memory_format(4))
     trainee = type("T", (), {"amp": False, "cpu_bf16": True})()
-    x = torch.randn(1, 2, 8, 8).contiguous(memory_format=channels_last(4))
+    x = torch.randn(1, 2, 8, 8).contiguous(memory_format=memory_format(4))
     with autocast(trainee):
         y = conv(x)
     assert y.dtype == torch.bfloat16 and conv.weight.dtype == torch.float32
     trainee.cpu_bf16 = False
     with autocast(trainee):
         assert conv(x).dtype == torch.float32
-    assert channels_last(5) == torch.channels_last_3d
+    assert memory_format(5) == torch.channels_last_3d
 
 
 def test_a_resumed_run_warns_about_changed_options_not_about_newly_added_ones(tmp_path, caplog):

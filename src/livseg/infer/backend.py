@@ -49,6 +49,7 @@ __all__ = [
     "OnnxNetwork",
     "onnx_networks",
     "channels_last",
+    "memory_format",
     "autocast",
     "prepare",
 ]
@@ -228,11 +229,17 @@ def onnx_networks(
     ]
 
 
-def channels_last(models: list[Any]) -> list[Any]:
-    """The 2-D torch networks with channels-last weights (faster convolutions on the CPU)."""
+def memory_format(ndim: int) -> Any:
+    """The channels-last memory format of 4-D (slices) or 5-D (volumes) tensors."""
     import torch
 
-    return [m.to(memory_format=torch.channels_last) for m in models]
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def channels_last(models: list[Any], ndim: int = 4) -> list[Any]:
+    """The torch networks with channels-last weights (faster convolutions on the CPU); ``ndim``
+    5 for 3-D networks."""
+    return [m.to(memory_format=memory_format(ndim)) for m in models]
 
 
 def autocast(device: Any, bf16: bool) -> contextlib.AbstractContextManager:

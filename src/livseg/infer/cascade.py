@@ -172,11 +172,11 @@ def _load(
 
 def _load_coarse(checkpoint: str | Path, device: Any, bf16: bool = False) -> CoarseStage:
     """The coarse 3-D stage of a model folder (one checkpoint or a fold ensemble)."""
-    import torch
+    from livseg.infer.backend import channels_last
 
     models, spec, path = _load_members(checkpoint, device)
     if bf16:
-        models = [m.to(memory_format=torch.channels_last_3d) for m in models]
+        models = channels_last(models, 5)
     s = spec.preprocess
     if s.pipeline != "coarse":
         raise LivsegError(f"{path}: a {s.pipeline} model is not a coarse 3-D liver model")

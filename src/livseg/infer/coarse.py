@@ -127,14 +127,14 @@ class CoarseStage:
         """
         import torch
 
-        from livseg.infer.backend import autocast
+        from livseg.infer.backend import autocast, memory_format
 
         image = coarse_image(hu, spacing, self.spacing_mm, self.window)
         # instance norm needs more than one voxel at the bottom level: at least 2 x multiple
         padded, crop = pad_to(image, self.multiple, minimum=2 * self.multiple)
         x = torch.from_numpy(padded)[None, None].to(self.device)
         if self.bf16:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = x.contiguous(memory_format=memory_format(5))
         total = np.zeros(image.shape, dtype=np.float32)
         with torch.inference_mode(), autocast(self.device, self.bf16):
             for model in self.models:

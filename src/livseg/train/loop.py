@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from livseg.data.cache import SliceCache
 from livseg.data.dataset import SliceDataset
 from livseg.distributed import DistInfo
+from livseg.infer.backend import memory_format
 from livseg.train.config import Config, OptimizerConfig, TrainConfig
 from livseg.train.distributed import DistributedWeightedSampler, all_reduce_mean
 from livseg.train.results import ProgressCallback, TrainingDiverged
@@ -234,11 +235,6 @@ def build_optimisation(
     )
 
 
-def channels_last(ndim: int) -> torch.memory_format:
-    """Channels-last memory format of 4-D (slices) or 5-D (volumes) tensors."""
-    return torch.channels_last_3d if ndim == 5 else torch.channels_last
-
-
 def autocast(trainee: Trainee) -> contextlib.AbstractContextManager:
     """The trainee's autocast: float16 on CUDA (``amp``), bfloat16 on the CPU (``cpu_bf16``),
     else none."""
@@ -269,7 +265,7 @@ def _batch_loss(run: Run, trainee: Trainee, batch: dict[str, Any]) -> Tensor:
     label = batch["label"].to(dev, non_blocking=True)
     weight = batch["weight"].to(dev, non_blocking=True) if "weight" in batch else None
     if trainee.cpu_bf16:
-        x = x.contiguous(memory_format=channels_last(x.dim()))
+        x = x.contiguous(memory_format=memory_format(x.dim()))
     with autocast(trainee):
         logits = trainee.fwd(x, mask)
     return loss_value(

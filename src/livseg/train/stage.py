@@ -24,6 +24,7 @@ from torch import nn
 from livseg.device import amp_enabled, cpu_bf16_enabled
 from livseg.distributed import barrier, broadcast_object
 from livseg.errors import InputError, LivsegError
+from livseg.infer.backend import memory_format
 from livseg.io.atomic import write_text_atomic
 from livseg.models.checkpoint import find_checkpoint, load_info, load_weights
 from livseg.train.checkpoint import save_checkpoint
@@ -36,7 +37,6 @@ from livseg.train.loop import (
     Run,
     Trainee,
     build_optimisation,
-    channels_last,
     make_loader,
     seed_all,
     train_epoch,
@@ -84,7 +84,7 @@ def _prepare(run: Run, stage: str, last: Path | None) -> Trainee:
     model.to(dev)
     cpu_bf16 = cpu_bf16_enabled(dev, cfg.train.amp_cpu)
     if cpu_bf16:
-        model.to(memory_format=channels_last(5 if cfg.data.pipeline == "coarse" else 4))
+        model.to(memory_format=memory_format(5 if cfg.data.pipeline == "coarse" else 4))
     loss_fn, uses_weight = _loss(cfg, dev)
     ids = (run.train_ids, run.val_ids)
     dataset, masks = stage_dataset(cfg, stage, model, run.cache, ids, dev, uses_weight)
