@@ -523,3 +523,66 @@ def test_phase_shift_off_draws_nothing():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     with pytest.raises(ValueError):
         Augmentation(phase_hu=-1.0)
+
+
+# --- synthetic lesions of the 2-D augmentation -------------------------------------------------
+
+
+def _liver_slice() -> tuple[np.ndarray, np.ndarray]:
+    """A 64 x 64 slice: a liver disc of radius 24 (label 1) holding a real lesion (label 2)."""
+    yy, xx = np.mgrid[:64, :64]
+    label = np.zeros((64, 64), np.int64)
+    label[(yy - 32) ** 2 + (xx - 32) ** 2 <= 24**2] = 1
+    label[(yy - 32) ** 2 + (xx - 20) ** 2 <= 3**2] = 2
+    return np.full((2, 64, 64), 0.5, np.float32), label
+
+
+def test_synthetic_lesions_are_tumour_inside_the_liver_at_the_drawn_contrast():
+    image, label = _liver_slice()
+    aug = _phase_only(
+        synth_prob=1.0,
+        synth_count=1,
+        synth_radius_px=(4.0, 6.0),
+        synth_hu=(-40.0, -40.0),
+        window_widths_hu=(100.0, 400.0),
+    )
+    out, lab, _ = aug(image, label, None, np.random.default_rng(0))
+    new = (lab == 2) & (label == 1)
+    assert new.sum() > 30  # one lesion of radius >= 4 px (~50 px)
+    assert np.array_equal(lab[label != 1], label[label != 1])  # outside the liver, real lesion kept
+    assert set(np.unique(lab)) == {0, 1, 2}
+    shift = out - image
+    assert np.allclose(shift[:, label == 0], 0.0)  # nothing painted outside the liver
+    # every painted pixel is darker, by -40 HU x (1 +- 0.3) x soft edge, in each channel's units
+    core = shift[0][new]
+    assert core.max() < 0 and core.min() >= -0.4 * 1.3 - 1e-6
+    assert np.median(core) < -0.2
+    np.testing.assert_allclose(shift[0] * 100.0, shift[1] * 400.0, atol=1e-4)  # same HU
+    again, lab2, _ = aug(image, label, None, np.random.default_rng(0))
+    assert np.array_equal(out, again) and np.array_equal(lab, lab2)
+
+
+def test_synthetic_lesion_contrast_avoids_the_isodense_gap():
+    from livseg.data.synth import _contrast
+
+    rng = np.random.default_rng(1)
+    d = np.array([_contrast((-80.0, 40.0), 15.0, rng) for _ in range(4000)])
+    assert d.min() >= -80.0 and d.max() <= 40.0 and not np.any(np.abs(d) < 15.0)
+    # uniform over [-80, -15] and [15, 40]: 65 of 90 HU of the range are hypodense
+    assert abs(np.mean(d < 0) - 65 / 90) < 0.03
+    with pytest.raises(ValueError, match="synth_hu"):
+        Augmentation(synth_hu=(-10.0, 10.0), synth_min_contrast_hu=15.0)
+
+
+def test_synthetic_lesions_need_liver_and_off_draws_nothing():
+    image, label = _liver_slice()
+    aug = _phase_only(synth_prob=1.0, window_widths_hu=(100.0, 400.0))
+    empty = np.zeros_like(label)
+    out, lab, _ = aug(image, empty, None, np.random.default_rng(0))
+    assert np.array_equal(out, image) and np.array_equal(lab, empty)
+    # synth_prob = 0 (the default) leaves the random stream of the other transforms unchanged
+    a = Augmentation()(image, label, None, np.random.default_rng(5))
+    b = Augmentation(synth_count=2, window_widths_hu=(100.0,))(
+        image, label, None, np.random.default_rng(5)
+    )
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -135,7 +135,12 @@ def test_phase_widths_checked_when_the_configuration_loads():
     assert ok.augment.window_widths_hu == (100.0,)
     with pytest.raises(ConfigError, match="2 widths for the 3 window"):
         load_config("tumour_runet", ["augment.phase_hu=40", "augment.window_widths_hu=[100, 300]"])
-    # with the phase shift off the widths are not used, so not checked
+    # synthetic lesions use the widths too
+    with pytest.raises(ConfigError, match="2 widths for the 3 window"):
+        load_config("tumour_runet", ["augment.synth_prob=0.5", "augment.window_widths_hu=[1, 3]"])
+    syn = load_config("tumour_runet", ["augment.synth_prob=0.5", "augment.synth_hu=[-60, 20]"])
+    assert syn.augment.synth_hu == (-60.0, 20.0) and syn.augment.synth_prob == 0.5
+    # with the phase shift and synthetic lesions off the widths are not used, so not checked
     load_config("tumour_runet", ["augment.window_widths_hu=[100, 300]"])
 
 

@@ -10,7 +10,9 @@ back to [0, 1]. With ``phase_hu`` > 0 a **contrast-phase** shift comes first: th
 ``phase_hu`` HU, converted to each channel's image units with its window width, as between
 arterial, portal-venous and late phases (the 2-D twin of
 :meth:`livseg.data.augment3d.Augmentation3D.shift_phase`). For histogram-equalised inputs the
-conversion is approximate (the equalisation is not linear).
+conversion is approximate (the equalisation is not linear). With ``synth_prob`` > 0, before the
+phase shift, a slice with liver gets 1 to ``synth_count`` **synthetic lesions**
+(:mod:`livseg.data.synth`) with probability ``synth_prob``.
 
 Left-right flips are off by default: the liver lies on the patient's right, and a flipped abdomen
 is not a plausible CT. Everything is deterministic given the ``numpy.random.Generator``.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from livseg.data.synth import paint_lesions
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +70,15 @@ class Augmentation:
         phase_hu: Maximum shift of the liver and (independently) the lesions, in HU; 0 (the
             default) turns it off and draws no random numbers for it.
         window_widths_hu: Width in HU of each window (one value: every channel), to convert
-            ``phase_hu`` to image units; with 2.5-D context they repeat for every context slice.
+            ``phase_hu`` and ``synth_hu`` to image units; with 2.5-D context they repeat for
+            every context slice.
+        synth_prob: Probability of painting synthetic lesions into a slice that has liver; 0
+            (the default) turns it off and draws no random numbers for it.
+        synth_count: Most lesions per painted slice (1 to this many).
+        synth_radius_px: (min, max) radius of a synthetic lesion in pixels.
+        synth_hu: (min, max) HU difference of a synthetic lesion to the liver.
+        synth_min_contrast_hu: Smallest absolute HU difference of a synthetic lesion (no
+            invisible lesions labelled tumour).
     """
 
     spatial_prob: float = 0.9
@@ -85,11 +97,24 @@ class Augmentation:
     phase_prob: float = 0.5
     phase_hu: float = 0.0
     window_widths_hu: tuple[float, ...] = (450.0,)
+    synth_prob: float = 0.0
+    synth_count: int = 3
+    synth_radius_px: tuple[float, float] = (3.0, 24.0)
+    synth_hu: tuple[float, float] = (-80.0, 40.0)
+    synth_min_contrast_hu: float = 15.0
 
     def __post_init__(self) -> None:
         if self.phase_hu < 0 or not self.window_widths_hu or min(self.window_widths_hu) <= 0:
             raise ValueError("phase_hu must be >= 0 and every window width > 0")
-        for name in ("spatial_prob", "elastic_prob", "intensity_prob", "phase_prob"):
+        if self.synth_count < 1 or not 0 < self.synth_radius_px[0] <= self.synth_radius_px[1]:
+            raise ValueError("synth_count must be >= 1 and synth_radius_px (min, max) > 0")
+        g, (lo, hi) = self.synth_min_contrast_hu, self.synth_hu
+        if lo > hi or g < 0 or (lo > -g and hi < g):
+            raise ValueError(
+                f"synth_hu must be (min, max) reaching beyond +-synth_min_contrast_hu, got "
+                f"{self.synth_hu} and {g}"
+            )
+        for name in ("spatial_prob", "elastic_prob", "intensity_prob", "phase_prob", "synth_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -219,6 +244,29 @@ class Augmentation:
                 out[:, mask] += (np.float32(delta) / widths)[:, None]
         return np.clip(out, 0.0, 1.0, out=out)
 
+    def add_lesions(
+        self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Paint synthetic lesions into the liver (see :mod:`livseg.data.synth`)."""
+        if self.synth_prob <= 0 or label is None:
+            return image, label
+        do = rng.random() < self.synth_prob
+        count = int(rng.integers(1, self.synth_count + 1))
+        seed = int(rng.integers(2**31))
+        if not do or not (label == 1).any():
+            return image, label
+        widths = self._channel_widths(image.shape[0])
+        return paint_lesions(
+            image,
+            label,
+            widths,
+            np.random.default_rng(seed),
+            count,
+            self.synth_radius_px,
+            self.synth_hu,
+            self.synth_min_contrast_hu,
+        )
+
     def _channel_widths(self, channels: int) -> np.ndarray:
         """Window width of every channel: ``window_widths_hu`` repeated per 2.5-D context slice
         (channels are offset-major: every context slice carries all windows, in order)."""
@@ -272,6 +320,7 @@ class Augmentation:
             raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
         grid = self.sample_grid(image.shape[-2:], rng)
         image, label, weight = self.apply_grid(grid, image, label, weight)
+        image, label = self.add_lesions(image, label, rng)
         image = self.shift_phase(image, label, rng)
         image = self.jitter_intensity(image, rng)
         return image.astype(np.float32, copy=False), label, weight

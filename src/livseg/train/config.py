@@ -454,10 +454,10 @@ def _validate_pipeline(cfg: Config) -> None:
 
 
 def _validate_phase_widths(cfg: Config) -> None:
-    """The phase shift's window widths: one, or one per window of the slice pipeline (checked
-    here, before training, rather than at the first shifted slice)."""
+    """The window widths of the phase shift and synthetic lesions: one, or one per window of the
+    slice pipeline (checked here, before training, rather than at the first shifted slice)."""
     a = cfg.augment
-    if a is None or a.phase_hu <= 0 or cfg.data.pipeline == "coarse":
+    if a is None or (a.phase_hu <= 0 and a.synth_prob <= 0) or cfg.data.pipeline == "coarse":
         return
     n, windows = len(a.window_widths_hu), cfg.data.base_channels
     if n not in (1, windows):
