@@ -40,9 +40,8 @@ from typing import Any
 from livseg.errors import InputError, LivsegError
 from livseg.infer.cascade import Cascade, SegmentationResult, check_ct_intensities, timed
 from livseg.infer.pretrained import DEFAULT_MODEL, DEFAULT_PAPER
-from livseg.io import READABLE_SUFFIXES
+from livseg.io import READABLE_SUFFIXES, SEGMENT_SUFFIX
 from livseg.io.atomic import atomic_path, check_folder_writable, check_writable
-from livseg.metrics.evaluate import SEGMENT_SUFFIX
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.infer.case")

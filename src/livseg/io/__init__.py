@@ -54,6 +54,7 @@ from livseg.volume import Kind, Volume
 
 __all__ = [
     "READABLE_SUFFIXES",
+    "SEGMENT_SUFFIX",
     "WRITABLE_SUFFIXES",
     "VolumeHeader",
     "as_volume",
@@ -69,6 +70,8 @@ __all__ = [
 
 log = logging.getLogger("livseg.io")
 
+SEGMENT_SUFFIX = "_seg"
+"""Suffix ``livseg segment`` adds to an input's name for its label file (``<name>_seg.nii.gz``)."""
 READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 _LABEL_NAME = re.compile(r"seg|label|mask|truth|annot", re.I)

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from livseg.errors import InputError
-from livseg.io import READABLE_SUFFIXES
+from livseg.io import READABLE_SUFFIXES, SEGMENT_SUFFIX
 from livseg.io.atomic import check_writable, write_text_atomic
 from livseg.metrics.bootstrap import CONFIDENCE, N_RESAMPLES, SEED
 from livseg.metrics.lesions import check_rule
@@ -69,8 +69,6 @@ log = logging.getLogger("livseg.metrics.evaluate")
 
 CSV_NAME = "per_case.csv"
 JSON_NAME = "summary.json"
-SEGMENT_SUFFIX = "_seg"
-"""Suffix ``livseg segment`` adds to an input's name for its label file (``<name>_seg.nii.gz``)."""
 _LITS = re.compile(r"^(segmentation|volume)-(\d+)$", re.I)
 
 
