@@ -136,12 +136,25 @@ def test_phase_widths_checked_when_the_configuration_loads():
     with pytest.raises(ConfigError, match="2 widths for the 3 window"):
         load_config("tumour_runet", ["augment.phase_hu=40", "augment.window_widths_hu=[100, 300]"])
     # synthetic lesions use the widths too
+    off = ["augment.phase_hu=0", "augment.synth_prob=0"]
     with pytest.raises(ConfigError, match="2 widths for the 3 window"):
-        load_config("tumour_runet", ["augment.synth_prob=0.5", "augment.window_widths_hu=[1, 3]"])
-    syn = load_config("tumour_runet", ["augment.synth_prob=0.5", "augment.synth_hu=[-60, 20]"])
+        load_config(
+            "tumour_runet", [*off, "augment.synth_prob=0.5", "augment.window_widths_hu=[1, 3]"]
+        )
+    syn = load_config(
+        "tumour_runet", [*off, "augment.synth_prob=0.5", "augment.synth_hu=[-60, 20]"]
+    )
     assert syn.augment.synth_hu == (-60.0, 20.0) and syn.augment.synth_prob == 0.5
     # with the phase shift and synthetic lesions off the widths are not used, so not checked
-    load_config("tumour_runet", ["augment.window_widths_hu=[100, 300]"])
+    load_config("tumour_runet", [*off, "augment.window_widths_hu=[100, 300]"])
+
+
+def test_shipped_tumour_configuration_paints_lesions_and_shifts_phases():
+    # v0.8's tumour stage: the values its fold models were trained with
+    cfg = load_config("tumour_runet")
+    assert cfg.augment.synth_prob == 0.5 and cfg.augment.phase_hu == 40.0
+    assert cfg.augment.window_widths_hu == (100.0, 300.0, 500.0)  # the 3 windows' HU widths
+    assert cfg.train.amp_cpu
 
 
 def test_stage_option_only_for_crunet():
