@@ -42,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: v0.6 (tumour stage in the coarse gate, tumour models at 30 epochs; model card with its speed)
-PREVIOUS = "4658cf3"
+#: v0.7 (fine CR-U-Net members with batch Dice, --backend bf16; model card with its speed)
+PREVIOUS = "e5d9466"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 
 FLOOR = """
