@@ -506,6 +506,40 @@ def test_tumour_at_the_liver_edge_left_out_by_the_fine_stage_is_found_in_the_gat
     assert np.count_nonzero((labels == 2) & ~near) < 0.05 * tumour.sum()
     assert (labels[8:24, 16:48, 8:28] == 1).mean() > 0.95  # the liver itself is unchanged
     assert not labels[:, :, 44:].any()  # nothing outside the gate
+    # a tumour left out entirely by the fine stage lies 0% in the fine liver: gate_min_inside
+    # drops it (why the option is not livseg's default yet)
+    strict = Cascade(
+        SlicePredictor(_Above(0.75, 1.01), PreprocessSettings("densefcn_liver", size=64)),
+        SlicePredictor(
+            _Band(1, 0.3, 0.7),
+            PreprocessSettings("tumour", size=64, crop_to_liver=True, crop_margin=2),
+        ),
+        coarse=coarse,
+        liver_radius_mm=2.0,
+        min_lesion_mm3=100.0,
+        gate_min_inside=0.5,
+    )
+    dropped = strict.segment(vol).labels.array
+    assert (dropped[tumour] == 0).mean() > 0.9 and not (dropped == 2).any()
+    assert (dropped[8:24, 16:48, 8:28] == 1).mean() > 0.95
+
+
+def test_gate_lesions_mostly_outside_the_fine_liver_are_dropped():
+    from livseg.infer.postprocess import drop_gate_lesions
+
+    labels = np.zeros((4, 10, 20), np.uint8)
+    labels[:, :, :10] = 1  # fine liver: columns 0-9
+    grown = np.zeros(labels.shape, bool)
+    grown[:, :, 10:16] = True  # the gate outside the fine liver: columns 10-15
+    labels[1, 2:4, 6:14] = 2  # 16 voxels, columns 6-9 inside (8 = 50%): kept at 0.5
+    labels[1, 6:8, 8:15] = 2  # 14 voxels, columns 8-9 inside (4 = 29%): dropped
+    before = labels.copy()
+    assert drop_gate_lesions(labels, grown, 0.5) == 1
+    assert np.array_equal(labels[1, 2:4], before[1, 2:4])  # the kept component is untouched
+    assert (labels[1, 6:8, 8:10] == 1).all()  # its part in the fine liver becomes liver
+    assert not labels[1, 6:8, 10:].any()  # its part in the gate becomes background
+    assert drop_gate_lesions(labels, grown, 0.6) == 1  # 50% < 60%: the other goes too
+    assert drop_gate_lesions(before.copy(), grown, 0.0) == 0  # 0 keeps every component
 
 
 def test_small_lesions_become_liver():

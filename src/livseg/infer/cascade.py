@@ -46,6 +46,7 @@ from livseg.infer.coarse import CoarseRegion, CoarseStage
 from livseg.infer.postprocess import (
     LIVER_STRUCTURE_RADIUS_MM,
     MIN_LESION_MM3,
+    drop_gate_lesions,
     postprocess_liver,
     remove_small_lesions,
 )
@@ -279,6 +280,9 @@ class Cascade:
             inside the gate outside the fine liver (the liver grows by it); False keeps tumour
             inside the fine liver only. No effect without a coarse stage (the papers' cascade) or
             with ``gate_mm`` None (the region's box is not a liver).
+        gate_min_inside: with ``tumour_in_gate``, a tumour component is kept only when at least
+            this fraction of it lies in the fine liver
+            (:func:`~livseg.infer.postprocess.drop_gate_lesions`); 0 keeps every one.
     """
 
     def __init__(
@@ -292,6 +296,7 @@ class Cascade:
         liver_radius_mm: float = LIVER_STRUCTURE_RADIUS_MM,
         check_ct: bool = True,
         tumour_in_gate: bool = True,
+        gate_min_inside: float = 0.0,
     ) -> None:
         if liver.settings.pipeline == "tumour":
             raise LivsegError(f"{liver.name}: this is a tumour model, not a liver model")
@@ -312,6 +317,7 @@ class Cascade:
         self.liver_radius_mm = float(liver_radius_mm)
         self.check_ct = bool(check_ct)
         self.tumour_in_gate = bool(tumour_in_gate)
+        self.gate_min_inside = float(gate_min_inside)
 
     @classmethod
     def load(
@@ -352,9 +358,10 @@ class Cascade:
                 approximation) or ``"auto"`` (ONNX Runtime on the CPU when installed); see
                 :mod:`livseg.infer.backend`.
             **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``,
-                ``gate_mm``, ``tumour_in_gate``, ``min_lesion_mm3``: by default
-                :data:`~livseg.infer.postprocess.MIN_LESION_MM3` in livseg's cascade, 0 in the
-                papers').
+                ``gate_mm``, ``tumour_in_gate``, ``gate_min_inside`` (0 by default; see
+                :data:`~livseg.infer.postprocess.GATE_LESION_MIN_INSIDE`), ``min_lesion_mm3``: by
+                default :data:`~livseg.infer.postprocess.MIN_LESION_MM3` in livseg's cascade, 0
+                in the papers').
 
         Raises:
             MissingWeightsError: a shipped model is needed but not installed (the message names
@@ -533,6 +540,15 @@ class Cascade:
             if grown is not None:
                 allowed |= grown[kb, y0:y1, x0:x1]
             labels[kb, y0:y1, x0:x1] = np.where(allowed & (prob > 0.5), np.uint8(2), sub)
+        if grown is not None:
+            dropped = drop_gate_lesions(labels, grown, self.gate_min_inside)
+            if dropped:
+                log.info(
+                    "%s: %d tumour component(s) less than %g inside the fine liver removed",
+                    src,
+                    dropped,
+                    self.gate_min_inside,
+                )
         removed = remove_small_lesions(labels, spacing, self.min_lesion_mm3)
         if removed:
             if grown is not None:  # small tumour outside the fine liver is not liver either
