@@ -38,7 +38,7 @@ def _contrast(hu: tuple[float, float], gap: float, rng: np.random.Generator) -> 
     lo, hi = hu
     neg = max(min(hi, -gap) - lo, 0.0)  # length of [lo, min(hi, -gap)]
     pos = max(hi - max(lo, gap), 0.0)  # length of [max(lo, gap), hi]
-    u = rng.uniform(0.0, neg + pos)
+    u = rng.uniform(0.0, neg + pos)  # drawn in every case: one number per lesion
     if neg + pos == 0.0:  # a single value
         return float(lo)
     return float(lo + u if u < neg else max(lo, gap) + (u - neg))

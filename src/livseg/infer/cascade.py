@@ -540,7 +540,7 @@ class Cascade:
             if grown is not None:
                 allowed |= grown[kb, y0:y1, x0:x1]
             labels[kb, y0:y1, x0:x1] = np.where(allowed & (prob > 0.5), np.uint8(2), sub)
-        if grown is not None:
+        if grown is not None and self.gate_min_inside > 0:
             dropped = drop_gate_lesions(labels, grown, self.gate_min_inside)
             if dropped:
                 log.info(

@@ -137,6 +137,19 @@ liver by the cascade: on the cross-validation's first fold they were all false p
 96 predicted lesions on one case were noise below it; tumour Dice unchanged)."""
 
 
+def _lesion_components(labels: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, int] | None:
+    """(box, component labels inside the box, count) of the tumour voxels (the LiTS lesion
+    connectivity, :func:`livseg.metrics.lesions.label_lesions`), or None without tumour."""
+    from livseg.metrics.lesions import label_lesions
+    from livseg.preprocess.bbox import bounding_box
+
+    box = bounding_box(labels == 2)
+    if box is None:
+        return None
+    comp, n = label_lesions(labels[box] == 2)
+    return box, comp, n
+
+
 def remove_small_lesions(
     labels: np.ndarray, spacing: tuple[float, float, float], min_mm3: float = MIN_LESION_MM3
 ) -> int:
@@ -150,14 +163,13 @@ def remove_small_lesions(
     Returns:
         The number of components removed.
     """
-    from livseg.metrics.lesions import label_lesions
-    from livseg.preprocess.bbox import bounding_box
-
-    box = bounding_box(labels == 2)
-    if box is None or min_mm3 <= 0:
+    if min_mm3 <= 0:
         return 0
+    found = _lesion_components(labels)
+    if found is None:
+        return 0
+    box, comp, n = found
     sub = labels[box]
-    comp, n = label_lesions(sub == 2)
     sizes = np.bincount(comp.ravel(), minlength=n + 1) * float(np.prod(spacing))
     small = np.flatnonzero(sizes < min_mm3)
     small = small[small > 0]
@@ -195,14 +207,13 @@ def drop_gate_lesions(labels: np.ndarray, grown: np.ndarray, min_inside: float) 
     Returns:
         The number of components removed.
     """
-    from livseg.metrics.lesions import label_lesions
-    from livseg.preprocess.bbox import bounding_box
-
-    box = bounding_box(labels == 2)
-    if box is None or min_inside <= 0:
+    if min_inside <= 0:
         return 0
+    found = _lesion_components(labels)
+    if found is None:
+        return 0
+    box, comp, n = found
     sub, out = labels[box], grown[box]
-    comp, n = label_lesions(sub == 2)
     total = np.bincount(comp.ravel(), minlength=n + 1)
     outside = np.bincount(comp[out], minlength=n + 1)
     inside = 1.0 - outside[1:] / np.maximum(total[1:], 1)
