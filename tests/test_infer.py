@@ -181,6 +181,37 @@ def test_largest_component_and_merge():
 # --- the cascade -------------------------------------------------------------------------------
 
 
+def test_cascade_tumour_windows_follow_the_liver():
+    """A tumour model with ``liver_hu`` sees the same input when the whole CT is 15 HU darker
+    (another contrast phase): the labels do not change. With fixed windows the darker liver
+    crosses the model's threshold and becomes tumour."""
+    hu, truth = synthetic_ct()  # liver 60 HU, tumour 0 HU, fat -100 HU
+
+    def cascade(liver_hu):
+        c = threshold_cascade()
+        c.tumour = SlicePredictor(  # tumour: below 0.7 of the [0, 100] window (liver at 100)
+            ThresholdNet(0, 0.7, above=False),
+            PreprocessSettings(
+                "tumour", size=32, crop_to_liver=True, crop_margin=2, liver_hu=liver_hu
+            ),
+            batch_size=3,
+            name="threshold-tumour",
+        )
+        return c
+
+    def labels(c, shift):
+        ct = np.where(hu > -1000, hu + shift, hu)
+        ct[:, 27:29, 14:16] = 700.0  # bone: the volume's maximum lies above every window
+        vol = Volume.image(ct, (2.0, 1.0, 1.0))
+        return c.segment(vol).labels.array
+
+    follows = labels(cascade(100.0), 0.0)
+    assert (follows == 2).sum() > 0.5 * (truth == 2).sum() and not (follows == 2)[truth == 1].any()
+    np.testing.assert_array_equal(labels(cascade(100.0), -15.0), follows)
+    fixed = labels(cascade(None), -15.0)  # liver at 45 HU: 0.45 < 0.7 in the fixed window
+    assert (fixed == 2)[truth == 1].mean() > 0.9
+
+
 def test_cascade_segments_synthetic_ct():
     hu, truth = synthetic_ct()
     vol = Volume.image(hu, (2.0, 1.0, 1.0), (5.0, -3.0, 7.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,14 @@ from livseg.io.datasets import Case, discover_cases
 from livseg.phantom import write_phantom_dataset
 from livseg.preprocess.bbox import bounding_box, inplane_bbox
 from livseg.preprocess.orientation import canonical_view
-from livseg.preprocess.pipeline import PreprocessSettings, context_indices, crop_box
+from livseg.preprocess.pipeline import (
+    PreprocessSettings,
+    context_indices,
+    crop_box,
+    liver_median_hu,
+    liver_relative,
+    prepare_slices,
+)
 from livseg.volume import Volume
 
 
@@ -60,6 +68,10 @@ SETTINGS = {
     "tumour": PreprocessSettings(
         "tumour", size=24, crop_to_liver=True, crop_margin=3, context=1, foreground="liver"
     ),
+    # the same with windows that follow the reference liver's median HU
+    "tumour_liver_hu": PreprocessSettings(
+        "tumour", size=24, crop_to_liver=True, crop_margin=3, foreground="liver", liver_hu=100.0
+    ),
 }
 
 
@@ -82,8 +94,12 @@ def test_cached_slices_equal_predictor_input(phantom_cases, tmp_path, pipeline, 
         y0, y1, x0, x1 = box
         assert (y1 - y0, x1 - x0) != hu.shape[1:] and y1 - y0 == x1 - x0 != s.size
 
+    stats = volume_stats(hu)
+    if s.liver_hu is not None:  # the cascade gives the fine liver's median; here the reference's
+        stats = dataclasses.replace(stats, liver_median=liver_median_hu(hu, liver))
+        assert cached.meta["liver_median_hu"] == stats.liver_median
     predictor = SlicePredictor(_Probe(), s, batch_size=4)
-    fed = predictor.network_input(hu, slices, volume_stats(hu), box)
+    fed = predictor.network_input(hu, slices, stats, box)
     assert fed.dtype == np.float32 and fed.shape == (slices.size, s.channels, s.size, s.size)
     assert np.array_equal(fed, np.asarray(cached.image))
 
@@ -111,6 +127,53 @@ def test_settings_defaults_and_validation():
     ):
         with pytest.raises(LivsegError, match=match):
             PreprocessSettings(**bad)
+
+
+def test_liver_hu_settings():
+    """Set: in the dict and key, round trip; unset: absent (older keys unchanged, tested above);
+    tumour pipeline only, finite."""
+    s = PreprocessSettings("tumour", size=32, crop_to_liver=True, liver_hu=100)
+    assert s.to_dict()["liver_hu"] == 100.0 and "liver_hu" not in SETTINGS["tumour"].to_dict()
+    assert PreprocessSettings.from_dict(s.to_dict()) == s
+    assert s.key() != PreprocessSettings("tumour", size=32, crop_to_liver=True).key()
+    for bad in (dict(pipeline="crunet", liver_hu=100), dict(pipeline="tumour", liver_hu=np.nan)):
+        with pytest.raises(LivsegError, match="liver_hu"):
+            PreprocessSettings(**bad)
+
+
+def test_liver_relative_windows_hand_derived():
+    s = PreprocessSettings("tumour", windows=((0, 100), (-100, 200)), liver_hu=100)
+    # a liver at 60 HU: every window 40 HU lower, as if the CT were 40 HU brighter
+    assert liver_relative(s, 60.0).windows == ((-40.0, 60.0), (-140.0, 160.0))
+    assert liver_relative(SETTINGS["tumour"], None) is SETTINGS["tumour"]  # fixed windows
+    for missing in (None, float("nan")):
+        with pytest.raises(LivsegError, match="liver median"):
+            liver_relative(s, missing)
+
+
+def test_liver_median_hu_hand_derived():
+    hu = np.array([[[1.0, 2.0, 3.0, 100.0, np.nan, -1000.0]]], np.float32)
+    liver = np.array([[[1, 1, 1, 1, 1, 0]]], np.uint8)
+    assert liver_median_hu(hu, liver) == 2.5  # NaN ignored, the air voxel is not liver
+    assert liver_median_hu(hu, liver, max_voxels=3) == 2.0  # every other voxel: 1, 3, NaN
+    assert np.isnan(liver_median_hu(hu, np.zeros_like(liver)))
+
+
+def test_liver_relative_input_is_unchanged_by_a_phase_shift():
+    """With liver_hu, a CT 40 HU brighter (liver included) gives the same network input; with
+    fixed windows it does not."""
+    rng = np.random.default_rng(0)
+    hu = rng.normal(60.0, 25.0, (3, 40, 40)).astype(np.float32)
+    hu[:, :6] = -1000.0  # air, so the volume range extends beyond every window
+    box = (0, 40, 0, 40)
+    s = SETTINGS["tumour_liver_hu"]
+    a = prepare_slices(hu, s, (-1000.0, 300.0), box, 60.0)
+    b = prepare_slices(hu + 40.0, s, (-960.0, 340.0), box, 100.0)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    fixed = SETTINGS["tumour"]
+    c = prepare_slices(hu, fixed, (-1000.0, 300.0), box)
+    d = prepare_slices(hu + 40.0, fixed, (-960.0, 340.0), box)
+    assert np.abs(c - d).max() > 0.1
 
 
 def test_context_indices_replicate_the_ends():

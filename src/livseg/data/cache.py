@@ -48,6 +48,7 @@ from livseg.preprocess.pipeline import (
     PreprocessSettings,
     context_indices,
     crop_box,
+    liver_median_hu,
     prepare_slices,
 )
 from livseg.preprocess.resample import resize_slices
@@ -149,13 +150,15 @@ def _prepare_needed(
     s: PreprocessSettings,
     vrange: tuple[float, float],
     box: Box,
+    liver_median: float | None = None,
 ) -> np.ndarray:
-    """(len(need), C0, size, size) float32: :func:`prepare_slices` of the slices ``need``."""
+    """(len(need), C0, size, size) float32: :func:`prepare_slices` of the slices ``need``
+    (``liver_median``: the reference liver's median HU, for settings with ``liver_hu``)."""
     size = int(s.size)
     pre = np.empty((need.size, s.base_channels, size, size), dtype=np.float32)
     for start in range(0, need.size, _CHUNK):
         idx = need[start : start + _CHUNK]
-        pre[start : start + _CHUNK] = prepare_slices(hu[idx], s, vrange, box)
+        pre[start : start + _CHUNK] = prepare_slices(hu[idx], s, vrange, box, liver_median)
     return pre
 
 
@@ -212,7 +215,8 @@ def _build_case(
     box = _case_box(label, s, label_p)
     y0, y1, x0, x1 = box
     vrange = data_range(hu)
-    pre = _prepare_needed(hu, need, s, vrange, box)
+    liver_median = liver_median_hu(hu, label >= 1) if s.liver_hu is not None else None
+    pre = _prepare_needed(hu, need, s, vrange, box, liver_median)
     row_of = np.searchsorted(need, src)  # (N, 2k+1) rows of `pre`
     size = int(s.size)
     lab_sel = resize_slices(label[sel][:, y0:y1, x0:x1], size, "label")
@@ -233,6 +237,7 @@ def _build_case(
         "crop_box": list(box),
         "working_spacing": [sz, sy * (y1 - y0) / size, sx * (x1 - x0) / size],
         "hu_range": list(vrange),
+        "liver_median_hu": liver_median,
         "liver_pixels": (lab_sel >= 1).sum(axis=(1, 2)).tolist(),
         "tumour_pixels": (lab_sel == 2).sum(axis=(1, 2)).tolist(),
         "settings": s.to_dict(),

@@ -30,6 +30,7 @@ logged (no tumour stage is run): the caller still gets a valid, honest result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -65,7 +66,7 @@ from livseg.infer.pretrained import (
 from livseg.preprocess.bbox import square_box
 from livseg.preprocess.intensity import AIR_HU
 from livseg.preprocess.orientation import canonical_view
-from livseg.preprocess.pipeline import SLICE_PIPELINES, crop_box
+from livseg.preprocess.pipeline import SLICE_PIPELINES, crop_box, liver_median_hu
 from livseg.volume import Volume
 
 log = logging.getLogger("livseg.infer.cascade")
@@ -532,6 +533,9 @@ class Cascade:
         y0, y1, x0, x1 = box
         ks = np.flatnonzero(region.any(axis=(1, 2)))
         del region
+        if self.tumour.settings.liver_hu is not None:  # windows follow the fine liver's HU
+            stats = dataclasses.replace(stats, liver_median=liver_median_hu(hu, liver))
+            log.debug("%s: liver median %.1f HU", src, stats.liver_median)
         labels = liver  # uint8 0/1, turned into 0/1/2 in place
         cb = _stage_callback(progress, "tumour")
         for kb, prob in self.tumour.predict(hu, ks, stats, box, cb):

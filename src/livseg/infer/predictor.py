@@ -44,11 +44,14 @@ class VolumeStats:
         hu_min: minimum HU over the finite voxels.
         hu_max: maximum HU over the finite voxels.
         n_nan: number of non-finite voxels (replaced by :data:`AIR_HU` in every batch).
+        liver_median: median HU of the case's liver, for models whose windows follow the
+            liver (``PreprocessSettings.liver_hu``); None until a liver is known.
     """
 
     hu_min: float
     hu_max: float
     n_nan: int
+    liver_median: float | None = None
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -167,7 +170,9 @@ class SlicePredictor:
             stacked offset-major).
         """
         block = self._gather(hu, np.asarray(ks, dtype=np.int64), stats)
-        chan = prepare_slices(block, self.settings, stats.value_range, box)  # (b*n, C0, s, s)
+        chan = prepare_slices(
+            block, self.settings, stats.value_range, box, stats.liver_median
+        )  # (b*n, C0, s, s)
         size = int(self.settings.size)
         return chan.reshape(len(ks), -1, size, size)
 

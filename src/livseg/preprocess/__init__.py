@@ -33,6 +33,8 @@ from livseg.preprocess.pipeline import (
     PreprocessSettings,
     context_indices,
     crop_box,
+    liver_median_hu,
+    liver_relative,
     prepare_slices,
     preprocess_slices,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "canonical_view",
     "clip_window",
     "context_indices",
+    "liver_median_hu",
+    "liver_relative",
     "crop_box",
     "crunet_input",
     "densefcn_liver_input",

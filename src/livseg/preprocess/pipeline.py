@@ -110,6 +110,11 @@ class PreprocessSettings:
         equalize: CR-U-Net only: False disables the histogram equalisation.
         spacing_mm: Coarse pipeline only: the grid spacing in mm (default 4); None for the slice
             pipelines (and then not part of the settings' dict or key).
+        liver_hu: Tumour pipeline only: the HU windows move with the case's liver, as if the CT
+            were shifted so that the median HU of its liver is this value (the reference liver
+            in training, the fine stage's liver at inference): lesion contrast is relative to the
+            parenchyma, whose HU varies with the contrast phase and the scanner by more than the
+            windows' width. None: fixed windows (the paper; not part of the dict or key).
 
     Raises:
         LivsegError: An unknown pipeline, foreground or dtype, a size below 8, a negative
@@ -132,6 +137,7 @@ class PreprocessSettings:
     hist_bins: int = DEFAULT_HIST_BINS
     equalize: bool = True
     spacing_mm: float | None = None
+    liver_hu: float | None = None
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -173,6 +179,13 @@ class PreprocessSettings:
                 f"spacing_mm applies to the coarse pipeline only and must be > 0; "
                 f"got {self.spacing_mm!r} for pipeline {self.pipeline!r}"
             )
+        if self.liver_hu is not None and (
+            self.pipeline != "tumour" or not np.isfinite(float(self.liver_hu))
+        ):
+            raise LivsegError(
+                f"liver_hu applies to the tumour pipeline only and must be a finite HU value; "
+                f"got {self.liver_hu!r} for pipeline {self.pipeline!r}"
+            )
 
     @property
     def base_channels(self) -> int:
@@ -188,8 +201,9 @@ class PreprocessSettings:
         """JSON-ready dict (windows as lists)."""
         d = dataclasses.asdict(self)
         d["windows"] = [list(w) for w in self.windows]
-        if d["spacing_mm"] is None:  # slice pipelines: not a setting of theirs (keys unchanged)
-            del d["spacing_mm"]
+        for name in ("spacing_mm", "liver_hu"):  # unset: not in the dict (keys unchanged)
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod
@@ -246,11 +260,55 @@ def preprocess_slices(
     return tumour_windows(hu, windows=s.windows, volume_range=volume_range)
 
 
+def liver_relative(s: PreprocessSettings, liver_median: float | None) -> PreprocessSettings:
+    """The settings with the HU windows moved by the case's liver (``s.liver_hu``).
+
+    Shifting the windows by ``liver_median - s.liver_hu`` is the same as shifting the CT (and
+    its value range) by ``s.liver_hu - liver_median``: the liver's median lands on ``liver_hu``.
+
+    Args:
+        s: the pre-processing settings.
+        liver_median: median HU of the case's liver (:func:`liver_median_hu`); needed when
+            ``s.liver_hu`` is set, ignored otherwise.
+
+    Raises:
+        LivsegError: ``s.liver_hu`` is set and ``liver_median`` is None or not finite.
+    """
+    if s.liver_hu is None:
+        return s
+    if liver_median is None or not np.isfinite(liver_median):
+        raise LivsegError(
+            f"this {s.pipeline} model's windows follow the liver (liver_hu {s.liver_hu:g}); "
+            "it needs the case's liver median HU"
+        )
+    d = float(liver_median) - float(s.liver_hu)
+    return dataclasses.replace(s, windows=tuple((lo + d, hi + d) for lo, hi in s.windows))
+
+
+def liver_median_hu(hu: np.ndarray, liver: np.ndarray, max_voxels: int = 2_000_000) -> float:
+    """Median HU of the finite voxels of ``liver`` (NaN when there are none).
+
+    Args:
+        hu: (Z, Y, X) HU.
+        liver: same-shape mask (non-zero = liver).
+        max_voxels: at most this many voxels, evenly strided over the mask, enter the median
+            (bounds the time and memory on large livers; the median of a subsample this size
+            differs by far less than 1 HU).
+    """
+    idx = np.flatnonzero(liver)
+    if idx.size > max_voxels:
+        idx = idx[:: -(-idx.size // max_voxels)]
+    values = np.asarray(hu).reshape(-1)[idx].astype(np.float32)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
 def prepare_slices(
     hu: np.ndarray,
     s: PreprocessSettings,
     volume_range: tuple[float, float],
     box: Box,
+    liver_median: float | None = None,
 ) -> np.ndarray:
     """Pre-processed slices at the working size: intensity pipeline, crop, resize, clip.
 
@@ -260,10 +318,13 @@ def prepare_slices(
         volume_range: the whole volume's (min, max) HU (see :func:`preprocess_slices`).
         box: in-plane crop (y0, y1, x0, x1), exclusive ends, applied after the intensity
             pipeline (so histogram equalisation always sees the full slice).
+        liver_median: the case's liver median HU, for settings with ``liver_hu``
+            (:func:`liver_relative`).
 
     Returns:
         (n, C, size, size) float32 in [0, 1], C = ``s.base_channels``.
     """
+    s = liver_relative(s, liver_median)
     y0, y1, x0, x1 = box
     chan = preprocess_slices(hu, s, volume_range)[..., y0:y1, x0:x1]
     return np.clip(resize_slices(chan, int(s.size), "image"), 0.0, 1.0)
