@@ -7,7 +7,8 @@ of every stage was trained on the other patients, scored on the held-out ones, a
 
 For every configuration of the cross-validation (``splits.json``) and every finished fold
 (``fold<k>/fold.json``), the fold's checkpoint is copied to
-``src/livseg/weights/<shipped name>/fold<k>/`` with its weights stored as float16 (half the
+``src/livseg/weights/<shipped name>/fold<k>/`` (each member of a ``train.members`` ensemble to
+``fold<k>-member<i>/``) with its weights stored as float16 (half the
 size; the models compute in float32 after loading) and its ``config.json`` unchanged. The
 pooled ``cv_summary.json`` is copied next to them as ``cv_summary_cascade.json``.
 
@@ -46,6 +47,17 @@ def _checkpoint(cv: Path, fold: int, recorded: Path) -> Path:
     return cv.joinpath(*parts[parts.index(name) :]) if name in parts else cv / recorded
 
 
+def _fold_checkpoints(ckpt: Path, fold: int) -> list[tuple[str, Path]]:
+    """(member name, checkpoint folder) of fold ``fold``'s model: ``fold<k>`` for one network,
+    ``fold<k>-member<i>`` for each member of a ``train.members`` ensemble."""
+    if (ckpt / "model.safetensors").is_file():
+        return [(f"fold{fold}", ckpt)]
+    members = sorted(p for p in ckpt.glob("member*") if (p / "model.safetensors").is_file())
+    if not members:
+        raise SystemExit(f"{ckpt}: neither a checkpoint nor an ensemble of member*/ checkpoints")
+    return [(f"fold{fold}-{p.name}", p) for p in members]
+
+
 def _half(src: Path, dst: Path) -> None:
     """Copy a checkpoint folder with float32 weights stored as float16."""
     import torch
@@ -77,8 +89,9 @@ def install(cv: Path, names: dict[str, str], dry_run: bool) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{shipped}-", dir=WEIGHTS))
         for k, model in members:
             ckpt = _checkpoint(cv, k, Path(model["checkpoint"]))
-            _half(ckpt, tmp / f"fold{k}")
-            log.info("%s fold %d <- %s", shipped, k, ckpt)
+            for name, src in _fold_checkpoints(ckpt, k):
+                _half(src, tmp / name)
+                log.info("%s %s <- %s", shipped, name, src)
         if dry_run:
             shutil.rmtree(tmp)
             continue

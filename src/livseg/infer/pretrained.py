@@ -89,11 +89,16 @@ def _is_checkpoint(folder: Path) -> bool:
     return all((folder / f).is_file() for f in CHECKPOINT_FILES)
 
 
+MEMBER_PREFIXES = ("fold", "member")
+"""Sub-folders of an ensemble: ``fold<k>`` (a cross-validation fold's model; shipped members of
+a ``train.members`` run are ``fold<k>-member<i>``) or ``member<i>`` (a training run's ensemble)."""
+
+
 def _fold_members(folder: Path) -> list[Path]:
-    """The ``fold*`` sub-folders of ``folder`` that are checkpoints, in name order."""
+    """The ``fold*``/``member*`` sub-folders of ``folder`` that are checkpoints, in name order."""
     if not folder.is_dir():
         return []
-    subs = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("fold")]
+    subs = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(MEMBER_PREFIXES)]
     return sorted((p for p in subs if _is_checkpoint(p)), key=lambda p: p.name)
 
 
@@ -102,7 +107,8 @@ def _is_complete(folder: Path) -> bool:
 
 
 def ensemble_members(path: str | Path) -> list[Path]:
-    """The checkpoint folders of a model folder: itself, or its ``fold*`` ensemble members.
+    """The checkpoint folders of a model folder: itself, or its ``fold*``/``member*`` ensemble
+    members.
 
     Raises:
         MissingWeightsError: neither a checkpoint nor a folder of fold checkpoints.
@@ -128,7 +134,7 @@ def available_models(weights_dir: Path | None = None) -> list[str]:
 
 def check_checkpoint_dir(path: str | Path) -> Path:
     """Check that ``path`` is a checkpoint directory (``model.safetensors`` + ``config.json``)
-    or a fold ensemble (``fold*/`` sub-folders that are).
+    or an ensemble (``fold*/`` or ``member*/`` sub-folders that are).
 
     Raises:
         MissingWeightsError: the folder or one of its files is absent.
@@ -140,7 +146,7 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     if missing and not _fold_members(path):
         raise MissingWeightsError(
             f"{path}: not a livseg checkpoint (missing {', '.join(missing)}) nor a fold "
-            "ensemble (no fold*/ sub-folder holding one)"
+            "ensemble (no fold*/ or member*/ sub-folder holding one)"
         )
     return path
 

@@ -175,6 +175,11 @@ class TrainConfig:
             U-Net) faster on one thread (``benchmarks/amp_cpu_speed.py``); CPUs without it
             emulate bfloat16 and are slower (a warning says so). Off by default.
         seed: Seed of every random generator (weights, sampling, augmentation).
+        members: Train this many networks, member ``i`` with seed ``seed + i`` (and the same
+            cases and split), in ``member<i>/`` sub-folders of the run; the trained model is
+            their ensemble (mean probability), the folder ``ensemble/`` holding each member's
+            best checkpoint. Seeds alone make the members differ (as in deep ensembles); two
+            narrow members can be as accurate as one wide network at less arithmetic.
         num_workers: DataLoader worker processes (0 = in the training process).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; the CLI's ``--device`` overrides it.
         stage: CR-U-Net only: ``all`` (level 1, then level 2), ``level1`` or ``level2``
@@ -197,6 +202,7 @@ class TrainConfig:
     amp: bool = True
     amp_cpu: bool = False
     seed: int = 0
+    members: int = 1
     num_workers: int = 0
     device: str = "auto"
     stage: Literal["all", "level1", "level2"] = "all"
@@ -482,6 +488,7 @@ def _validate(cfg: Config) -> None:
         ("train.val_every", t.val_every, 1),
         ("train.patience", t.patience, 0),
         ("train.num_workers", t.num_workers, 0),
+        ("train.members", t.members, 1),
         ("schedule.step_epochs", s.step_epochs, 1),
         ("schedule.warmup_epochs", s.warmup_epochs, 0),
     ):

@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from livseg.errors import LivsegError
 
+ENSEMBLE_DIR = "ensemble"
+"""The run sub-folder holding the best checkpoint of each ``train.members`` member."""
+
 __all__ = [
     "TrainingDiverged",
     "TrainProgress",
@@ -123,12 +126,15 @@ class TrainResult:
         stages: One :class:`StageResult` per stage run, in order.
         train_cases: Case ids trained on.
         val_cases: Case ids validated on.
+        members: With ``train.members`` > 1, each member's result (``stages`` holds theirs in
+            order); empty for a single network.
     """
 
     out: Path
     stages: tuple[StageResult, ...]
     train_cases: tuple[str, ...]
     val_cases: tuple[str, ...]
+    members: tuple[TrainResult, ...] = ()
 
     @property
     def final(self) -> StageResult:
@@ -137,5 +143,6 @@ class TrainResult:
 
     @property
     def checkpoint(self) -> Path:
-        """The best checkpoint of the final stage: the trained model."""
-        return self.final.best
+        """The trained model: the best checkpoint of the final stage, or the members' ensemble
+        folder (``out/ensemble``, a checkpoint per member)."""
+        return self.out / ENSEMBLE_DIR if self.members else self.final.best

@@ -30,6 +30,8 @@ Run folder (``out``)::
     cache/                 slice cache (unless ``cache`` points elsewhere)
     [level1/ level2/]      CR-U-Net: one stage folder each, holding what follows
     best/ last/            checkpoint folders (model.safetensors, config.json, state.pt, ...)
+    [member<i>/ ensemble/] ``train.members`` > 1: one run folder as this one per member, and
+                           the ensemble of their best checkpoints (``ensemble/member<i>/``)
     log.csv                one row per epoch
     tensorboard/           TensorBoard events (when tensorboard is installed)
     val_cases.csv          LiTS metrics per validation case of the best checkpoint
@@ -42,9 +44,12 @@ Only rank 0 writes files. Progress is reported through a callback (the CLI draws
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +64,7 @@ from livseg.errors import InputError, LivsegError
 from livseg.io.atomic import write_text_atomic
 from livseg.train.config import Config, config_from_dict, config_to_dict
 from livseg.train.loop import Run
-from livseg.train.results import ProgressCallback, TrainResult
+from livseg.train.results import ENSEMBLE_DIR, ProgressCallback, TrainResult
 from livseg.train.stage import run_stage
 from livseg.train.staging import stage_dir, stages_of
 
@@ -111,6 +116,28 @@ def _fold_split(
         out.mkdir(parents=True, exist_ok=True)
         save_splits(splits, out / "splits.json", overwrite=True, seed=seed, fold=fold)
     return splits[fold]
+
+
+def member_config(config: Config, index: int) -> Config:
+    """Member ``index`` of a ``train.members`` ensemble: seed ``train.seed + index``, one member."""
+    t = dataclasses.replace(config.train, seed=config.train.seed + index, members=1)
+    return config.replace(train=t)
+
+
+def _write_ensemble(folder: Path, checkpoints: list[Path]) -> None:
+    """``folder/member<i>/``: a copy of each member's best checkpoint (no resume state), written
+    to a temporary folder first and renamed into place (replacing an earlier one)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    for i, ckpt in enumerate(checkpoints):
+        dst = tmp / f"member{i}"
+        dst.mkdir()
+        for f in ckpt.iterdir():
+            if f.is_file() and f.name != "state.pt":
+                shutil.copy2(f, dst / f.name)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    logger.info("%s: ensemble of %d members", folder, len(checkpoints))
 
 
 def _checked_split(
@@ -231,6 +258,31 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         _check_run_folder(out, config)
     barrier()
+    if t.members > 1:
+        members = [
+            train(
+                member_config(config, i),
+                cases,
+                out / f"member{i}",
+                split={"train": train_ids, "val": val_ids},
+                cache=cache if cache is not None else out / "cache",
+                device=device,
+                resume=resume,
+                progress=progress,
+                cache_progress=cache_progress,
+            )
+            for i in range(t.members)
+        ]
+        if d.is_main:
+            _write_ensemble(out / ENSEMBLE_DIR, [m.checkpoint for m in members])
+        barrier()
+        return TrainResult(
+            out=out,
+            stages=tuple(s for m in members for s in m.stages),
+            train_cases=tuple(train_ids),
+            val_cases=tuple(val_ids),
+            members=tuple(members),
+        )
     used = [c for c in cases if c.case_id in set(train_ids) | set(val_ids)]
     cache_root = Path(cache) if cache is not None else out / "cache"
     slice_cache = _slice_cache(used, config, cache_root, d.is_main, cache_progress)
