@@ -42,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: v0.7 (fine CR-U-Net members with batch Dice, --backend bf16; model card with its speed)
-PREVIOUS = "e5d9466"
+#: v0.8 (tumour members with synthetic lesions and the phase shift; one width-16 member per fold)
+PREVIOUS = "3a65cdc"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 
 FLOOR = """
