@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_configs import TINY_CV
 
 from livseg.cli import main
 from livseg.data.splits import load_splits
@@ -29,22 +30,6 @@ from livseg.train.cv import cross_validate, load_stage_configs, stage_of
 REPO = Path(__file__).resolve().parents[1]
 CASES = ["volume-0", "volume-1", "volume-2"]
 SHAPE = (16, 48, 48)  # the phantoms' (z, y, x); the models work at 32 x 32
-
-TINY_CV = [
-    "data.size=32",
-    "data.margin=1",
-    "train.epochs=1",
-    "train.iterations_per_epoch=2",
-    "train.batch_size=2",
-    "train.val_batch_size=16",
-    "augment.elastic_prob=0.0",
-    "liver:model.base_width=2",
-    "liver:model.depth=2",
-    "tumour:model.levels=2",
-    "tumour:model.growth=2",
-    "tumour:model.first_filters=4",
-    "tumour:model.layers_per_block=2",
-]
 
 
 def _sets(items: list[str]) -> list[str]:

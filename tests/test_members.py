@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from tiny_configs import TINY_CV
 
 from livseg.infer import Cascade
 from livseg.infer.pretrained import ensemble_members
@@ -24,13 +25,7 @@ from livseg.train.trainer import member_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "data.size=32",
-    "data.margin=1",
-    "train.epochs=1",
-    "train.iterations_per_epoch=2",
-    "train.batch_size=2",
-    "train.val_batch_size=16",
-    "augment.elastic_prob=0.0",
+    *(s for s in TINY_CV if ":" not in s.split("=")[0]),
     "model.base_width=2",
     "model.depth=2",
     "train.members=2",
