@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 from tiny_configs import TINY_CV
 
+from livseg.errors import OutputExistsError
 from livseg.infer import Cascade
 from livseg.infer.pretrained import ensemble_members
 from livseg.phantom import write_phantom_dataset
@@ -85,14 +86,26 @@ def test_each_fold_model_is_an_ensemble_of_seeded_members(members_cv):
         assert len(cascade.liver.models) == 2
 
 
+def _drop_saved_option(out: Path, section: str, key: str) -> None:
+    """Remove an option from the saved cross-validation, as a livseg without it wrote it."""
+    doc = json.loads((out / "splits.json").read_text())
+    del doc["configs"]["runet"][section][key]
+    (out / "splits.json").write_text(json.dumps(doc))
+
+
 def test_rerun_reuses_finished_members(members_cv):
     data, out = members_cv
+    configs = load_stage_configs(["runet"], TINY)
     state = out / "fold0" / "models" / "runet" / "member1" / "last" / "state.pt"
     stamp = state.stat().st_mtime_ns
     (out / "fold0" / "fold.json").unlink()  # segment and score fold 0 again
-    cross_validate(load_stage_configs(["runet"], TINY), data, out, 2, device="cpu")
+    _drop_saved_option(out, "data", "liver_hu")  # an option added later, at its default
+    cross_validate(configs, data, out, 2, device="cpu")
     assert state.stat().st_mtime_ns == stamp  # not retrained
     assert (out / "fold0" / "fold.json").is_file()
+    _drop_saved_option(out, "train", "members")  # saved without it means 1 member: refused
+    with pytest.raises(OutputExistsError, match="differs in configuration runet"):
+        cross_validate(configs, data, out, 2, device="cpu")
 
 
 def test_shipping_names_each_member_by_fold_and_seed(members_cv, tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "config_to_dict",
+    "with_defaults",
     "field_types",
     "SCHEDULES",
     "OPTIMIZERS",
@@ -376,6 +377,16 @@ def _jsonable(value: Any) -> Any:
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The configuration as a JSON-ready dict (the content of ``config.json``)."""
     return _jsonable(config)
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration (``config.json``, a cross-validation's ``splits.json``) with the
+    defaults of options added since it was written, so that they do not count as changes; as
+    saved when it no longer parses."""
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except LivsegError:
+        return saved
 
 
 def config_from_dict(d: dict[str, Any], source: str = "config") -> Config:

@@ -297,9 +297,13 @@ def _config_docs(plan: _Plan) -> dict[str, Any]:
 def _differences(path: Path, plan: _Plan) -> list[str]:
     """What differs between the cross-validation saved in ``path`` and ``plan``."""
     from livseg.data.splits import load_splits
+    from livseg.train.config import with_defaults
 
     doc = json.loads(path.read_text(encoding="utf-8"))
-    saved, now = doc.get("configs") or {}, _config_docs(plan)
+    saved = json.loads(
+        json.dumps({n: with_defaults(c) for n, c in (doc.get("configs") or {}).items()})
+    )
+    now = _config_docs(plan)
     diff = [
         f"configuration {n}" for n in sorted(set(saved) | set(now)) if saved.get(n) != now.get(n)
     ]

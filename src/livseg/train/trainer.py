@@ -62,7 +62,7 @@ from livseg.device import resolve_device
 from livseg.distributed import barrier, env_info, init_distributed
 from livseg.errors import InputError, LivsegError
 from livseg.io.atomic import write_text_atomic
-from livseg.train.config import Config, config_from_dict, config_to_dict
+from livseg.train.config import Config, config_to_dict, with_defaults
 from livseg.train.loop import Run
 from livseg.train.results import ENSEMBLE_DIR, ProgressCallback, TrainResult
 from livseg.train.stage import run_stage
@@ -74,21 +74,12 @@ __all__ = ["train"]
 
 
 # --- entry point ----------------------------------------------------------------------------------
-def _with_defaults(old: dict) -> dict:
-    """A saved configuration with the defaults of options added since it was written (so they
-    do not count as changes); as saved when it no longer parses."""
-    try:
-        return config_to_dict(config_from_dict(old))
-    except LivsegError:
-        return old
-
-
 def _check_run_folder(out: Path, config: Config) -> None:
     """Record the run's configuration; warn when a resumed run's configuration changed."""
     saved = out / "config.json"
     new = config_to_dict(config)
     if saved.exists():
-        old = _with_defaults(json.loads(saved.read_text(encoding="utf-8")))
+        old = with_defaults(json.loads(saved.read_text(encoding="utf-8")))
         diff = sorted(
             f"{s}.{k}"
             for s in new
