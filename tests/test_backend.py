@@ -118,3 +118,40 @@ def test_cascade_labels_identical_with_either_backend(ckpts, cache):
         labels[name] = cascade.segment(ct).labels.array
     assert np.array_equal(labels["torch"], labels["onnx"])
     assert len(list(cache.glob("*.onnx"))) == 2  # the liver and the tumour network
+
+
+def _coarse_checkpoint(folder: Path) -> Path:
+    from livseg.models import build_model
+    from livseg.train.checkpoint import save_checkpoint
+    from livseg.train.config import config_from_dict
+
+    cfg = config_from_dict(
+        {
+            "name": "tiny_coarse",
+            "model": {"name": "unet3d", "options": {"base_width": 2, "depth": 2}},
+            "loss": {"name": "soft_dice", "options": {}},
+            "data": {"pipeline": "coarse", "spacing_mm": 4.0, "windows": [[-250.0, 350.0]]},
+        }
+    )
+    torch.manual_seed(5)
+    return save_checkpoint(folder, build_model("unet3d", base_width=2, depth=2), cfg)
+
+
+def test_coarse_stage_in_onnx_runtime_takes_any_size(cache, tmp_path):
+    """The coarse 3-D networks are exported once with free D, H and W: every CT's coarse grid
+    runs through the same ONNX file, with the probabilities of PyTorch."""
+    from livseg.infer.cascade import _load_coarse
+
+    ckpt = _coarse_checkpoint(tmp_path / "coarse")
+    stages = {name: _load_coarse(ckpt, torch.device("cpu"), name) for name in ("torch", "onnx")}
+    assert all(isinstance(m, backend.OnnxNetwork) for m in stages["onnx"].models)
+    rng = np.random.default_rng(1)
+    for shape in ((20, 40, 48), (33, 64, 40)):  # two coarse grids of other sizes than the export
+        hu = rng.uniform(-300, 400, shape).astype(np.float32)
+        want, spacing = stages["torch"].probability(hu, (2.0, 1.5, 1.5))
+        got, same = stages["onnx"].probability(hu, (2.0, 1.5, 1.5))
+        assert got.shape == want.shape and same == spacing
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len(list(cache.glob("*.onnx"))) == 1
+    with pytest.raises(LivsegError, match="built for inputs"):
+        stages["onnx"].models[0](torch.zeros(1, 1, 16, 16))  # a slice, not a volume

@@ -9,7 +9,8 @@ tumour R-U-Net 14.0 against 23.2), with logits equal to 1.5e-5; end to end
 
 * ``torch``: the networks as loaded; 2-D networks on channels-last tensors (same results, faster
   convolutions on the CPU's oneDNN).
-* ``onnx``: each slice network exported once to ONNX (fixed working size, any batch), kept in
+* ``onnx``: each slice network exported once to ONNX (fixed working size, any batch; the coarse
+  3-D networks any size), kept in
   a cache (``$LIVSEG_CACHE`` or ``~/.cache/livseg/onnx``; key: the checkpoint's files, torch's
   and livseg's export version) and run by :mod:`onnxruntime` (optional dependency:
   ``pip install "livseg[onnx]"``). When the cache cannot be written the export is kept in memory.
@@ -25,8 +26,15 @@ volume-0's tumour-stage inputs by ``onnxruntime.quantization.quantize_static``) 
 tumour member 2.1x faster on one thread of an AMD EPYC with AVX-512 VNNI, but its tumour masks on
 volume-1 agreed with float32 at Dice 0.96 only (the speed issue allows 0.999).
 
-The coarse 3-D stage runs in PyTorch (in float32 except with ``bf16``): its input size changes
-with every CT.
+The coarse 3-D networks run by ONNX Runtime too (since v0.9), exported once with free depth,
+height and width (each CT's coarse grid has its own size). On the shipped members
+(``benchmarks/onnx_speed.py``, 2 threads, AMD EPYC) they ran 1.9-2.6x faster than PyTorch
+(volume-0's 48 x 96 x 96 grid 0.28 s for the three members instead of 0.71 s, volume-4's
+144 x 112 x 112 1.17 s instead of 2.20 s). Their logits differ from PyTorch's by up to 5e-2
+(probabilities by 4e-3: float32 sums in another order through eight instance-normalised levels,
+logits up to +-49), so the whole cascade's labels on the five LiTS cases differ in 0-27 voxels of
+512 x 512 x 75-207 (liver Dice >= 0.99998, tumour Dice >= 0.99999 against the PyTorch coarse
+stage; ``tests/test_shipped_models.py`` checks volume-1), within the speed issue's 0.999.
 """
 
 from __future__ import annotations
@@ -60,6 +68,9 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "onnx", "bf16")
+
+#: an input shape (1, C, ...): a size of None is any size
+Shape = tuple[int | None, ...]
 
 #: bump when the export changes (opset, names, axes): old cache entries are then not used
 EXPORT_VERSION = "1"
@@ -105,7 +116,7 @@ def cache_dir() -> Path:
     return Path(base) / "livseg" / "onnx"
 
 
-def _cache_key(checkpoint: Path, shape: tuple[int, ...]) -> str:
+def _cache_key(checkpoint: Path, shape: Shape) -> str:
     """Hash of the checkpoint's files, the input shape and the exporting software."""
     import torch
 
@@ -117,11 +128,13 @@ def _cache_key(checkpoint: Path, shape: tuple[int, ...]) -> str:
     return h.hexdigest()[:32]
 
 
-def _export(model: Any, shape: tuple[int, ...]) -> bytes:
-    """The ONNX bytes of ``model`` for inputs ``(any batch, *shape[1:])``."""
+def _export(model: Any, shape: Shape, example: tuple[int, ...] | None = None) -> bytes:
+    """The ONNX bytes of ``model`` for inputs ``(any batch, *shape[1:])``; a None size is
+    dynamic too (traced at ``example``'s size)."""
     import torch
 
-    x = torch.zeros(shape, dtype=torch.float32)
+    x = torch.zeros(example or shape, dtype=torch.float32)
+    axes = {0: "batch", **{i: f"size{i}" for i, n in enumerate(shape) if i and n is None}}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about the fixed working size
@@ -131,20 +144,22 @@ def _export(model: Any, shape: tuple[int, ...]) -> bytes:
             buf,
             input_names=["x"],
             output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={"x": axes, "logits": axes},
             opset_version=OPSET,
             dynamo=False,
         )
     return buf.getvalue()
 
 
-def _onnx_source(checkpoint: Path, shape: tuple[int, ...], load: Callable[[], Any]) -> bytes | str:
+def _onnx_source(
+    checkpoint: Path, shape: Shape, load: Callable[[], Any], example: tuple[int, ...] | None = None
+) -> bytes | str:
     """The cached ONNX file of a checkpoint; on a miss ``load()`` gives the torch network, which
     is exported and cached (bytes when the cache cannot be written)."""
     path = cache_dir() / f"{_cache_key(checkpoint, shape)}.onnx"
     if path.is_file():
         return str(path)
-    data = _export(load(), shape)
+    data = _export(load(), shape, example)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,18 +189,20 @@ def _shared_arena(ort: Any) -> None:
 
 
 class OnnxNetwork:
-    """A slice network run by ONNX Runtime, called like the torch module it replaces.
+    """A network run by ONNX Runtime, called like the torch module it replaces.
 
-    ``net(x)`` takes a float32 (B, C, H, W) tensor of the working size and returns the logits as
-    a torch tensor; ``to()`` and ``eval()`` return the network itself.
+    ``net(x)`` takes a float32 (B, C, ...) tensor of the shape it was exported for and returns
+    the logits as a torch tensor; ``to()`` and ``eval()`` return the network itself.
 
     Args:
         source: the ``.onnx`` file, or its bytes.
-        shape: ``(1, C, H, W)``, the input it was exported for (any batch size).
+        shape: ``(1, C, H, W)`` (a slice network at its working size) or ``(1, C, None, None,
+            None)`` (the coarse 3-D network, any size): the input it was exported for (any batch
+            size; None: any size).
         threads: intra-op threads.
     """
 
-    def __init__(self, source: bytes | str, shape: tuple[int, ...], threads: int) -> None:
+    def __init__(self, source: bytes | str, shape: Shape, threads: int) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -212,7 +229,8 @@ class OnnxNetwork:
         import numpy as np
         import torch
 
-        if tuple(x.shape[1:]) != self.shape[1:]:
+        fixed = all(n is None or n == m for n, m in zip(self.shape[1:], x.shape[1:], strict=False))
+        if x.dim() != len(self.shape) or not fixed:
             raise LivsegError(
                 f"ONNX network built for inputs (B, {self.shape[1:]}), given {tuple(x.shape)}"
             )
@@ -221,15 +239,19 @@ class OnnxNetwork:
 
 
 def onnx_networks(
-    checkpoints: list[Path], shape: tuple[int, ...], load: Callable[[int], Any]
+    checkpoints: list[Path],
+    shape: Shape,
+    load: Callable[[int], Any],
+    example: tuple[int, ...] | None = None,
 ) -> list[OnnxNetwork]:
     """ONNX Runtime networks of the checkpoints; ``load(k)`` (the torch network of checkpoint
-    ``k``) is called only for those not in the export cache, so a warm cache reads no weights."""
+    ``k``) is called only for those not in the export cache, so a warm cache reads no weights.
+    ``example``: an input size the networks accept, for sizes that are None in ``shape``."""
     import torch
 
     threads = torch.get_num_threads()
     return [
-        OnnxNetwork(_onnx_source(c, shape, lambda k=k: load(k)), shape, threads)
+        OnnxNetwork(_onnx_source(c, shape, lambda k=k: load(k), example), shape, threads)
         for k, c in enumerate(checkpoints)
     ]
 

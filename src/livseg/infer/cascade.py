@@ -135,14 +135,6 @@ def _member_specs(checkpoint: str | Path) -> tuple[list[Path], Any, Path]:
     return members, specs[0], path
 
 
-def _load_members(checkpoint: str | Path, device: Any) -> tuple[list[Any], Any, Path]:
-    """The networks of a model folder, their common spec and the folder (torch is imported)."""
-    from livseg.models.checkpoint import load_model
-
-    members, spec, path = _member_specs(checkpoint)
-    return [load_model(m, device)[0] for m in members], spec, path
-
-
 def _load(
     checkpoint: str | Path, device: Any, batch_size: int, tta: bool, backend: str = "torch"
 ) -> SlicePredictor:
@@ -172,17 +164,24 @@ def _load(
     )
 
 
-def _load_coarse(checkpoint: str | Path, device: Any, bf16: bool = False) -> CoarseStage:
-    """The coarse 3-D stage of a model folder (one checkpoint or a fold ensemble)."""
-    from livseg.infer.backend import channels_last
+def _load_coarse(checkpoint: str | Path, device: Any, backend: str = "torch") -> CoarseStage:
+    """The coarse 3-D stage of a model folder (one checkpoint or a fold ensemble), its networks
+    run by ``backend`` (``"torch"``, ``"bf16"`` or ``"onnx"``: exported with any input size)."""
+    from livseg.infer.backend import channels_last, onnx_networks
+    from livseg.models.checkpoint import load_model
 
-    models, spec, path = _load_members(checkpoint, device)
-    if bf16:
-        models = channels_last(models, 5)
+    members, spec, path = _member_specs(checkpoint)
     s = spec.preprocess
     if s.pipeline != "coarse":
         raise LivsegError(f"{path}: a {s.pipeline} model is not a coarse 3-D liver model")
+    models = [load_model(m, device)[0] for m in members]
     multiple = max(2 ** int(m.depth) for m in models)
+    if backend == "bf16":
+        models = channels_last(models, 5)
+    elif backend == "onnx":
+        example = (1, 1, *(2 * multiple,) * 3)  # the smallest input the stage gives them
+        models = onnx_networks(members, (1, 1, None, None, None), models.__getitem__, example)
+    bf16 = backend == "bf16"
     return CoarseStage(models, s.spacing_mm, s.windows[0], multiple, device=device, bf16=bf16)
 
 
@@ -354,7 +353,7 @@ class Cascade:
             batch_size: slices per forward pass.
             tta: left-right flip test-time augmentation.
             tumour: False runs the liver stage only.
-            backend: how the slice networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU),
+            backend: how the networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU),
                 ``"bf16"`` (PyTorch under bfloat16 autocast, the coarse stage too; an
                 approximation) or ``"auto"`` (ONNX Runtime on the CPU when installed); see
                 :mod:`livseg.infer.backend`.
@@ -375,8 +374,7 @@ class Cascade:
         backend = resolve_backend(backend, dev)
         liver = _load(liver_dir, dev, batch_size, tta, backend)
         tum = _load(tumour_dir, dev, batch_size, tta, backend) if tumour_dir is not None else None
-        bf16 = backend == "bf16"
-        stage0 = _load_coarse(coarse_dir, dev, bf16) if coarse_dir is not None else None
+        stage0 = _load_coarse(coarse_dir, dev, backend) if coarse_dir is not None else None
         log.info(
             "loaded %sliver model %s%s on %s (%s)",
             f"coarse stage {coarse_dir}, " if stage0 else "",
