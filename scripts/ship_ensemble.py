@@ -50,11 +50,11 @@ def _checkpoint(cv: Path, fold: int, recorded: Path) -> Path:
 def _fold_checkpoints(ckpt: Path, fold: int) -> list[tuple[str, Path]]:
     """(member name, checkpoint folder) of fold ``fold``'s model: ``fold<k>`` for one network,
     ``fold<k>-member<i>`` for each member of a ``train.members`` ensemble."""
-    if (ckpt / "model.safetensors").is_file():
+    from livseg.infer.pretrained import ensemble_members
+
+    members = ensemble_members(ckpt)
+    if members == [ckpt]:
         return [(f"fold{fold}", ckpt)]
-    members = sorted(p for p in ckpt.glob("member*") if (p / "model.safetensors").is_file())
-    if not members:
-        raise SystemExit(f"{ckpt}: neither a checkpoint nor an ensemble of member*/ checkpoints")
     return [(f"fold{fold}-{p.name}", p) for p in members]
 
 
