@@ -16,7 +16,13 @@ from torch import nn
 
 from livseg.errors import InputError, LivsegError
 from livseg.infer import Cascade, postprocess_liver
-from livseg.infer.postprocess import largest_component, merge_labels, structuring_element
+from livseg.infer.postprocess import (
+    TUMOUR_CLOSING_MM,
+    close_lesions,
+    largest_component,
+    merge_labels,
+    structuring_element,
+)
 from livseg.infer.predictor import SlicePredictor, volume_stats
 from livseg.infer.pretrained import MissingWeightsError, available_models, locate
 from livseg.preprocess.orientation import canonical_view
@@ -176,6 +182,54 @@ def test_largest_component_and_merge():
     liver[0, 0] = True
     tum = np.ones((1, 2, 2), bool)
     assert merge_labels(liver, tum).tolist() == [[[2, 2], [0, 0]]]
+
+
+def test_tumour_closing_fills_a_missed_slice_inside_the_liver_only():
+    """Tumour on slices 1-2 and 4-5, missed on slice 3 (5 mm slices): a 5 mm box reaches one
+    slice each way, so slice 3 is filled (25 voxels) where it is liver or gate, not elsewhere."""
+
+    def case():
+        labels = np.ones((7, 20, 20), np.uint8)
+        labels[1:3, 5:10, 5:10] = labels[4:6, 5:10, 5:10] = 2
+        return labels
+
+    labels = case()
+    assert close_lesions(labels, (5.0, 1.0, 1.0), 5.0) == 25
+    want = case()
+    want[3, 5:10, 5:10] = 2
+    np.testing.assert_array_equal(labels, want)
+    thick = case()  # 5.5 mm slices: the box is flat, a square has nothing to close in-plane
+    assert close_lesions(thick, (5.5, 1.0, 1.0), 5.0) == 0
+    np.testing.assert_array_equal(thick, case())
+    assert close_lesions(case(), (5.0, 1.0, 1.0), 0.0) == 0
+    outside = case()
+    outside[3, 7, 7] = 0  # background inside the gap: never tumour ...
+    assert close_lesions(outside, (5.0, 1.0, 1.0), 5.0) == 24 and outside[3, 7, 7] == 0
+    gate = case()
+    gate[3, 7, 7] = 0
+    grown = np.zeros(gate.shape, bool)
+    grown[3, 7, 7] = True  # ... unless it is in the gate
+    assert close_lesions(gate, (5.0, 1.0, 1.0), 5.0, grown) == 25 and gate[3, 7, 7] == 2
+
+
+def test_tumour_closing_joins_pieces_in_plane_and_at_the_edge():
+    labels = np.ones((3, 20, 24), np.uint8)
+    labels[1, 12:17, 8:12] = labels[1, 12:17, 14:18] = 2  # a 2-pixel gap (columns 12-13)
+    labels[0, 0:3, 0:3] = labels[2, 0:3, 0:3] = 2  # at the volume's corner, slice 1 missed
+    before = labels.copy()
+    assert close_lesions(labels.copy(), (1.0, 1.0, 1.0), 0.9) == 0  # under a voxel: no box
+    assert close_lesions(labels, (1.0, 1.0, 1.0), 2.0) == 10 + 9  # a 5 x 5 x 5 box
+    assert (labels[1, 12:17, 12:14] == 2).all() and (labels[1, 0:3, 0:3] == 2).all()
+    changed = labels != before
+    assert changed.sum() == 19 and (before[~changed] == labels[~changed]).all()
+    assert (labels[before == 2] == 2).all()  # closing never removes tumour
+
+
+def test_livseg_cascade_closes_tumours_and_the_papers_do_not(tiny_checkpoints):
+    ckpt = {"liver_model": tiny_checkpoints["crunet"], "tumour_model": tiny_checkpoints["tumour"]}
+    assert Cascade.load(**ckpt).tumour_closing_mm == TUMOUR_CLOSING_MM == 5.0
+    assert Cascade.load(**ckpt, paper=True).tumour_closing_mm == 0.0
+    assert Cascade.load(**ckpt, tumour_closing_mm=2.0).tumour_closing_mm == 2.0
 
 
 # --- the cascade -------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ from livseg.infer.coarse import CoarseRegion, CoarseStage
 from livseg.infer.postprocess import (
     LIVER_STRUCTURE_RADIUS_MM,
     MIN_LESION_MM3,
+    TUMOUR_CLOSING_MM,
+    close_lesions,
     drop_gate_lesions,
     postprocess_liver,
     remove_small_lesions,
@@ -283,6 +285,9 @@ class Cascade:
         gate_min_inside: with ``tumour_in_gate``, a tumour component is kept only when at least
             this fraction of it lies in the fine liver
             (:func:`~livseg.infer.postprocess.drop_gate_lesions`); 0 keeps every one.
+        tumour_closing_mm: the tumour label is closed by a box reaching this far (mm) along each
+            axis, inside the liver (and the gate) only
+            (:func:`~livseg.infer.postprocess.close_lesions`); 0 does not close (the papers).
     """
 
     def __init__(
@@ -297,6 +302,7 @@ class Cascade:
         check_ct: bool = True,
         tumour_in_gate: bool = True,
         gate_min_inside: float = 0.0,
+        tumour_closing_mm: float = 0.0,
     ) -> None:
         if liver.settings.pipeline == "tumour":
             raise LivsegError(f"{liver.name}: this is a tumour model, not a liver model")
@@ -318,6 +324,7 @@ class Cascade:
         self.check_ct = bool(check_ct)
         self.tumour_in_gate = bool(tumour_in_gate)
         self.gate_min_inside = float(gate_min_inside)
+        self.tumour_closing_mm = float(tumour_closing_mm)
 
     @classmethod
     def load(
@@ -359,9 +366,11 @@ class Cascade:
                 :mod:`livseg.infer.backend`.
             **options: passed to :class:`Cascade` (``liver_radius_mm``, ``check_ct``,
                 ``gate_mm``, ``tumour_in_gate``, ``gate_min_inside`` (0 by default; see
-                :data:`~livseg.infer.postprocess.GATE_LESION_MIN_INSIDE`), ``min_lesion_mm3``: by
-                default :data:`~livseg.infer.postprocess.MIN_LESION_MM3` in livseg's cascade, 0
-                in the papers').
+                :data:`~livseg.infer.postprocess.GATE_LESION_MIN_INSIDE`), ``min_lesion_mm3`` and
+                ``tumour_closing_mm``: by default
+                :data:`~livseg.infer.postprocess.MIN_LESION_MM3` and
+                :data:`~livseg.infer.postprocess.TUMOUR_CLOSING_MM` in livseg's cascade, 0 in
+                the papers').
 
         Raises:
             MissingWeightsError: a shipped model is needed but not installed (the message names
@@ -385,6 +394,7 @@ class Cascade:
         )
         if not paper:
             options.setdefault("min_lesion_mm3", MIN_LESION_MM3)
+            options.setdefault("tumour_closing_mm", TUMOUR_CLOSING_MM)
         return cls(liver, tum, coarse=stage0, **options)
 
     # --- the cascade ----------------------------------------------------------------------------
@@ -504,6 +514,21 @@ class Cascade:
                 gate = inside
         return mask, gate, summary.as_dict()
 
+    def _close_lesions(
+        self,
+        labels: np.ndarray,
+        grown: np.ndarray | None,
+        spacing: tuple[float, float, float],
+        src: str,
+    ) -> None:
+        """Close the tumour label inside the liver (and ``grown``), in place."""
+        if self.tumour_closing_mm <= 0:
+            return
+        added = close_lesions(labels, spacing, self.tumour_closing_mm, grown)
+        log.debug(
+            "%s: tumour closing (%g mm) added %d voxel(s)", src, self.tumour_closing_mm, added
+        )
+
     def _tumour_stage(
         self,
         hu: np.ndarray,
@@ -542,6 +567,7 @@ class Cascade:
             if grown is not None:
                 allowed |= grown[kb, y0:y1, x0:x1]
             labels[kb, y0:y1, x0:x1] = np.where(allowed & (prob > 0.5), np.uint8(2), sub)
+        self._close_lesions(labels, grown, spacing, src)
         if grown is not None and self.gate_min_inside > 0:
             dropped = drop_gate_lesions(labels, grown, self.gate_min_inside)
             if dropped:

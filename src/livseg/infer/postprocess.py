@@ -178,6 +178,64 @@ def remove_small_lesions(
     return int(small.size)
 
 
+TUMOUR_CLOSING_MM = 5.0
+"""Half-size (mm, along each axis) of the box that livseg's cascade closes the tumour label with
+(:func:`close_lesions`); 0 turns it off (the papers' cascade). The 2-D tumour members miss a
+lesion on some of its slices and leave gaps of a few pixels between pieces of large ones; the
+closing joins them. On the held-out tumour probabilities of the five LiTS cases (3 folds, v0.9's
+fine liver) it raised tumour Dice global from 0.480 to 0.513 for the v0.10 pair (false lesions
+84 -> 66: pieces joined), 0.459 -> 0.484 for the v0.9 pair, 0.450 -> 0.471 and 0.462 -> 0.495
+for the two v0.10 members alone, 0.448 -> 0.464 for another pair; on three older, weaker single
+tumour models it moved Dice by -0.014, -0.001 and +0.043. The size was read off those same cases
+(boxes of 5 and 8 mm, balls of 3-20 mm radius were compared; 5-12 mm behaved alike, 20 mm
+merged too much), so part of the gain is selection."""
+
+
+def close_lesions(
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    half_mm: float = TUMOUR_CLOSING_MM,
+    grown: np.ndarray | None = None,
+) -> int:
+    """Morphological closing of the tumour label by a box, in place, inside the liver label (and
+    ``grown``) only.
+
+    The box reaches ``floor(half_mm / spacing)`` voxels each way along each axis (at 5 mm: one
+    slice of 5 mm, three of 1.6 mm, six pixels of 0.75 mm); an axis with voxels longer than
+    ``half_mm`` is not closed along. Dilation and erosion are separable maximum and minimum
+    filters (a box, not a ball: linear time in the tumour's bounding box), and the closing never
+    reaches outside the tumour's bounding box.
+
+    Args:
+        labels: (Z, Y, X) uint8 LiTS labels (modified in place).
+        spacing: (sz, sy, sx) mm.
+        half_mm: half-size of the box (mm); 0 closes nothing.
+        grown: (Z, Y, X) bool, where tumour may be added outside the liver label (the gate), or
+            None.
+
+    Returns:
+        The number of voxels that became tumour.
+    """
+    half = [int(np.floor(half_mm / s + 1e-6)) for s in spacing]
+    if half_mm <= 0 or not any(half):
+        return 0
+    box = bounding_box(labels == 2)
+    if box is None:
+        return 0
+    tumour = np.pad(labels[box] == 2, [(h, h) for h in half]).view(np.uint8)
+    size = [2 * h + 1 for h in half]
+    dilated = ndimage.maximum_filter(tumour, size, mode="constant", cval=0)
+    closed = ndimage.minimum_filter(dilated, size, mode="constant", cval=0)
+    inner = tuple(slice(h, h + (b.stop - b.start)) for h, b in zip(half, box, strict=True))
+    sub = labels[box]
+    allowed = sub == 1
+    if grown is not None:
+        allowed |= grown[box] & (sub == 0)
+    added = closed[inner].astype(bool) & allowed
+    sub[added] = 2
+    return int(np.count_nonzero(added))
+
+
 GATE_LESION_MIN_INSIDE = 0.5
 """A candidate value of ``Cascade(gate_min_inside=...)``, not yet the default. On v0.8's held-out
 tumour probabilities the false tumours the gate let in (the gallbladder, a duodenal loop) lay
