@@ -151,12 +151,12 @@ def test_phase_widths_checked_when_the_configuration_loads():
 
 
 def test_shipped_tumour_configuration_paints_lesions_and_shifts_phases():
-    # v0.9's tumour stage: the values its fold models were trained with
+    # v0.10's tumour stage: the values its fold models were trained with
     cfg = load_config("tumour_runet")
     assert cfg.augment.synth_prob == 0.5 and cfg.augment.phase_hu == 40.0
     assert cfg.augment.window_widths_hu == (100.0, 300.0, 500.0)  # the 3 windows' HU widths
     assert cfg.train.amp_cpu
-    assert (cfg.train.members, cfg.model.options["base_width"], cfg.train.epochs) == (2, 8, 60)
+    assert (cfg.train.members, cfg.model.options["base_width"], cfg.train.epochs) == (2, 8, 90)
     members = sorted((REPO / "src/livseg/weights/runet_tumour").glob("fold*-member*"))
     assert len(members) == 6  # 3 folds x 2 seeds
     for member in members:
