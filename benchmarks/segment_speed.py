@@ -42,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: v0.8 (tumour members with synthetic lesions and the phase shift; one width-16 member per fold)
-PREVIOUS = "3a65cdc"
+#: v0.9 (two width-8 tumour members per fold trained 60 epochs; coarse stage in ONNX Runtime)
+PREVIOUS = "1ed2c4b"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 
 FLOOR = """
