@@ -438,15 +438,27 @@ def test_gate_removes_the_heart_on_the_liver_dome_and_keeps_a_hypodense_tumour()
     s = PreprocessSettings("densefcn_liver", size=64)
     coarse = CoarseStage([_Above(0.55, 0.62)], spacing_mm=4.0, margin_mm=24.0)
 
+    class Recording(SlicePredictor):
+        def predict(self, hu, slices, *args, **kwargs):
+            self.seen = [int(k) for k in slices]
+            return super().predict(hu, slices, *args, **kwargs)
+
+    seen = {}
+
     def run(gate_mm):
-        slice_model = SlicePredictor(_Above(0.3, 1.01), s)  # fires on liver, tumour and heart
+        slice_model = Recording(_Above(0.3, 1.01), s)  # fires on liver, tumour and heart
         cascade = Cascade(slice_model, coarse=coarse, gate_mm=gate_mm, liver_radius_mm=2.0)
-        return cascade.segment(vol).labels.array >= 1
+        labels = cascade.segment(vol).labels.array >= 1
+        seen[gate_mm] = slice_model.seen
+        return labels
 
     box_only = run(None)
     assert box_only[26:32, 20:44, 12:36].all()  # the box alone keeps the heart
     gated = run(0.0)
     assert not gated[26:34].any()  # the heart is gone
+    # the liver model ran on the box's slices (the coarse liver, 8-23, +- 24 mm = 12 slices),
+    # but with the gate only on the gate's slices: what it labels elsewhere would be dropped
+    assert seen[None] == list(range(0, 36)) and seen[0.0] == list(range(8, 24))
     assert gated[14:18, 28:36, 20:28].all()  # the tumour hole is filled, kept as liver
     dice = 2 * np.count_nonzero(gated & liver) / (gated.sum() + liver.sum())
     assert dice > 0.95

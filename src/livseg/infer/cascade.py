@@ -490,14 +490,19 @@ class Cascade:
         region: CoarseRegion | None,
         progress: StageProgress | None,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
-        """Liver model on the region's slices (every slice without a coarse stage): uint8 mask
+        """Liver model on the region's slices (every slice without a coarse stage; with a gate,
+        only the region's slices the gate reaches, since the rest would be dropped): uint8 mask
         (probability > 0.5, nothing outside the region), the gate as a bool mask of the whole
         volume (None without a coarse stage, without a region or with ``gate_mm`` None) and the
-        probability summary."""
+        probability summary of the slices the model ran on."""
         mask = np.zeros(hu.shape, dtype=np.uint8)
         summary = _LiverSummary()
         cb = _stage_callback(progress, "liver")
         slices, box, keep = self._liver_window(hu.shape, region)
+        in_box = None
+        if keep is not None and self.gate_mm is not None:
+            in_box = CoarseStage.gate(region, hu.shape, self.gate_mm)
+            slices = keep[0].start + np.flatnonzero(in_box.any(axis=(1, 2)))
         y0, y1, x0, x1 = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
         for ks, prob in self.liver.predict(hu, slices, stats, box, cb):
             fg = prob > 0.5
@@ -508,9 +513,9 @@ class Cascade:
             inside = np.zeros(hu.shape, dtype=bool)
             inside[keep] = True
             mask[~inside] = 0  # what the liver model labels outside the region is dropped
-            if self.gate_mm is not None:
-                inside[keep] = CoarseStage.gate(region, hu.shape, self.gate_mm)
-                mask[keep] &= inside[keep]
+            if in_box is not None:
+                inside[keep] = in_box
+                mask[keep] &= in_box
                 gate = inside
         return mask, gate, summary.as_dict()
 
