@@ -4,7 +4,9 @@
 1b. Coarse 3-D liver stage (when loaded; :mod:`livseg.infer.coarse`): the whole CT at about 4 mm
    gives the region (box) where the liver is. The liver stage then runs on the region's slices
    only (in the region's in-plane box for a liver model trained on liver crops), and what it
-   labels outside the region is dropped: heart, kidney and bowel far from the liver go. Without
+   labels outside the region is dropped: heart, kidney and bowel far from the liver go. With the
+   gate (the coarse liver on the input grid, ``gate_mm``) only what lies in it is kept, so the
+   liver stage runs only on the slices the gate reaches. Without
    a coarse stage the cascade is exactly the papers' (every slice, whole field of view).
 2. Liver stage (CR-U-Net or liver DenseFCN) on every axial slice, batched; the binary mask
    (probability > 0.5) is kept as uint8, never a float volume. Every stage may be a fold
@@ -19,7 +21,11 @@
    liver label must include (cross-validated: tumour Dice global 0.14 -> 0.29, see the model
    card).
 5. Tumour kept only inside the tumour region; a tumour voxel is a liver voxel too, so tumour
-   found outside the fine liver extends the liver. Tumour components below ``min_lesion_mm3``
+   found outside the fine liver extends the liver. In livseg's cascade the tumour label is closed
+   with a box of ``tumour_closing_mm`` each way inside the tumour region
+   (:func:`livseg.infer.postprocess.close_lesions`: a slice the 2-D models missed between two
+   where they found a lesion, gaps between pieces of one lesion). Tumour components below
+   ``min_lesion_mm3``
    become liver inside the fine liver and background outside it. Labels 0/1/2 (uint8) mapped
    back to the input's own array layout and geometry.
 
