@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+from pathlib import Path
 
 from livseg.errors import LivsegError
 
@@ -25,6 +27,7 @@ __all__ = [
     "amp_enabled",
     "cpu_bf16_enabled",
     "native_bf16",
+    "no_cuda_here",
 ]
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
@@ -51,6 +54,18 @@ def parse_device(spec: str, option: str = "--device") -> tuple[str, int | None]:
     if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
         raise DeviceError(f"{option}: {spec!r} is not a device; use auto, cpu, cuda or cuda:N")
     return m.group(1), (int(m.group(2)) if m.group(2) is not None else None)
+
+
+def no_cuda_here(spec: str) -> bool:
+    """Whether ``spec`` surely means the CPU, known without importing torch: ``cpu``, or
+    ``auto`` on a Linux machine without NVIDIA device files (``/dev/nvidia0``, ...), where
+    ``torch.cuda.is_available()`` is False. False when unsure (then :func:`resolve_device`)."""
+    kind, _ = parse_device(spec)
+    if kind == "cpu":
+        return True
+    if kind != "auto" or "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    return not any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def resolve_device(spec: str = "auto", local_rank: int | None = None):

@@ -7,7 +7,9 @@ collectives here are no-ops otherwise, so the same code runs alone and under tor
 
 This module sits at the package top level (like :mod:`livseg.device`) so that inference does
 not import training code; the training-only pieces (samplers, DDP checks) are in
-:mod:`livseg.train.distributed`.
+:mod:`livseg.train.distributed`. torch is imported only by :func:`init_distributed` (a process
+group needs it) and by the collectives once a group exists, so a single process that never joins
+one (``livseg segment`` on ONNX Runtime) does not import torch here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("livseg.distributed")
 
@@ -92,6 +95,9 @@ def init_distributed(
     info = env_info()
     if not info.enabled:
         return info
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
@@ -114,19 +120,33 @@ def init_distributed(
 def shutdown_distributed() -> None:
     """Leave the process group if :func:`init_distributed` created it."""
     global _STARTED_HERE
-    if _STARTED_HERE and dist.is_initialized():
-        dist.destroy_process_group()
+    if _STARTED_HERE:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
     _STARTED_HERE = False
 
 
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist
+
+
 def active() -> bool:
+    """Whether a process group of more than one rank is running (without torch imported, none
+    can be)."""
+    if "torch" not in sys.modules:
+        return False
+    dist = _dist()
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if active():
-        dist.barrier()
+        _dist().barrier()
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -134,7 +154,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    _dist().broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -142,6 +162,7 @@ def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (``[obj]`` when not distributed)."""
     if not active():
         return [obj]
+    dist = _dist()
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out

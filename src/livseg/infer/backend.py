@@ -44,6 +44,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,9 @@ __all__ = [
     "cache_dir",
     "OnnxNetwork",
     "onnx_networks",
+    "cpu_threads",
+    "numpy_networks",
+    "foreground_probability_np",
     "channels_last",
     "memory_format",
     "autocast",
@@ -117,10 +121,11 @@ def cache_dir() -> Path:
 
 
 def _cache_key(checkpoint: Path, shape: Shape) -> str:
-    """Hash of the checkpoint's files, the input shape and the exporting software."""
-    import torch
+    """Hash of the checkpoint's files, the input shape and the exporting software (torch's
+    version as installed: read without importing torch)."""
+    from importlib.metadata import version
 
-    h = hashlib.sha256(f"{EXPORT_VERSION}|{OPSET}|{torch.__version__}|{shape}".encode())
+    h = hashlib.sha256(f"{EXPORT_VERSION}|{OPSET}|{version('torch')}|{shape}".encode())
     for p in sorted(checkpoint.iterdir()):
         if p.is_file():
             h.update(p.name.encode())
@@ -226,16 +231,35 @@ class OnnxNetwork:
         return self
 
     def __call__(self, x: Any) -> Any:
+        """The logits of ``x``: a numpy array gives a numpy array (no torch needed), a torch
+        tensor a torch tensor."""
         import numpy as np
+
+        given_numpy = isinstance(x, np.ndarray)
+        arr = x if given_numpy else x.detach().cpu().numpy()
+        fixed = all(
+            n is None or n == m for n, m in zip(self.shape[1:], arr.shape[1:], strict=False)
+        )
+        if arr.ndim != len(self.shape) or not fixed:
+            raise LivsegError(
+                f"ONNX network built for inputs (B, {self.shape[1:]}), given {tuple(arr.shape)}"
+            )
+        out = self.session.run(None, {"x": np.ascontiguousarray(arr, dtype=np.float32)})[0]
+        if given_numpy:
+            return out
         import torch
 
-        fixed = all(n is None or n == m for n, m in zip(self.shape[1:], x.shape[1:], strict=False))
-        if x.dim() != len(self.shape) or not fixed:
-            raise LivsegError(
-                f"ONNX network built for inputs (B, {self.shape[1:]}), given {tuple(x.shape)}"
-            )
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"x": arr})[0])
+        return torch.from_numpy(out)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for ONNX Runtime: torch's count when torch is imported, else
+    ``OMP_NUM_THREADS`` when set, else the CPUs this process may use."""
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    with contextlib.suppress(ValueError):
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def onnx_networks(
@@ -247,13 +271,29 @@ def onnx_networks(
     """ONNX Runtime networks of the checkpoints; ``load(k)`` (the torch network of checkpoint
     ``k``) is called only for those not in the export cache, so a warm cache reads no weights.
     ``example``: an input size the networks accept, for sizes that are None in ``shape``."""
-    import torch
-
-    threads = torch.get_num_threads()
     return [
-        OnnxNetwork(_onnx_source(c, shape, lambda k=k: load(k), example), shape, threads)
+        OnnxNetwork(_onnx_source(c, shape, lambda k=k: load(k), example), shape, cpu_threads())
         for k, c in enumerate(checkpoints)
     ]
+
+
+def numpy_networks(models: list[Any], bf16: bool) -> bool:
+    """Whether every network runs in ONNX Runtime (and no autocast is asked for): then numpy
+    arrays go in and out, and no torch is needed."""
+    return not bf16 and all(isinstance(m, OnnxNetwork) for m in models)
+
+
+def foreground_probability_np(logits: Any) -> Any:
+    """:func:`livseg.models.foreground_probability` on a numpy array: sigmoid of one channel,
+    or the softmax's channel 1 of two; float32 (B, *spatial)."""
+    import numpy as np
+    from scipy.special import expit
+
+    if logits.ndim not in (4, 5) or logits.shape[1] not in (1, 2):
+        raise LivsegError(f"foreground probability of logits shaped {tuple(logits.shape)}")
+    if logits.shape[1] == 1:
+        return expit(logits[:, 0]).astype(np.float32, copy=False)
+    return expit(logits[:, 1] - logits[:, 0]).astype(np.float32, copy=False)
 
 
 def memory_format(ndim: int) -> Any:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from livseg.device import resolve_device
+from livseg.device import no_cuda_here, resolve_device
 from livseg.errors import InputError, LivsegError
 from livseg.infer.backend import resolve_backend
 from livseg.infer.coarse import CoarseRegion, CoarseStage
@@ -133,7 +133,7 @@ def _member_specs(checkpoint: str | Path) -> tuple[list[Path], Any, Path]:
     Raises:
         LivsegError: ensemble members trained with different pre-processing or networks.
     """
-    from livseg.models.checkpoint import CONFIG_FILE, model_spec, read_config_json
+    from livseg.checkpoint_spec import CONFIG_FILE, model_spec, read_config_json
 
     path = check_checkpoint_dir(checkpoint)
     members = ensemble_members(path)
@@ -143,6 +143,24 @@ def _member_specs(checkpoint: str | Path) -> tuple[list[Path], Any, Path]:
     return members, specs[0], path
 
 
+def _torch_network(checkpoint: Path, device: Any) -> Any:
+    """The torch network of one checkpoint (imports torch)."""
+    from livseg.models.checkpoint import load_model
+
+    return load_model(checkpoint, device)[0]
+
+
+def _device(device: str, backend: str) -> Any:
+    """The device to run on: ``"cpu"`` when ONNX Runtime will run every network on the CPU,
+    decided without importing torch (:func:`~livseg.device.no_cuda_here`), else
+    :func:`~livseg.device.resolve_device`."""
+    from livseg.infer.backend import onnx_available
+
+    if backend in ("auto", "onnx") and no_cuda_here(device) and onnx_available():
+        return "cpu"
+    return resolve_device(device)
+
+
 def _load(
     checkpoint: str | Path, device: Any, batch_size: int, tta: bool, backend: str = "torch"
 ) -> SlicePredictor:
@@ -150,7 +168,6 @@ def _load(
     run by ``backend`` (``"torch"``, ``"bf16"`` or ``"onnx"``: :mod:`livseg.infer.backend`; with a
     warm export cache the ONNX networks are built without reading the weights)."""
     from livseg.infer.backend import channels_last, onnx_networks
-    from livseg.models.checkpoint import load_model
 
     members, spec, path = _member_specs(checkpoint)
     if spec.preprocess.pipeline not in SLICE_PIPELINES:
@@ -158,9 +175,9 @@ def _load(
     size = int(spec.preprocess.size)
     shape = (1, int(spec.preprocess.channels), size, size)
     if backend == "onnx":
-        models = onnx_networks(members, shape, lambda k: load_model(members[k], device)[0])
+        models = onnx_networks(members, shape, lambda k: _torch_network(members[k], device))
     else:
-        models = channels_last([load_model(m, device)[0] for m in members])
+        models = channels_last([_torch_network(m, device) for m in members])
     return SlicePredictor(
         models,
         spec.preprocess,
@@ -176,19 +193,28 @@ def _load_coarse(checkpoint: str | Path, device: Any, backend: str = "torch") ->
     """The coarse 3-D stage of a model folder (one checkpoint or a fold ensemble), its networks
     run by ``backend`` (``"torch"``, ``"bf16"`` or ``"onnx"``: exported with any input size)."""
     from livseg.infer.backend import channels_last, onnx_networks
-    from livseg.models.checkpoint import load_model
 
     members, spec, path = _member_specs(checkpoint)
     s = spec.preprocess
     if s.pipeline != "coarse":
         raise LivsegError(f"{path}: a {s.pipeline} model is not a coarse 3-D liver model")
-    models = [load_model(m, device)[0] for m in members]
-    multiple = max(2 ** int(m.depth) for m in models)
-    if backend == "bf16":
-        models = channels_last(models, 5)
-    elif backend == "onnx":
-        example = (1, 1, *(2 * multiple,) * 3)  # the smallest input the stage gives them
-        models = onnx_networks(members, (1, 1, None, None, None), models.__getitem__, example)
+    shape = (1, 1, None, None, None)  # any size
+
+    def example(multiple: int) -> tuple[int, ...]:  # the smallest input the stage gives them
+        return (1, 1, *(2 * multiple,) * 3)
+
+    if backend == "onnx" and "depth" in spec.options:  # no weights read with a warm cache
+        multiple = 2 ** int(spec.options["depth"])
+        models = onnx_networks(
+            members, shape, lambda k: _torch_network(members[k], device), example(multiple)
+        )
+    else:
+        models = [_torch_network(m, device) for m in members]
+        multiple = max(2 ** int(m.depth) for m in models)
+        if backend == "onnx":
+            models = onnx_networks(members, shape, models.__getitem__, example(multiple))
+        elif backend == "bf16":
+            models = channels_last(models, 5)
     bf16 = backend == "bf16"
     return CoarseStage(models, s.spacing_mm, s.windows[0], multiple, device=device, bf16=bf16)
 
@@ -385,7 +411,7 @@ class Cascade:
         given = {"coarse": coarse_model, "liver": liver_model, "tumour": tumour_model}
         dirs = _checkpoint_dirs(model, paper, given, tumour)
         coarse_dir, liver_dir, tumour_dir = dirs["coarse"], dirs["liver"], dirs["tumour"]
-        dev = resolve_device(device)
+        dev = _device(device, backend)
         backend = resolve_backend(backend, dev)
         liver = _load(liver_dir, dev, batch_size, tta, backend)
         tum = _load(tumour_dir, dev, batch_size, tta, backend) if tumour_dir is not None else None

@@ -125,17 +125,25 @@ class CoarseStage:
         Returns:
             ((D, H, W) float32 probability, coarse spacing in mm).
         """
-        import torch
-
-        from livseg.infer.backend import autocast, memory_format
+        from livseg.infer.backend import foreground_probability_np, numpy_networks
 
         image = coarse_image(hu, spacing, self.spacing_mm, self.window)
         # instance norm needs more than one voxel at the bottom level: at least 2 x multiple
         padded, crop = pad_to(image, self.multiple, minimum=2 * self.multiple)
+        total = np.zeros(image.shape, dtype=np.float32)
+        if numpy_networks(self.models, self.bf16):  # ONNX Runtime: no torch at all
+            x = np.ascontiguousarray(padded[None, None], dtype=np.float32)
+            for model in self.models:
+                total += foreground_probability_np(model(x))[0][crop]
+            total /= len(self.models)
+            return total, coarse_spacing(hu.shape, image.shape, spacing)
+        import torch
+
+        from livseg.infer.backend import autocast, memory_format
+
         x = torch.from_numpy(padded)[None, None].to(self.device)
         if self.bf16:
             x = x.contiguous(memory_format=memory_format(5))
-        total = np.zeros(image.shape, dtype=np.float32)
         with torch.inference_mode(), autocast(self.device, self.bf16):
             for model in self.models:
                 p = torch.sigmoid(model(x)[:, 0])[0].float().cpu().numpy()

@@ -121,15 +121,21 @@ class SlicePredictor:
         name: str = "model",
         bf16: bool = False,
     ) -> None:
-        import torch
+        from livseg.infer.backend import numpy_networks
 
         if batch_size < 1:
             raise LivsegError(f"batch size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
         members = list(model) if isinstance(model, list | tuple) else [model]
         if not members:
             raise LivsegError(f"{name}: an ensemble needs at least one network")
-        self.models = [m.to(self.device).eval() for m in members]
+        self.numpy = numpy_networks(members, bf16)  # ONNX Runtime: no torch at all
+        if self.numpy:
+            self.device, self.models = device, members
+        else:
+            import torch
+
+            self.device = torch.device(device)
+            self.models = [m.to(self.device).eval() for m in members]
         self.settings = settings
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
@@ -176,7 +182,23 @@ class SlicePredictor:
         size = int(self.settings.size)
         return chan.reshape(len(ks), -1, size, size)
 
+    def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_forward` for ONNX Runtime networks, in numpy."""
+        from livseg.infer.backend import foreground_probability_np
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        total = None
+        for model in self.models:
+            prob = foreground_probability_np(model(x))
+            if self.tta:
+                flipped = foreground_probability_np(model(np.ascontiguousarray(x[..., ::-1])))
+                prob = 0.5 * (prob + flipped[..., ::-1])
+            total = prob if total is None else total + prob
+        return total / np.float32(len(self.models))
+
     def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.numpy:
+            return self._forward_numpy(x)
         import torch
 
         from livseg.infer.backend import autocast

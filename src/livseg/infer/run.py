@@ -216,13 +216,13 @@ class CohortResult:
 
 def _join(device: str) -> DistInfo:
     """Join torchrun's process group when there is one (gloo: only rows are exchanged)."""
-    import torch
-
     from livseg.distributed import env_info, init_distributed
 
     info = env_info()
     if not info.enabled:
         return info
+    import torch
+
     # a week: ranks wait for the slowest shard at the end, and resumed shards are uneven
     return init_distributed(torch.device("cpu"), backend="gloo", timeout_minutes=7 * 24 * 60)
 

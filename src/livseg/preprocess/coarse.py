@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from livseg.preprocess.resample import apply_weights, linear_weights
+
 logger = logging.getLogger(__name__)
 
 COARSE_WINDOW: tuple[float, float] = (-250.0, 350.0)
@@ -61,26 +63,35 @@ def coarse_spacing(
 def _resample(
     array: np.ndarray, out_shape: tuple[int, int, int], to_float: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
-    """Resample (Z, Y, X) to ``out_shape``: in-plane first, chunk by chunk, then along z."""
-    import torch
-    import torch.nn.functional as F
-
+    """Resample (Z, Y, X) to ``out_shape``: in-plane first, chunk by chunk, then along z. An axis
+    that shrinks is averaged over each output's input range (torch's ``area`` mode, adaptive
+    average pooling), one that grows is interpolated linearly (``align_corners=False``)."""
     d, h, w = out_shape
     z = array.shape[0]
     planes = np.empty((z, h, w), dtype=np.float32)
     for start in range(0, z, _CHUNK):
-        block = torch.from_numpy(to_float(np.asarray(array[start : start + _CHUNK])))
-        mode = "area" if block.shape[1] >= h and block.shape[2] >= w else "bilinear"
-        kw = {} if mode == "area" else {"align_corners": False}
-        out = F.interpolate(block[None], size=(h, w), mode=mode, **kw)[0]
-        planes[start : start + block.shape[0]] = out.numpy()
+        block = to_float(np.asarray(array[start : start + _CHUNK]))
+        area = block.shape[1] >= h and block.shape[2] >= w
+        block = apply_weights(block, _axis_weights(block.shape[2], w, area), axis=2)
+        planes[start : start + block.shape[0]] = apply_weights(
+            block, _axis_weights(block.shape[1], h, area), axis=1
+        )
     if d == z:
         return planes
-    cols = torch.from_numpy(planes.reshape(z, h * w).T.copy())[None]  # (1, H*W, Z)
-    mode = "area" if z >= d else "linear"
-    kw = {} if mode == "area" else {"align_corners": False}
-    out = F.interpolate(cols, size=d, mode=mode, **kw)[0]  # (H*W, D)
-    return np.ascontiguousarray(out.T.numpy().reshape(d, h, w))
+    return apply_weights(planes, _axis_weights(z, d, z >= d), axis=0)
+
+
+def _axis_weights(n: int, m: int, area: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(first, weights) of one axis from ``n`` to ``m`` samples: the mean of each output's input
+    range ``[floor(i n / m), ceil((i + 1) n / m))`` when ``area``, else linear interpolation."""
+    if not area:
+        return linear_weights(n, m, antialias=False)
+    i = np.arange(m, dtype=np.int64)
+    first = (i * n) // m
+    count = ((i + 1) * n + m - 1) // m - first
+    k = np.arange(int(count.max()))
+    weights = np.where(k[None, :] < count[:, None], 1.0 / count[:, None], 0.0).astype(np.float32)
+    return first, weights
 
 
 def window_unit(hu: np.ndarray, window: tuple[float, float] = COARSE_WINDOW) -> np.ndarray:
