@@ -3,6 +3,7 @@ to 1e-4 and the cascade's labels exactly; the export cache is keyed by the check
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,108 @@ def test_coarse_stage_in_onnx_runtime_takes_any_size(cache, tmp_path):
     assert len(list(cache.glob("*.onnx"))) == 1
     with pytest.raises(LivsegError, match="built for inputs"):
         stages["onnx"].models[0](torch.zeros(1, 1, 16, 16))  # a slice, not a volume
+
+
+NO_TORCH = """
+import sys
+
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"{name}: torch is blocked in this test")
+
+
+sys.meta_path.insert(0, NoTorch())
+from livseg.cli import main
+
+code = main()
+assert "torch" not in sys.modules
+sys.exit(code)
+"""
+
+
+def test_segment_runs_without_torch_on_a_warm_onnx_cache(ckpts, cache, tmp_path):
+    """With every network in ONNX Runtime and its export cached, ``livseg segment`` never
+    imports torch (about 1 s of start-up); its labels are those of the in-process ONNX run."""
+    import os
+    import subprocess
+    import sys
+
+    from livseg.io import read_volume, write_volume
+
+    hu, _ = synthetic_ct((10, 40, 48))
+    ct = Volume.image(hu, (2.5, 0.8, 0.8))
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    models = {"liver_model": ckpts["densefcn_liver"], "tumour_model": ckpts["tumour"]}
+    cascade = Cascade.load(**models, paper=True, device="cpu", backend="onnx")  # warms the cache
+    want = cascade.segment(ct).labels.array
+    exports = sorted(cache.glob("*.onnx"))
+    cmd = [sys.executable, "-c", NO_TORCH, "segment", str(tmp_path / "ct.nii.gz")]
+    cmd += ["-o", str(tmp_path / "out"), "--paper", "--device", "cpu", "--backend", "onnx"]
+    cmd += ["--liver-model", str(models["liver_model"])]
+    cmd += ["--tumour-model", str(models["tumour_model"])]
+    env = {**os.environ, "LIVSEG_CACHE": str(cache.parent)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = read_volume(tmp_path / "out" / "ct_seg.nii.gz", kind="label")
+    assert got.same_geometry(ct) and np.array_equal(got.array, want)
+    assert sorted(cache.glob("*.onnx")) == exports  # nothing exported again
+
+
+def test_numpy_resizing_uses_torchs_weights_bit_for_bit():
+    """:func:`livseg.preprocess.resample.linear_weights` reproduces the weights of torch's
+    bilinear ``interpolate`` (anti-aliased or not) exactly; resized images agree to 1-2 float32
+    rounding steps (the order of the sums may differ)."""
+    import torch.nn.functional as F
+
+    from livseg.preprocess.resample import linear_weights, resize_slices
+
+    def torch_weights(n_in: int, n_out: int, aa: bool) -> np.ndarray:
+        eye = torch.eye(n_in)[:, None, None, :]  # each input sample alone
+        out = F.interpolate(
+            eye, size=(1, n_out), mode="bilinear", align_corners=False, antialias=aa
+        )
+        return out[:, 0, 0, :].numpy().T  # (n_out, n_in)
+
+    for n_in, n_out, aa in [
+        (300, 192, True),
+        (512, 160, True),
+        (160, 411, True),
+        (7, 3, True),
+        (160, 411, False),
+        (60, 61, False),
+        (192, 333, False),
+        (7, 20, False),
+    ]:
+        first, w = linear_weights(n_in, n_out, aa)
+        dense = np.zeros((n_out, n_in), np.float32)
+        for k in range(w.shape[1]):
+            np.add.at(dense, (np.arange(n_out), np.minimum(first + k, n_in - 1)), w[:, k])
+        assert np.array_equal(dense, torch_weights(n_in, n_out, aa)), (n_in, n_out, aa)
+    rng = np.random.default_rng(0)
+    for (ih, iw), size in [((300, 280), (192, 192)), ((160, 160), (411, 390)), ((100, 300), 192)]:
+        x = rng.random((5, ih, iw)).astype(np.float32)
+        out = resize_slices(x, size)
+        aa = out.shape[-2] < ih or out.shape[-1] < iw
+        want = F.interpolate(
+            torch.from_numpy(x)[:, None],
+            size=out.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+            antialias=aa,
+        )[:, 0].numpy()
+        np.testing.assert_allclose(out, want, rtol=0, atol=3e-7)
+
+
+def test_cpu_is_known_without_torch(monkeypatch):
+    from livseg.device import no_cuda_here
+
+    assert no_cuda_here("cpu") and not no_cuda_here("cuda") and not no_cuda_here("cuda:1")
+    assert not no_cuda_here("auto")  # torch is imported in this process: ask it instead
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([Path("/dev/nvidia0")]))
+    assert not no_cuda_here("auto")  # an NVIDIA device file: maybe CUDA
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([]))
+    assert no_cuda_here("auto")

@@ -35,6 +35,16 @@ height and width (each CT's coarse grid has its own size). On the shipped member
 logits up to +-49), so the whole cascade's labels on the five LiTS cases differ in 0-27 voxels of
 512 x 512 x 75-207 (liver Dice >= 0.99998, tumour Dice >= 0.99999 against the PyTorch coarse
 stage; ``tests/test_shipped_models.py`` checks volume-1), within the speed issue's 0.999.
+
+**No torch with ONNX Runtime** (v0.10): when every network of the cascade runs in ONNX Runtime
+on the CPU and their exports are cached, ``livseg segment`` does not import torch (about 1 s of
+start-up). The networks take and give numpy arrays (:class:`OnnxNetwork`), the probabilities are
+taken in numpy (:func:`foreground_probability_np`), resizing uses torch's bilinear weights
+computed in numpy (:func:`livseg.preprocess.resample.linear_weights`), the checkpoints' specs
+come from :mod:`livseg.checkpoint_spec`, the CPU is recognised without torch
+(:func:`livseg.device.no_cuda_here`) and :mod:`livseg.distributed` imports torch only for a
+process group. A cache miss imports torch to export the network, as before. Labels on the five
+LiTS cases are identical to the torch-based pre-processing's.
 """
 
 from __future__ import annotations
