@@ -29,6 +29,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "livseg.metrics": (*TRAINING, "livseg.infer", "livseg.report"),
     "livseg.device": (*TRAINING, "livseg.infer", "livseg.report"),
     "livseg.distributed": (*TRAINING, "livseg.infer", "livseg.report", "livseg.models"),
+    # torch-free: inference reads checkpoint specs without importing torch (livseg.models does)
+    "livseg.checkpoint_spec": (*TRAINING, "livseg.infer", "livseg.report", "livseg.models"),
 }
 
 
