@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from livseg.checkpoint_spec import ModelSpec, find_checkpoint
 from livseg.cli import main
 from livseg.errors import InputError, OutputExistsError
-from livseg.models.checkpoint import ModelSpec, find_checkpoint, load_model
+from livseg.models.checkpoint import load_model
 from livseg.train.checkpoint import (
     load_config_of,
     load_state,

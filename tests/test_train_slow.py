@@ -18,8 +18,9 @@ import pytest
 import torch
 from test_train_loop import TINY, write_phantoms  # noqa: E402
 
+from livseg.checkpoint_spec import load_info
 from livseg.cli import main
-from livseg.models.checkpoint import load_info, load_model
+from livseg.models.checkpoint import load_model
 from livseg.train.checkpoint import load_state
 from livseg.train.config import load_config
 from livseg.train.trainer import train

@@ -4,8 +4,8 @@
 It sits at the package top level (like :mod:`livseg.device`) because importing anything under
 :mod:`livseg.models` imports torch: with a warm ONNX export cache, inference
 (:mod:`livseg.infer.backend`) builds its networks from these specs and the cached ONNX files
-without importing torch at all. :mod:`livseg.models.checkpoint` re-exports every name here and
-adds the loading of the weights into a torch network.
+without importing torch at all. :mod:`livseg.models.checkpoint` adds the loading of the
+weights into a torch network.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def check_ct_intensities(stats: VolumeStats, source: str = "input") -> None:
 
 def _member_specs(checkpoint: str | Path) -> tuple[list[Path], Any, Path]:
     """The members of a model folder (one checkpoint or a fold ensemble), their common
-    :class:`~livseg.models.checkpoint.ModelSpec` and the folder; no weights are read.
+    :class:`~livseg.checkpoint_spec.ModelSpec` and the folder; no weights are read.
 
     Raises:
         LivsegError: ensemble members trained with different pre-processing or networks.

@@ -18,7 +18,7 @@ cross-validation fold: liver Dice 0.836/0.869 with the box only, 0.908/0.948 wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,18 +125,25 @@ class CoarseStage:
         Returns:
             ((D, H, W) float32 probability, coarse spacing in mm).
         """
-        from livseg.infer.backend import foreground_probability_np, numpy_networks
-
         image = coarse_image(hu, spacing, self.spacing_mm, self.window)
         # instance norm needs more than one voxel at the bottom level: at least 2 x multiple
         padded, crop = pad_to(image, self.multiple, minimum=2 * self.multiple)
         total = np.zeros(image.shape, dtype=np.float32)
-        if numpy_networks(self.models, self.bf16):  # ONNX Runtime: no torch at all
+        for prob in self._member_probabilities(padded):
+            total += prob[crop]
+        total /= len(self.models)
+        return total, coarse_spacing(hu.shape, image.shape, spacing)
+
+    def _member_probabilities(self, padded: np.ndarray) -> Iterator[np.ndarray]:
+        """Each member's (D, H, W) float32 probability of the padded coarse image, in numpy
+        (ONNX Runtime: torch is not imported)."""
+        from livseg.infer.backend import foreground_probability_np, numpy_networks
+
+        if numpy_networks(self.models, self.bf16):
             x = np.ascontiguousarray(padded[None, None], dtype=np.float32)
             for model in self.models:
-                total += foreground_probability_np(model(x))[0][crop]
-            total /= len(self.models)
-            return total, coarse_spacing(hu.shape, image.shape, spacing)
+                yield foreground_probability_np(model(x))[0]
+            return
         import torch
 
         from livseg.infer.backend import autocast, memory_format
@@ -146,10 +153,7 @@ class CoarseStage:
             x = x.contiguous(memory_format=memory_format(5))
         with torch.inference_mode(), autocast(self.device, self.bf16):
             for model in self.models:
-                p = torch.sigmoid(model(x)[:, 0])[0].float().cpu().numpy()
-                total += p[crop]
-        total /= len(self.models)
-        return total, coarse_spacing(hu.shape, image.shape, spacing)
+                yield torch.sigmoid(model(x)[:, 0])[0].float().cpu().numpy()
 
     def region(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> CoarseRegion:
         """Where the fine stage should run (see the module docstring)."""

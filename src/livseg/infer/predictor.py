@@ -182,23 +182,27 @@ class SlicePredictor:
         size = int(self.settings.size)
         return chan.reshape(len(ks), -1, size, size)
 
-    def _forward_numpy(self, x: np.ndarray) -> np.ndarray:
-        """:meth:`_forward` for ONNX Runtime networks, in numpy."""
-        from livseg.infer.backend import foreground_probability_np
-
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """(b, C, size, size) network input -> (b, size, size) mean foreground probability of
+        the members (each the mean with its mirrored prediction under ``tta``)."""
         total = None
-        for model in self.models:
-            prob = foreground_probability_np(model(x))
-            if self.tta:
-                flipped = foreground_probability_np(model(np.ascontiguousarray(x[..., ::-1])))
-                prob = 0.5 * (prob + flipped[..., ::-1])
+        for prob in self._member_probabilities(x):
             total = prob if total is None else total + prob
         return total / np.float32(len(self.models))
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def _member_probabilities(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """Each member's float32 probability, in numpy (ONNX Runtime: torch is not imported)."""
         if self.numpy:
-            return self._forward_numpy(x)
+            from livseg.infer.backend import foreground_probability_np
+
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            for model in self.models:
+                prob = foreground_probability_np(model(x))
+                if self.tta:
+                    flipped = foreground_probability_np(model(np.ascontiguousarray(x[..., ::-1])))
+                    prob = 0.5 * (prob + flipped[..., ::-1])
+                yield prob
+            return
         import torch
 
         from livseg.infer.backend import autocast
@@ -208,17 +212,12 @@ class SlicePredictor:
             t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
             if t.dim() == 4:  # faster convolutions (oneDNN); the results are the same
                 t = t.contiguous(memory_format=torch.channels_last)
-            total = None
             for model in self.models:
                 prob = foreground_probability(model(t)).float()
                 if self.tta:
                     flipped = foreground_probability(model(torch.flip(t, dims=[-1]))).float()
                     prob = 0.5 * (prob + torch.flip(flipped, dims=[-1]))
-                total = prob if total is None else total + prob
-            prob = total / len(self.models)
-            if prob.dim() == 4:
-                prob = prob[:, 0]
-            return prob.cpu().numpy()
+                yield (prob[:, 0] if prob.dim() == 4 else prob).cpu().numpy()
 
     def predict(
         self,

@@ -21,13 +21,14 @@ import logging
 
 from torch import nn
 
+from livseg.checkpoint_spec import ModelSpec
 from livseg.models.blocks import (
     InputSizeError,
     ModelOptionError,
     foreground_probability,
     nearest_valid_size,
 )
-from livseg.models.checkpoint import ModelSpec, load_model
+from livseg.models.checkpoint import load_model
 from livseg.models.crunet import CRUNet
 from livseg.models.densefcn import DenseFCN
 from livseg.models.runet import RUNet

@@ -18,12 +18,14 @@ two of its sections:
   (:class:`livseg.preprocess.pipeline.PreprocessSettings`, already a frozen dataclass below
   training).
 
-:func:`model_spec` reads exactly these into a small frozen :class:`ModelSpec`, without the
+:func:`~livseg.checkpoint_spec.model_spec` reads exactly these into a small frozen
+:class:`~livseg.checkpoint_spec.ModelSpec` (torch-free, in :mod:`livseg.checkpoint_spec` with the
+file names and the folder checks), without the
 trainer's ``Config`` class (whose loss, augmentation and optimiser sections belong to training
 and import :mod:`livseg.data`); the other sections are left to
 :func:`livseg.train.checkpoint.load_config_of`. Writing checkpoints and the training state
 (``save_checkpoint``, ``state.pt``, RNG states, resuming) stays in :mod:`livseg.train.checkpoint`,
-which takes the file names and the folder checks from here.
+which takes the file names and the folder checks from :mod:`livseg.checkpoint_spec`.
 
 Nothing is pickled: loading a checkpoint never executes code.
 """
@@ -39,11 +41,8 @@ from torch import nn
 
 from livseg.checkpoint_spec import (
     CONFIG_FILE,
-    INFO_FILE,
     MODEL_FILE,
-    OLD_SUFFIX,
     ModelSpec,
-    find_checkpoint,
     load_info,
     model_spec,
     read_config_json,
@@ -53,20 +52,7 @@ from livseg.errors import InputError, LivsegError
 
 logger = logging.getLogger("livseg.models.checkpoint")
 
-__all__ = [
-    "MODEL_FILE",
-    "CONFIG_FILE",
-    "INFO_FILE",
-    "OLD_SUFFIX",
-    "ModelSpec",
-    "find_checkpoint",
-    "require_checkpoint",
-    "read_config_json",
-    "model_spec",
-    "load_info",
-    "load_weights",
-    "load_model",
-]
+__all__ = ["load_weights", "load_model"]  # the files and specs: livseg.checkpoint_spec
 
 
 def load_weights(model: nn.Module, checkpoint_dir: str | os.PathLike, prefix: str = "") -> None:

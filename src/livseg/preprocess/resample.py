@@ -51,8 +51,8 @@ def resize_slices(
         array: (Z, H, W) or (Z, C, H, W) (any array whose last two axes are (H, W) works).
         size: Output (H', W'), or one int for a square output.
         kind: "image": bilinear, anti-aliased when down-sampling (torch ``interpolate`` with
-            ``antialias=True``, computed in numpy with :func:`linear_weights`), float32 output. "label": nearest neighbour, the input dtype
-            kept and no new values created.
+            ``antialias=True``, computed in numpy with :func:`linear_weights`), float32 output.
+            "label": nearest neighbour, the input dtype kept and no new values created.
 
     Returns:
         Array of shape (..., H', W'). Returns a copy even when the size is unchanged.

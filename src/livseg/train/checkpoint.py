@@ -1,8 +1,9 @@
 """Writing checkpoints and the training state: a folder per checkpoint, written atomically.
 
-Reading a checkpoint for inference (:func:`~livseg.models.checkpoint.load_model`, the file names,
-:func:`~livseg.models.checkpoint.find_checkpoint`, ``load_weights``, ``load_info``) lives in
-:mod:`livseg.models.checkpoint`, so that inference needs no training code; this module adds what
+Reading a checkpoint for inference (:func:`~livseg.models.checkpoint.load_model` and
+``load_weights``; the file names, :func:`~livseg.checkpoint_spec.find_checkpoint` and
+``load_info`` in the torch-free :mod:`livseg.checkpoint_spec`) lives outside training, so that
+inference needs no training code; this module adds what
 only training needs: :func:`save_checkpoint`, the resumable state ``state.pt`` and the random
 generators' state, and :func:`load_config_of` (the whole training configuration).
 
@@ -18,7 +19,7 @@ Layout of a checkpoint folder (e.g. ``<run>/best/`` or ``<run>/last/``)::
 The folder is first written under a temporary name and then renamed into place; the previous
 checkpoint is moved aside before and deleted after, so a process killed at any moment leaves
 either the old or the new complete checkpoint
-(:func:`livseg.models.checkpoint.find_checkpoint` also recovers the moved-aside one). Nothing is pickled: loading a checkpoint never executes code.
+(:func:`livseg.checkpoint_spec.find_checkpoint` also recovers the moved-aside one). Nothing is pickled: loading a checkpoint never executes code.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from livseg import __version__
-from livseg.errors import InputError
-from livseg.models.checkpoint import (
+from livseg.checkpoint_spec import (
     CONFIG_FILE,
     INFO_FILE,
     MODEL_FILE,
@@ -47,6 +47,7 @@ from livseg.models.checkpoint import (
     read_config_json,
     require_checkpoint,
 )
+from livseg.errors import InputError
 from livseg.train.config import Config, config_from_dict, config_to_dict
 
 logger = logging.getLogger("livseg.train.checkpoint")

@@ -18,8 +18,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from livseg.checkpoint_spec import find_checkpoint
 from livseg.errors import OutputExistsError
-from livseg.models.checkpoint import find_checkpoint
 from livseg.train.checkpoint import load_state, rng_state, set_rng_state
 from livseg.train.schedules import SchedulePlan, restore_scheduler
 

@@ -21,12 +21,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from livseg.checkpoint_spec import find_checkpoint, load_info
 from livseg.device import amp_enabled, cpu_bf16_enabled
 from livseg.distributed import barrier, broadcast_object
 from livseg.errors import InputError, LivsegError
 from livseg.infer.backend import memory_format
 from livseg.io.atomic import write_text_atomic
-from livseg.models.checkpoint import find_checkpoint, load_info, load_weights
+from livseg.models.checkpoint import load_weights
 from livseg.train.checkpoint import save_checkpoint
 from livseg.train.config import Config
 from livseg.train.distributed import check_parameters_in_sync

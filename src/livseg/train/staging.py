@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from livseg.checkpoint_spec import find_checkpoint
 from livseg.data.augment import Augmentation
 from livseg.data.cache import SliceCache
 from livseg.data.dataset import SliceDataset
 from livseg.data.volumes import VolumeCache, VolumeDataset
 from livseg.errors import InputError
-from livseg.models.checkpoint import find_checkpoint, load_weights
+from livseg.models.checkpoint import load_weights
 from livseg.train.config import Config
 
 logger = logging.getLogger("livseg.train.staging")
