@@ -19,13 +19,15 @@ is made once, untimed, before the others: it exports the ONNX networks into the 
 installation and model).
 
 Targets (issue #14): a 512 x 512 x ~150 CT in <= 5 s wall and <= 1.5 GB peak RSS on 2 threads;
-batch <= 4 s per case; the 207-slice case <= 7 s; on a GPU (``--device cuda``) <= 1 s per CT.
+batch <= 4 s per case; the 207-slice case <= 7 s; on a GPU (``--device cuda``) <= 1 s per CT
+after warm-up: the **warm** line (``--warm K``), what each further case of a batch call costs.
 
 Usage::
 
     python benchmarks/segment_speed.py                         # ../shared/data, 2 threads
     python benchmarks/segment_speed.py --previous HEAD~3 --threads 2 --backend torch
     python benchmarks/segment_speed.py --inputs ct1.nii.gz ct2.nii.gz --no-previous
+    python benchmarks/segment_speed.py --inputs ct.nii.gz --no-previous --device cuda --warm 4
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def case_name(path: Path) -> str:
 
 def segment(src: Path, inputs: list[Path], opts: list[str], env: dict[str, str]) -> dict:
     """One ``livseg segment`` call of the checkout whose ``src`` folder is given."""
-    env = {**env, "PYTHONPATH": str(src)}
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "livseg.cli", "segment", *map(str, inputs), "-o", out, *opts]
         wall, rss, _ = run(cmd, env)
@@ -104,7 +106,8 @@ def segment(src: Path, inputs: list[Path], opts: list[str], env: dict[str, str])
 def floor(inp: Path, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-c", FLOOR, str(inp), str(Path(out) / "seg.nii.gz")]
-        wall, rss, _ = run(cmd, {**env, "PYTHONPATH": str(ROOT / "src")})
+        path = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+        wall, rss, _ = run(cmd, {**env, "PYTHONPATH": path})
     return {"wall": wall, "rss": rss}
 
 
@@ -126,9 +129,28 @@ def previous_src(rev: str, keep: Path) -> Path:
     return tree / "src"
 
 
+def warm_line(inp: Path, k: int, opts: list[str], env: dict[str, str]) -> str:
+    """Today's seconds per case after warm-up: one call segments ``inp`` once, another 1 + k
+    times (under other names, models loaded once); the difference over k is what each further
+    case costs, start-up, model loading and the first case's warm-up (ONNX, CUDA kernels)
+    excluded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        links = []
+        for i in range(k + 1):
+            links.append(Path(tmp) / f"warm{i}-{inp.name}")
+            links[-1].symlink_to(inp.resolve())
+        one = segment(ROOT / "src", links[:1], opts, env)
+        more = segment(ROOT / "src", links, opts, env)
+    per = {key: (more[key] - one[key]) / k for key in more if key != "rss"}
+    per["rss"] = more["rss"]
+    return f"warm: {inp.name} {k} more times in one call, seconds per case\n" + line(
+        "today", per, None
+    )
+
+
 def line(label: str, d: dict, base: dict | None) -> str:
-    stages = "".join(f"{d.get(s, 0.0):>8.2f}" for s in ("start", *STAGES))
-    ratio = f"{base['wall'] / d['wall']:>7.2f}x" if base else " " * 8
+    stages = "".join(f"{d.get(s, 0.0):>9.2f}" for s in ("start", *STAGES))
+    ratio = f"{base['wall'] / d['wall']:>8.2f}x" if base else " " * 9
     return f"  {label:<9}{d['wall']:>7.2f}{d['rss']:>7.2f}{stages}{ratio}"
 
 
@@ -144,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "bf16"))
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--no-batch", action="store_true", help="skip the batch line")
+    p.add_argument("--batch-size", type=int, help="livseg segment --batch-size (default its own)")
+    p.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also time the first input K more times in one call, after a warm-up case",
+    )
     args = p.parse_args(argv)
     inputs = args.inputs or sorted((args.data / "lits").glob("volume-*.nii*"))
     if not inputs:
@@ -151,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     opts = ["--device", args.device] + (["--no-overlay"] if args.no_overlay else [])
+    if args.batch_size:
+        opts += ["--batch-size", str(args.batch_size)]
     today_opts = [*opts, "--backend", args.backend]
     prev = None if args.no_previous else previous_src(args.previous, args.worktrees)
     print(
@@ -159,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"today: {ROOT} (backend {args.backend}); previous: {args.previous if prev else '-'}")
     warm = segment(ROOT / "src", inputs[:1], today_opts, env)  # fills the ONNX export cache
     print(f"(untimed warm-up of today's first call: {warm['wall']:.1f} s, exports included)")
-    head = "".join(f"{s:>8}" for s in ("start", *STAGES))
-    print(f"  {'':<9}{'wall s':>7}{'RSS GB':>7}{head}{'prev/now':>8}")
+    head = "".join(f"{s:>9}" for s in ("start", *STAGES))
+    print(f"  {'':<9}{'wall s':>7}{'RSS GB':>7}{head}{'prev/now':>9}")
     for inp in inputs:
         print(f"{inp.name}")
         base = floor(inp, env)
@@ -183,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                         label, per, old and {"wall": old["wall"] / n} if label == "today" else None
                     )
                 )
+    if args.warm > 0:
+        print(warm_line(inputs[0], args.warm, today_opts, env))
     return 0
 
 
