@@ -28,6 +28,7 @@ Usage::
     python benchmarks/segment_speed.py --previous HEAD~3 --threads 2 --backend torch
     python benchmarks/segment_speed.py --inputs ct1.nii.gz ct2.nii.gz --no-previous
     python benchmarks/segment_speed.py --inputs ct.nii.gz --no-previous --device cuda --warm 4
+    python benchmarks/segment_speed.py --folds 0                # one fold's models
 """
 
 from __future__ import annotations
@@ -168,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-batch", action="store_true", help="skip the batch line")
     p.add_argument("--batch-size", type=int, help="livseg segment --batch-size (default its own)")
     p.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="today's livseg segment --folds (one fold's models; the previous release runs all)",
+    )
+    p.add_argument(
         "--warm",
         type=int,
         default=0,
@@ -184,11 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size:
         opts += ["--batch-size", str(args.batch_size)]
     today_opts = [*opts, "--backend", args.backend]
+    if args.folds:
+        today_opts += ["--folds", *map(str, args.folds)]
     prev = None if args.no_previous else previous_src(args.previous, args.worktrees)
     print(
         f"livseg segment, end to end; {cpu_model()}, {args.threads} threads, device {args.device}"
     )
-    print(f"today: {ROOT} (backend {args.backend}); previous: {args.previous if prev else '-'}")
+    folds = f", folds {' '.join(map(str, args.folds))}" if args.folds else ""
+    print(
+        f"today: {ROOT} (backend {args.backend}{folds}); previous: {args.previous if prev else '-'}"
+    )
     warm = segment(ROOT / "src", inputs[:1], today_opts, env)  # fills the ONNX export cache
     print(f"(untimed warm-up of today's first call: {warm['wall']:.1f} s, exports included)")
     head = "".join(f"{s:>9}" for s in ("start", *STAGES))

@@ -94,6 +94,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="tumour checkpoint folder instead of the shipped one",
     )
+    p.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        default=None,
+        help="only these folds of each fold ensemble (like nnU-Net's -f): --folds 0 runs fold "
+        "0's coarse, liver and tumour models, the cascade cross-validation scored on its "
+        "held-out cases, in about a third of the network time (default: every fold)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument(
         "--backend",
@@ -118,6 +128,7 @@ def _segment_options(args: argparse.Namespace):
         tta=getattr(args, "tta", False),
         batch_size=getattr(args, "batch_size", 8),
         backend=args.backend,
+        folds=tuple(args.folds) if args.folds else None,
     )
 
 

@@ -77,6 +77,7 @@ class SegmentOptions:
         tta: left-right flip test-time augmentation.
         batch_size: slices per forward pass.
         backend: ``"auto"``, ``"torch"``, ``"onnx"`` or ``"bf16"`` (:mod:`livseg.infer.backend`).
+        folds: only these folds of each fold ensemble (``--folds``; None: all of them).
     """
 
     liver_model: str | Path | None = None
@@ -86,6 +87,7 @@ class SegmentOptions:
     tta: bool = False
     batch_size: int = 8
     backend: str = "auto"
+    folds: tuple[int, ...] | None = None
 
     def load(self, model: str = DEFAULT_MODEL, device: str = "auto") -> Cascade:
         """The cascade of ``model`` (``crunet`` or ``densefcn``, see
@@ -102,6 +104,7 @@ class SegmentOptions:
             batch_size=self.batch_size,
             tta=self.tta,
             backend=self.backend,
+            folds=self.folds,
         )
 
 
@@ -414,6 +417,15 @@ def _model_meta(cascade: Cascade) -> dict[str, Any]:
         "liver_model": cascade.liver.name,
         "tumour_model": cascade.tumour.name if cascade.tumour else None,
         "tta": cascade.liver.tta,
+        "members": {
+            stage: len(p.models)
+            for stage, p in (
+                ("coarse", cascade.coarse),
+                ("liver", cascade.liver),
+                ("tumour", cascade.tumour),
+            )
+            if p is not None
+        },
     }
 
 

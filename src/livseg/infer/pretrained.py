@@ -18,6 +18,8 @@ the stage then averages their probabilities (as nnU-Net ships its folds).
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from livseg.errors import LivsegError
@@ -115,6 +117,28 @@ def ensemble_members(path: str | Path) -> list[Path]:
     """
     path = check_checkpoint_dir(path)
     return [path] if _is_checkpoint(path) else _fold_members(path)
+
+
+def select_folds(members: list[Path], folds: Sequence[int] | None, path: Path) -> list[Path]:
+    """The members of fold ensemble ``path`` whose folder is ``fold<k>`` or ``fold<k>-*`` for a
+    ``k`` in ``folds`` (nnU-Net's ``-f``); all of them when ``folds`` is None.
+
+    Raises:
+        LivsegError: ``path`` is not a fold ensemble, or lacks one of ``folds``.
+    """
+    if folds is None:
+        return members
+    of = {m: re.match(r"fold(\d+)(?:-|$)", m.name) for m in members}
+    have = sorted({int(f[1]) for f in of.values() if f})
+    if not have:
+        raise LivsegError(f"{path}: --folds needs a fold ensemble (fold*/ folders)")
+    missing = sorted(set(folds) - set(have))
+    if missing:
+        raise LivsegError(
+            f"{path}: no fold {', '.join(map(str, missing))} (it has fold(s) "
+            f"{', '.join(map(str, have))})"
+        )
+    return [m for m, f in of.items() if f and int(f[1]) in set(folds)]
 
 
 def available_models(weights_dir: Path | None = None) -> list[str]:
