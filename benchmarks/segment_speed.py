@@ -6,8 +6,7 @@ and peak memory are its own), with the same thread count:
 * **floor**: Python starts, reads the CT with ``livseg.io`` and writes an empty label volume in
   its geometry: what no segmentation tool can beat;
 * **previous**: ``livseg segment`` of the previous release (``--previous``, a git revision: by
-  default v0.6, the release before the batch-Dice fine stage and ``--backend bf16``), run from a
-  temporary git worktree;
+  default v0.10, :data:`PREVIOUS`), run from a temporary git worktree;
 * **today**: ``livseg segment`` of this checkout.
 
 Each ``livseg segment`` call writes every output (labels, measurements JSON, lesion CSV, overlay
@@ -45,8 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-#: v0.9 (two width-8 tumour members per fold trained 60 epochs; coarse stage in ONNX Runtime)
-PREVIOUS = "1ed2c4b"
+#: v0.10 (90-epoch tumour pairs, tumour closing, torch-free ONNX Runtime path)
+PREVIOUS = "ca5ef1d"
 STAGES = ("read", "reorient", "coarse", "liver", "postprocess", "tumour", "write", "report")
 
 FLOOR = """
