@@ -422,3 +422,16 @@ def test_bf16_predictor_runs_the_network_in_bfloat16_close_to_float32(tiny_check
         probs[bf16] = np.concatenate([p for _, p in pred.predict(hu, range(6), stats, None)])
     diff = np.abs(probs[True] - probs[False])
     assert 0 < diff.max() < 0.02
+
+
+def test_default_batch_size_is_8_on_the_cpu_and_64_on_a_gpu():
+    import torch
+
+    from livseg.infer.cascade import default_batch_size
+
+    assert default_batch_size("cpu") == 8
+    assert default_batch_size(torch.device("cpu")) == 8
+    assert default_batch_size(torch.device("cuda", 1)) == 64  # a device object needs no GPU
+    cascade = Cascade.load(device="cpu", backend="torch")
+    assert cascade.liver.batch_size == cascade.tumour.batch_size == 8
+    assert Cascade.load(device="cpu", backend="torch", batch_size=5).liver.batch_size == 5

@@ -126,7 +126,7 @@ def _segment_options(args: argparse.Namespace):
         coarse_model=args.coarse_model,
         paper=args.paper,
         tta=getattr(args, "tta", False),
-        batch_size=getattr(args, "batch_size", 8),
+        batch_size=getattr(args, "batch_size", None),
         backend=args.backend,
         folds=tuple(args.folds) if args.folds else None,
     )
@@ -183,7 +183,12 @@ def _register_segment(p: argparse.ArgumentParser):
     )
     _add_model_args(p)
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per forward pass (default: 8 on the CPU, 64 on a GPU)",
+    )
     p.add_argument(
         "--dicom-seg",
         action="store_true",

@@ -75,7 +75,7 @@ class SegmentOptions:
         paper: the papers' cascade (no coarse stage unless ``coarse_model``) instead of
             livseg's; default :data:`~livseg.infer.pretrained.DEFAULT_PAPER`.
         tta: left-right flip test-time augmentation.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass (None: 8 on the CPU, 64 on a GPU).
         backend: ``"auto"``, ``"torch"``, ``"onnx"`` or ``"bf16"`` (:mod:`livseg.infer.backend`).
         folds: only these folds of each fold ensemble (``--folds``; None: all of them).
     """
@@ -85,14 +85,14 @@ class SegmentOptions:
     coarse_model: str | Path | None = None
     paper: bool = DEFAULT_PAPER
     tta: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None
     backend: str = "auto"
     folds: tuple[int, ...] | None = None
 
     def load(self, model: str = DEFAULT_MODEL, device: str = "auto") -> Cascade:
         """The cascade of ``model`` (``crunet`` or ``densefcn``, see
         :func:`~livseg.infer.pretrained.cascade_models`)."""
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise LivsegError(f"batch size must be >= 1, got {self.batch_size}")
         return Cascade.load(
             model,
