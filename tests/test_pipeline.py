@@ -248,3 +248,32 @@ def test_case_path_type(phantom_cases):
     assert ras.orientation_codes() != lps.orientation_codes()
     assert np.array_equal(canonical_view(ras)[0], canonical_view(lps)[0])
     assert isinstance(phantom_cases["ras"].image, Path)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "equalize", "windows"),
+    [
+        ("crunet", True, ((-200.0, 250.0),)),
+        ("crunet", False, ((-200.0, 250.0),)),
+        ("densefcn_liver", False, ((-100.0, 300.0),)),
+        ("tumour", False, ((0.0, 100.0), (-100.0, 200.0), (-100.0, 400.0))),
+    ],
+)
+def test_prepare_slices_on_the_box_equals_the_whole_slices_cropped(pipeline, equalize, windows):
+    """Only the equalisation needs whole slices (its histograms); the other pipelines work on
+    the box alone, and the equalisation maps only the box: the result is the definition's,
+    the whole slices' pipeline cropped, bit for bit."""
+    from livseg.preprocess.pipeline import prepare_slices, preprocess_slices
+    from livseg.preprocess.resample import resize_slices
+
+    rng = np.random.default_rng(7)
+    hu = rng.normal(60.0, 180.0, (4, 70, 90)).astype(np.float32)
+    hu[:, :10] = -1000.0  # air above the body
+    s = PreprocessSettings(pipeline, size=32, windows=windows, equalize=equalize)
+    vr = (float(hu.min()), float(hu.max()))
+    box = (12, 61, 20, 69)
+    y0, y1, x0, x1 = box
+    want = np.clip(
+        resize_slices(preprocess_slices(hu, s, vr)[..., y0:y1, x0:x1], 32, "image"), 0.0, 1.0
+    )
+    assert np.array_equal(prepare_slices(hu, s, vr, box), want)

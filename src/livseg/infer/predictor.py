@@ -27,7 +27,13 @@ import numpy as np
 
 from livseg.errors import LivsegError
 from livseg.preprocess.intensity import AIR_HU
-from livseg.preprocess.pipeline import Box, PreprocessSettings, context_indices, prepare_slices
+from livseg.preprocess.pipeline import (
+    Box,
+    PreprocessSettings,
+    context_indices,
+    needs_whole_slices,
+    prepare_slices,
+)
 from livseg.preprocess.resample import resize_slices
 
 log = logging.getLogger("livseg.infer.predictor")
@@ -152,10 +158,16 @@ class SlicePredictor:
     def context(self) -> int:
         return int(self.settings.context)
 
-    def _gather(self, hu: np.ndarray, ks: np.ndarray, stats: VolumeStats) -> np.ndarray:
-        """(b,) slice indices -> (b * (2c+1), H, W) float32 HU with context, NaN replaced."""
+    def _gather(
+        self, hu: np.ndarray, ks: np.ndarray, stats: VolumeStats, box: Box | None = None
+    ) -> np.ndarray:
+        """(b,) slice indices -> (b * (2c+1), H, W) float32 HU with context (only the in-plane
+        ``box`` when given), NaN replaced."""
         src = context_indices(ks, self.context, hu.shape[0]).ravel()
-        block = np.asarray(hu[src], dtype=np.float32)  # fancy indexing: a copy
+        if box is None:
+            block = np.asarray(hu[src], dtype=np.float32)  # fancy indexing: a copy
+        else:
+            block = np.asarray(hu[src, box[0] : box[1], box[2] : box[3]], dtype=np.float32)
         if stats.n_nan:
             np.nan_to_num(block, copy=False, nan=AIR_HU, posinf=AIR_HU, neginf=AIR_HU)
         return block
@@ -175,7 +187,10 @@ class SlicePredictor:
             (b, C, size, size) float32 in [0, 1], C = ``settings.channels`` (context slices
             stacked offset-major).
         """
-        block = self._gather(hu, np.asarray(ks, dtype=np.int64), stats)
+        whole = needs_whole_slices(self.settings)
+        block = self._gather(hu, np.asarray(ks, dtype=np.int64), stats, None if whole else box)
+        if not whole:  # the block is the box already
+            box = (0, block.shape[1], 0, block.shape[2])
         chan = prepare_slices(
             block, self.settings, stats.value_range, box, stats.liver_median
         )  # (b*n, C0, s, s)

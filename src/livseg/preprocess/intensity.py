@@ -119,7 +119,10 @@ def window_minmax(
 
 
 def histogram_equalize(
-    slices: np.ndarray, window: tuple[float, float], bins: int = DEFAULT_HIST_BINS
+    slices: np.ndarray,
+    window: tuple[float, float],
+    bins: int = DEFAULT_HIST_BINS,
+    box: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Histogram-equalise each slice of a stack of (clipped) slices, vectorised over slices.
 
@@ -135,9 +138,12 @@ def histogram_equalize(
         slices: (Z, H, W) or (H, W) array in HU.
         window: (lo, hi) HU range of the bins.
         bins: Number of histogram bins (>= 2).
+        box: (y0, y1, x0, x1): return only this in-plane box of the equalised slices (their
+            histograms are still those of the whole slices).
 
     Returns:
-        float32 array of the input's shape in [0, 1]. A constant slice maps to all zeros.
+        float32 array of the input's shape (or the box's) in [0, 1]. A constant slice maps to
+        all zeros.
     """
     lo, hi = _check_window(window)
     if bins < 2:
@@ -150,15 +156,15 @@ def histogram_equalize(
         raise ValueError(f"slices must be (Z, H, W) or (H, W), got shape {arr.shape}")
     z, h, w = arr.shape
     n = h * w
+    y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
     if z == 0 or n == 0:
-        return np.zeros(np.shape(slices), dtype=np.float32)
+        return np.zeros(np.shape(slices)[:-2] + (y1 - y0, x1 - x0), dtype=np.float32)
     # bin index per voxel, 0..bins-1
     scale = np.float32(bins / (hi - lo))
     idx = ((np.clip(arr, lo, hi) - np.float32(lo)) * scale).astype(np.int64)
     np.minimum(idx, bins - 1, out=idx)
-    idx = idx.reshape(z, n)
     # per-slice histograms in one bincount
-    flat = idx + (np.arange(z, dtype=np.int64) * bins)[:, None]
+    flat = idx.reshape(z, n) + (np.arange(z, dtype=np.int64) * bins)[:, None]
     hist = np.bincount(flat.ravel(), minlength=z * bins).reshape(z, bins)
     cdf = np.cumsum(hist, axis=1, dtype=np.int64)
     # count in the lowest occupied bin = cdf at the first non-zero histogram entry
@@ -169,7 +175,8 @@ def histogram_equalize(
     ok = denom > 0
     lut[ok] = ((cdf[ok] - cdf_min[ok, None]) / denom[ok, None]).astype(np.float32)
     np.clip(lut, 0.0, 1.0, out=lut)
-    out = np.take_along_axis(lut, idx, axis=1).reshape(z, h, w)
+    crop = idx[:, y0:y1, x0:x1].reshape(z, -1)
+    out = np.take_along_axis(lut, crop, axis=1).reshape(z, y1 - y0, x1 - x0)
     return out[0] if squeeze else out
 
 
@@ -179,6 +186,7 @@ def crunet_input(
     bins: int = DEFAULT_HIST_BINS,
     equalize: bool = True,
     size: int | tuple[int, int] | None = None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """CR-U-Net pre-processing: clip HU, histogram-equalise per slice, scale to [0, 1].
 
@@ -191,6 +199,8 @@ def crunet_input(
         equalize: False skips the equalisation (window scaling only; for ablations).
         size: Optional output in-plane size (int or (H, W)); resized bilinearly with
             anti-aliasing *after* the equalisation. None keeps the input size.
+        box: (y0, y1, x0, x1): only this in-plane box of the result (the equalisation still
+            uses the whole slices' histograms), before any resizing.
 
     Returns:
         float32 (Z, H', W') (or (H', W')) in [0, 1].
@@ -198,8 +208,10 @@ def crunet_input(
     lo, hi = _check_window(window)
     arr = np.asarray(hu_slices, dtype=np.float32)
     if equalize:
-        out = histogram_equalize(arr, (lo, hi), bins)
+        out = histogram_equalize(arr, (lo, hi), bins, box)
     else:
+        if box is not None:
+            arr = arr[..., box[0] : box[1], box[2] : box[3]]
         out = (clip_window(arr, (lo, hi)) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     if size is not None:
         squeeze = out.ndim == 2

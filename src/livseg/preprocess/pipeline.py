@@ -303,6 +303,12 @@ def liver_median_hu(hu: np.ndarray, liver: np.ndarray, max_voxels: int = 2_000_0
     return float(np.median(values)) if values.size else float("nan")
 
 
+def needs_whole_slices(s: PreprocessSettings) -> bool:
+    """Whether the intensity pipeline of ``s`` needs whole slices (histogram equalisation);
+    the others work voxel by voxel given the volume's range, so the crop alone suffices."""
+    return s.pipeline == "crunet" and s.equalize
+
+
 def prepare_slices(
     hu: np.ndarray,
     s: PreprocessSettings,
@@ -326,7 +332,10 @@ def prepare_slices(
     """
     s = liver_relative(s, liver_median)
     y0, y1, x0, x1 = box
-    chan = preprocess_slices(hu, s, volume_range)[..., y0:y1, x0:x1]
+    if needs_whole_slices(s):  # histograms of the full slices, values of the box
+        chan = crunet_input(hu, window=s.windows[0], bins=s.hist_bins, box=box)[:, None]
+    else:  # voxel by voxel given the volume's range: the box alone gives the same values
+        chan = preprocess_slices(hu[..., y0:y1, x0:x1], s, volume_range)
     return np.clip(resize_slices(chan, int(s.size), "image"), 0.0, 1.0)
 
 
