@@ -187,3 +187,58 @@ def test_python_api_segment_cohort(tmp_path, cohort, ckpts):
     assert again.cases == [] and again.skipped == ["ct0", "ct1"]
     assert [r["status"] for r in again.rows] == ["existing", "existing"]
     assert [r["liver_ml"] for r in again.rows] == [r["liver_ml"] for r in first.rows]
+
+
+def test_each_case_keeps_its_own_warnings_while_the_next_is_read_ahead(
+    tmp_path, cohort, ckpts, monkeypatch
+):
+    """A batch reads the next case in a background thread while it segments the current one:
+    the reading's warnings (here nan1's NaN voxels) belong to the case read, never to the case
+    being segmented meanwhile. The read of nan1 is made to happen while ct0's networks run."""
+    import threading
+
+    import nibabel as nib
+
+    import livseg.infer.run as run
+    from livseg.infer.cascade import Cascade
+
+    cts, _ = cohort
+    img = nib.load(cts[1])
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[0, 0, :3] = np.nan
+    nan_ct = tmp_path / "nan1.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), nan_ct)
+    segmenting, read = threading.Event(), threading.Event()
+    read_ct, segment = run.read_ct, Cascade.segment
+    threads = set()
+
+    def slow_read(path, *args):
+        ahead = threading.current_thread() is not threading.main_thread()  # not the checks
+        threads.add(threading.current_thread().name)
+        if ahead and Path(path).name == "nan1.nii.gz":
+            assert segmenting.wait(30)  # ct0's segmentation has begun
+            try:
+                return read_ct(path, *args)
+            finally:
+                read.set()
+        return read_ct(path, *args)
+
+    def waiting_segment(self, volume, *args, **kwargs):
+        segmenting.set()
+        if "ct0" in str(kwargs.get("source")):
+            assert read.wait(30)  # nan1 was read (and warned) while ct0 was being segmented
+        return segment(self, volume, *args, **kwargs)
+
+    monkeypatch.setattr(run, "read_ct", slow_read)
+    monkeypatch.setattr(Cascade, "segment", waiting_segment)
+    out = tmp_path / "out"
+    inputs = [cts[0], nan_ct, cts[2]]
+    argv = ["segment", *map(str, inputs), "-o", str(out), "--no-overlay", *model_args(ckpts)]
+    assert main(argv) == 0
+    assert any(t.startswith("livseg-read") for t in threads), threads
+    warnings = {
+        name: json.loads((out / f"{name}_measurements.json").read_text())["extra"]["warnings"]
+        for name in ("ct0", "nan1", "ct2")
+    }
+    assert any("non-finite voxel value(s)" in w for w in warnings["nan1"]), warnings
+    assert not any("non-finite" in w for w in warnings["ct0"] + warnings["ct2"]), warnings

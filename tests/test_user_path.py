@@ -239,7 +239,8 @@ def test_help_lists_every_config_and_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: auto)" in text and "(default: 8)" in text and "(default: crunet)" in text
+    assert "(default: auto)" in text and "(default: crunet)" in text
+    assert "(default: 8 on the CPU, 64 on a GPU)" in text
     assert "--tumor-model" in text  # accepted spelling
     assert "(default: None)" not in text and "(default: False)" not in text
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -274,19 +275,23 @@ def check_outputs(paths, outdir: Path, overwrite: bool) -> None:
 
 
 class _WarningLog(logging.Handler):
-    """Collects the messages of WARNING (and above) records of the ``livseg`` loggers."""
+    """Collects the messages of WARNING (and above) records of the ``livseg`` loggers logged by
+    the thread that created it (a batch reads the next case in another thread meanwhile)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self.thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
 
 
 @contextlib.contextmanager
 def collect_warnings() -> Iterator[list[str]]:
-    """Record every warning logged by livseg inside the ``with`` block (they are still logged).
+    """Record every warning logged by livseg in this thread inside the ``with`` block (they are
+    still logged).
 
     Yields:
         The list the messages are appended to.

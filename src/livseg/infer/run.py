@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -396,34 +397,52 @@ def _segment_shard(
     result: CohortResult,
     info: DistInfo,
 ) -> dict[int, dict[str, Any]]:
-    """Segment the plan's cases to do; their rows by input index."""
+    """Segment the plan's cases to do; their rows by input index. While a case is segmented,
+    the next one is read in a background thread (reading is mostly decompression, which
+    releases the GIL: it overlaps the single-threaded steps, and a GPU's work)."""
     rows: dict[int, dict[str, Any]] = {}
-    for k, i in enumerate(plan.todo):
-        assert cascade is not None
-        try:
-            case = segment_case(
-                cascade,
-                plan.inputs[i],
-                outdir,
-                dicom_seg=plan.save.dicom_seg,
-                overwrite=plan.save.overwrite,
-                overlay=plan.save.overlay,
-                reference=plan.refs[i],
-                name=plan.names[i],
-                progress=progress,
-                series_uid=series_uid,
-                ct=first if k == 0 else None,
-            )
-        except LivsegError as exc:
-            if not info.enabled:
-                raise
-            log.error("%s: failed: %s", plan.names[i], exc)
-            result.failed[plan.names[i]] = str(exc)
-            rows[i] = failed_row(plan.names[i], str(plan.inputs[i]), str(exc), info.rank)
-            continue
-        result.cases.append(case)
-        rows[i] = case_row(case, info.rank)
+    if not plan.todo:
+        return rows
+    assert cascade is not None
+    save = plan.save
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="livseg-read") as pool:
+        ahead = None
+        for k, i in enumerate(plan.todo):
+            this, ahead = ahead, _read_ahead(pool, plan, k + 1, series_uid, cascade.check_ct)
+            try:
+                ct = first if this is None else this.result()  # its errors are this case's
+                case = segment_case(
+                    cascade,
+                    plan.inputs[i],
+                    outdir,
+                    dicom_seg=save.dicom_seg,
+                    overwrite=save.overwrite,
+                    overlay=save.overlay,
+                    reference=plan.refs[i],
+                    name=plan.names[i],
+                    progress=progress,
+                    series_uid=series_uid,
+                    ct=ct,
+                )
+            except LivsegError as exc:
+                if not info.enabled:
+                    raise
+                log.error("%s: failed: %s", plan.names[i], exc)
+                result.failed[plan.names[i]] = str(exc)
+                rows[i] = failed_row(plan.names[i], str(plan.inputs[i]), str(exc), info.rank)
+                continue
+            result.cases.append(case)
+            rows[i] = case_row(case, info.rank)
     return rows
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor, plan: _Plan, k: int, series_uid: str | None, intensities: bool
+) -> Future | None:
+    """The reading of the plan's ``k``-th case to do, started in ``pool`` (None past the end)."""
+    if k >= len(plan.todo):
+        return None
+    return pool.submit(read_ct, plan.inputs[plan.todo[k]], series_uid, intensities)
 
 
 def segment_files(
