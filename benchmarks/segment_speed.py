@@ -13,7 +13,8 @@ Each ``livseg segment`` call writes every output (labels, measurements JSON, les
 PNG, HTML report, unless ``--no-overlay``); the per-stage seconds come from its measurements JSON
 and ``start`` is the rest of the wall time (interpreter, imports, model loading). Then the
 **batch** line: every input in one ``livseg segment`` call (models loaded once), wall time per
-case. Ratios are previous / today (> 1: today is faster) and today / floor. Today's first call
+case; since v0.11 a batch reads the next case while it segments one, so its stage times overlap
+and ``start`` (the rest) can fall below zero. Ratios are previous / today (> 1: today is faster) and today / floor. Today's first call
 is made once, untimed, before the others: it exports the ONNX networks into the cache (once per
 installation and model).
 
