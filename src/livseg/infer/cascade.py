@@ -447,10 +447,10 @@ class Cascade:
         dev = _device(device, backend)
         backend = resolve_backend(backend, dev)
         batch_size = batch_size or default_batch_size(dev)
-        if folds is not None:  # every stage checked before any network is loaded
+        if folds is not None:  # every stage's folds checked before any network is loaded
             for d in (coarse_dir, liver_dir, tumour_dir):
                 if d is not None:
-                    _member_specs(d, folds)
+                    select_folds(ensemble_members(d), folds, d)
         liver = _load(liver_dir, dev, batch_size, tta, backend, folds)
         tum = _load(tumour_dir, dev, batch_size, tta, backend, folds) if tumour_dir else None
         stage0 = _load_coarse(coarse_dir, dev, backend, folds) if coarse_dir else None

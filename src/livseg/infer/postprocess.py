@@ -87,8 +87,9 @@ def _morphology(mask: np.ndarray, se: np.ndarray, erode: bool) -> np.ndarray:
     """Binary erosion or dilation of a 3-D mask by a symmetric element made of centred runs
     along x (ellipsoids are), equal to scipy's ``binary_erosion``/``binary_dilation`` with
     ``border_value=0``: a 1-D minimum (maximum) filter along x for each run length, then the
-    AND (OR) of those rows shifted by each run's (dz, dy). Four times faster than scipy, which
-    visits every element voxel at every voxel, on a liver box with the 3 mm element."""
+    AND (OR) of those rows shifted by each run's (dz, dy). About 3x faster than scipy, which
+    visits every element voxel at every voxel: erosion and dilation of volume-0's liver box with
+    the 3 mm element (51 voxels) in 0.09 s instead of 0.26."""
     u = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
     filt = ndimage.minimum_filter1d if erode else ndimage.maximum_filter1d
     rows: dict[int, np.ndarray] = {}

@@ -11,11 +11,14 @@ The steps, per axial slice of a canonical (Z, Y, X) HU volume:
 
 1. gather the slice with its 2.5-D context (:func:`context_indices`: offset-major, the end
    slices replicated at the volume ends);
-2. the intensity pipeline on the *full* slice (:func:`preprocess_slices`: HU window + per-slice
-   histogram equalisation, or HU window(s) + min-max over the *whole volume's* range);
+2. the intensity pipeline (:func:`preprocess_slices`: HU window + per-slice histogram
+   equalisation, whose histograms are those of the *full* slice, or HU window(s) + min-max over
+   the *whole volume's* range);
 3. crop the in-plane box (:func:`crop_box`: the whole slice, or the liver box + margin, squared,
    for the tumour stage), resize to ``(size, size)`` and clip to [0, 1]
-   (:func:`prepare_slices` does 2 and 3).
+   (:func:`prepare_slices` does 2 and 3; since the min-max pipelines work voxel by voxel, it
+   runs them on the box alone, and maps only the box through the equalisation: the same
+   values as the whole slices' pipeline cropped).
 """
 
 from __future__ import annotations
