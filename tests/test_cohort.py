@@ -242,3 +242,30 @@ def test_each_case_keeps_its_own_warnings_while_the_next_is_read_ahead(
     }
     assert any("non-finite voxel value(s)" in w for w in warnings["nan1"]), warnings
     assert not any("non-finite" in w for w in warnings["ct0"] + warnings["ct2"]), warnings
+
+
+def test_a_write_failure_in_a_batch_stops_at_that_case(
+    tmp_path, cohort, ckpts, capsys, monkeypatch
+):
+    """Outputs are written in a background thread while the next case is segmented; a failure
+    there is still that case's: one line naming its file, the cases before it complete, none
+    of its outputs nor any later case's, no table."""
+    import livseg.io.atomic as atomic
+
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("ct1_report.html"):
+            raise OSError(28, os.strerror(28), str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    cts, _ = cohort
+    out = tmp_path / "out"
+    assert main(["segment", *map(str, cts[:3]), "-o", str(out), *model_args(ckpts)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("livseg segment: error:")]
+    assert len(lines) == 1 and "ct1_report.html" in lines[0], err
+    suffixes = ("_seg.nii.gz", "_measurements.json", "_lesions.csv", "_overlay.png", "_report.html")
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"ct0{s}" for s in suffixes)

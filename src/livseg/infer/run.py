@@ -84,6 +84,7 @@ def segment_case(
     extra: dict[str, Any] | None = None,
     series_uid: str | None = None,
     ct: CtInput | None = None,
+    write: bool = True,
 ) -> Segmentation:
     """Read, check, segment one input with a loaded cascade and write its outputs.
 
@@ -98,6 +99,8 @@ def segment_case(
         extra: additional facts for the measurements JSON.
         series_uid: SeriesInstanceUID for a DICOM folder holding several series.
         ct: ``path`` already read by :func:`read_ct` (it is then not read again).
+        write: False leaves the writing to the caller (:func:`save_case`); the outputs are
+            still checked first.
 
     Raises:
         InputError: unreadable input, not CT, bad reference, ``dicom_seg`` for a non-DICOM
@@ -122,9 +125,18 @@ def segment_case(
     case = segment_ct(cascade, ct, name=name, reference=ref, progress=progress)
     case.result.timings = {"read": read_s, **case.result.timings}
     case.meta.update(extra or {})
-    _stage(progress, name, "write", 0)
-    case.save(outdir, overwrite=overwrite, overlay=overlay, dicom_seg=dicom_seg)
-    _stage(progress, name, "write", 1)
+    if not write:
+        return case
+    return save_case(case, outdir, save, progress)
+
+
+def save_case(
+    case: Segmentation, outdir: Path, save: SaveOptions, progress: CaseProgress | None = None
+) -> Segmentation:
+    """Write a segmented case's outputs (:meth:`Segmentation.save`) with its ``write`` stage."""
+    _stage(progress, case.name, "write", 0)
+    case.save(outdir, overwrite=save.overwrite, overlay=save.overlay, dicom_seg=save.dicom_seg)
+    _stage(progress, case.name, "write", 1)
     for k, v in case.timings.items():
         log.debug("%s: %s %.2f s", case.name, k, v)
     return case
@@ -397,52 +409,98 @@ def _segment_shard(
     result: CohortResult,
     info: DistInfo,
 ) -> dict[int, dict[str, Any]]:
-    """Segment the plan's cases to do; their rows by input index. While a case is segmented,
-    the next one is read in a background thread (reading is mostly decompression, which
-    releases the GIL: it overlaps the single-threaded steps, and a GPU's work)."""
-    rows: dict[int, dict[str, Any]] = {}
+    """Segment the plan's cases to do; their rows by input index (:class:`_Shard`)."""
     if not plan.todo:
-        return rows
+        return {}
     assert cascade is not None
-    save = plan.save
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="livseg-read") as pool:
-        ahead = None
-        for k, i in enumerate(plan.todo):
-            this, ahead = ahead, _read_ahead(pool, plan, k + 1, series_uid, cascade.check_ct)
-            try:
-                ct = first if this is None else this.result()  # its errors are this case's
-                case = segment_case(
-                    cascade,
-                    plan.inputs[i],
-                    outdir,
-                    dicom_seg=save.dicom_seg,
-                    overwrite=save.overwrite,
-                    overlay=save.overlay,
-                    reference=plan.refs[i],
-                    name=plan.names[i],
-                    progress=progress,
-                    series_uid=series_uid,
-                    ct=ct,
-                )
-            except LivsegError as exc:
-                if not info.enabled:
-                    raise
-                log.error("%s: failed: %s", plan.names[i], exc)
-                result.failed[plan.names[i]] = str(exc)
-                rows[i] = failed_row(plan.names[i], str(plan.inputs[i]), str(exc), info.rank)
-                continue
-            result.cases.append(case)
-            rows[i] = case_row(case, info.rank)
-    return rows
+    shard = _Shard(plan, outdir, cascade, series_uid, progress, result, info)
+    shard.run(first)
+    return shard.rows
 
 
-def _read_ahead(
-    pool: ThreadPoolExecutor, plan: _Plan, k: int, series_uid: str | None, intensities: bool
-) -> Future | None:
-    """The reading of the plan's ``k``-th case to do, started in ``pool`` (None past the end)."""
-    if k >= len(plan.todo):
-        return None
-    return pool.submit(read_ct, plan.inputs[plan.todo[k]], series_uid, intensities)
+@dataclass
+class _Shard:
+    """One process's cases, segmented in turn. Reading and writing overlap the segmentation:
+    while a case is segmented, the next one is read and the previous one's outputs are written,
+    each in a background thread (decompression and compression release the GIL; the steps
+    between the networks are single-threaded, and a GPU's work is not the CPU's). A case's
+    failure (its reading, segmentation or writing) is reported as that case's, in input order.
+    """
+
+    plan: _Plan
+    outdir: Path
+    cascade: Cascade
+    series_uid: str | None
+    progress: CaseProgress | None
+    result: CohortResult
+    info: DistInfo
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def run(self, first: CtInput | None) -> None:
+        todo = self.plan.todo
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="livseg-read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="livseg-write") as writer,
+        ):
+            ahead = writing = None
+            for k, i in enumerate(todo):
+                this, ahead = ahead, self._read(reader, todo[k + 1]) if k + 1 < len(todo) else None
+                try:
+                    ct = first if this is None else this.result()  # its errors are this case's
+                    case = self._segment(i, ct)
+                except LivsegError as exc:
+                    self._finish(writing)
+                    writing = None
+                    self._failed(i, exc)
+                    continue
+                self._finish(writing)
+                save = self.plan.save
+                writing = (i, case, writer.submit(save_case, case, self.outdir, save))
+            self._finish(writing)
+
+    def _read(self, pool: ThreadPoolExecutor, i: int) -> Future:
+        return pool.submit(read_ct, self.plan.inputs[i], self.series_uid, self.cascade.check_ct)
+
+    def _segment(self, i: int, ct: CtInput | None) -> Segmentation:
+        save = self.plan.save
+        return segment_case(
+            self.cascade,
+            self.plan.inputs[i],
+            self.outdir,
+            dicom_seg=save.dicom_seg,
+            overwrite=save.overwrite,
+            overlay=save.overlay,
+            reference=self.plan.refs[i],
+            name=self.plan.names[i],
+            progress=self.progress,
+            series_uid=self.series_uid,
+            ct=ct,
+            write=False,
+        )
+
+    def _finish(self, writing: tuple[int, Segmentation, Future] | None) -> None:
+        """Wait for a case's outputs (its ``write`` stage) and record its row."""
+        if writing is None:
+            return
+        i, case, done = writing
+        _stage(self.progress, case.name, "write", 0)
+        try:
+            done.result()
+        except LivsegError as exc:
+            self._failed(i, exc)
+            return
+        _stage(self.progress, case.name, "write", 1)
+        self.result.cases.append(case)
+        self.rows[i] = case_row(case, self.info.rank)
+
+    def _failed(self, i: int, exc: LivsegError) -> None:
+        """Alone: raise. Under torchrun: log, record the failure and go on."""
+        if not self.info.enabled:
+            raise exc
+        name = self.plan.names[i]
+        log.error("%s: failed: %s", name, exc)
+        self.result.failed[name] = str(exc)
+        self.rows[i] = failed_row(name, str(self.plan.inputs[i]), str(exc), self.info.rank)
 
 
 def segment_files(
