@@ -13,10 +13,10 @@ Each ``livseg segment`` call writes every output (labels, measurements JSON, les
 PNG, HTML report, unless ``--no-overlay``); the per-stage seconds come from its measurements JSON
 and ``start`` is the rest of the wall time (interpreter, imports, model loading). Then the
 **batch** line: every input in one ``livseg segment`` call (models loaded once), wall time per
-case; since v0.11 a batch reads the next case while it segments one, so its stage times overlap
-and ``start`` (the rest) can fall below zero. Ratios are previous / today (> 1: today is faster) and today / floor. Today's first call
-is made once, untimed, before the others: it exports the ONNX networks into the cache (once per
-installation and model).
+case; since v0.11 a batch reads the next case and writes the previous one while it segments one,
+so its stage times overlap and ``start`` (the rest) can fall below zero. Ratios are previous /
+today (> 1: today is faster) and today / floor. Today's first call is made once, untimed, before
+the others: it exports the ONNX networks into the cache (once per installation and model).
 
 Targets (issue #14): a 512 x 512 x ~150 CT in <= 5 s wall and <= 1.5 GB peak RSS on 2 threads;
 batch <= 4 s per case; the 207-slice case <= 7 s; on a GPU (``--device cuda``) <= 1 s per CT
