@@ -28,7 +28,7 @@ Usage::
     python benchmarks/segment_speed.py --previous HEAD~3 --threads 2 --backend torch
     python benchmarks/segment_speed.py --inputs ct1.nii.gz ct2.nii.gz --no-previous
     python benchmarks/segment_speed.py --inputs ct.nii.gz --no-previous --device cuda --warm 4
-    python benchmarks/segment_speed.py --folds 0                # one fold's models
+    python benchmarks/segment_speed.py --fold 0                 # one fold's models
 """
 
 from __future__ import annotations
@@ -169,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-batch", action="store_true", help="skip the batch line")
     p.add_argument("--batch-size", type=int, help="livseg segment --batch-size (default its own)")
     p.add_argument(
-        "--folds",
+        "--fold",
+        dest="folds",
         type=int,
-        nargs="+",
+        action="append",
         metavar="K",
-        help="today's livseg segment --folds (one fold's models; the previous release runs all)",
+        help="today's livseg segment --fold K (repeatable; the previous release runs all folds)",
     )
     p.add_argument(
         "--warm",
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         opts += ["--batch-size", str(args.batch_size)]
     today_opts = [*opts, "--backend", args.backend]
     if args.folds:
-        today_opts += ["--folds", *map(str, args.folds)]
+        today_opts += [a for k in args.folds for a in ("--fold", str(k))]
     prev = None if args.no_previous else previous_src(args.previous, args.worktrees)
     print(
         f"livseg segment, end to end; {cpu_model()}, {args.threads} threads, device {args.device}"

@@ -1,4 +1,4 @@
-"""``--folds``: one fold's models of each fold ensemble (nnU-Net's ``-f``), the cascade that
+"""``--fold``: one fold's models of each fold ensemble (nnU-Net's ``-f``), the cascade that
 cross-validation scored on that fold's held-out cases."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_select_folds_refuses_a_missing_fold_and_a_single_checkpoint():
     with pytest.raises(LivsegError, match=r"no fold 3 \(it has fold\(s\) 0, 1, 2\)"):
         select_folds(ensemble_members(path), (3,), path)
     paper = locate("crunet_liver")
-    with pytest.raises(LivsegError, match="--folds needs a fold ensemble"):
+    with pytest.raises(LivsegError, match="--fold needs a fold ensemble"):
         select_folds(ensemble_members(paper), (0,), paper)
 
 
@@ -60,16 +60,16 @@ def test_cascade_with_one_fold_loads_that_folds_members():
 
 def test_cli_refuses_a_fold_the_models_lack_before_any_work(tmp_path, capsys, lits_dir):
     out = tmp_path / "out"
-    rc = main(["segment", str(lits_dir / "volume-3.nii.gz"), "-o", str(out), "--folds", "3"])
+    rc = main(["segment", str(lits_dir / "volume-3.nii.gz"), "-o", str(out), "--fold", "3"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "coarse_liver: no fold 3" in err[0]
     assert not out.exists()
     rc = main(
-        ["segment", str(lits_dir / "volume-3.nii.gz"), "-o", str(out), "--paper"] + ["--folds", "0"]
+        ["segment", str(lits_dir / "volume-3.nii.gz"), "-o", str(out), "--paper"] + ["--fold", "0"]
     )
     assert rc == 2
-    assert "--folds needs a fold ensemble" in capsys.readouterr().err
+    assert "--fold needs a fold ensemble" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -78,11 +78,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_fold0_reproduces_cross_validation_on_its_held_out_case(tmp_path, lits_dir):
-    """``--folds 0`` on volume-0 (held out of fold 0) labels what the cross-validation's fold-0
+    """``--fold 0`` on volume-0 (held out of fold 0) labels what the cross-validation's fold-0
     cascade labelled; any other fold's models, or all three, differ by thousands of voxels
     (the ensemble's tumour agrees with fold 0's to Dice 0.68 there)."""
     out = tmp_path / "out"
-    args = ["segment", str(lits_dir / "volume-0.nii.gz"), "-o", str(out), "--folds", "0"]
+    args = ["segment", str(lits_dir / "volume-0.nii.gz"), "-o", str(out), "--fold", "0"]
     assert main([*args, "--no-overlay", "--device", "cpu"]) == 0
     labels = read_volume(out / "volume-0_seg.nii.gz", kind="label").array
     ref = read_volume(lits_dir / "segmentation-0.nii.gz", kind="label").array
@@ -92,3 +92,14 @@ def test_fold0_reproduces_cross_validation_on_its_held_out_case(tmp_path, lits_d
     assert _dice(labels == 2, ref == 2) == pytest.approx(want["tumour_dice"], abs=2e-3)
     doc = json.loads((out / "volume-0_measurements.json").read_text())
     assert doc["extra"]["members"] == {"coarse": 1, "liver": 1, "tumour": 2}
+
+
+def test_cli_fold_is_repeatable_like_cvs():
+    """``--fold K`` selects, as in ``livseg cv`` (where ``--folds N`` counts them)."""
+    from livseg.cli import build_parser
+    from livseg.cli.segment import _segment_options
+
+    parse = build_parser().parse_args
+    args = parse(["segment", "x.nii.gz", "-o", "out", "--fold", "0", "--fold", "2"])
+    assert _segment_options(args).folds == (0, 2)
+    assert _segment_options(parse(["segment", "x.nii.gz", "-o", "out"])).folds is None

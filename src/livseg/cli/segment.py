@@ -95,14 +95,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="tumour checkpoint folder instead of the shipped one",
     )
     p.add_argument(
-        "--folds",
+        "--fold",
+        dest="folds",
         type=int,
-        nargs="+",
+        action="append",
         metavar="K",
         default=None,
-        help="only these folds of each fold ensemble (like nnU-Net's -f): --folds 0 runs fold "
-        "0's coarse, liver and tumour models, the cascade cross-validation scored on its "
-        "held-out cases, in about a third of the network time (default: every fold)",
+        help="use only fold K's models of each fold ensemble (repeatable; like nnU-Net's -f; "
+        "default every fold): --fold 0 runs fold 0's coarse, liver and tumour models, the "
+        "cascade cross-validation scored on its held-out cases, in half the time",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument(

@@ -78,7 +78,7 @@ class SegmentOptions:
         tta: left-right flip test-time augmentation.
         batch_size: slices per forward pass (None: 8 on the CPU, 64 on a GPU).
         backend: ``"auto"``, ``"torch"``, ``"onnx"`` or ``"bf16"`` (:mod:`livseg.infer.backend`).
-        folds: only these folds of each fold ensemble (``--folds``; None: all of them).
+        folds: only these folds of each fold ensemble (``--fold``; None: all of them).
     """
 
     liver_model: str | Path | None = None

@@ -131,7 +131,7 @@ def select_folds(members: list[Path], folds: Sequence[int] | None, path: Path) -
     of = {m: re.match(r"fold(\d+)(?:-|$)", m.name) for m in members}
     have = sorted({int(f[1]) for f in of.values() if f})
     if not have:
-        raise LivsegError(f"{path}: --folds needs a fold ensemble (fold*/ folders)")
+        raise LivsegError(f"{path}: --fold needs a fold ensemble (fold*/ folders)")
     missing = sorted(set(folds) - set(have))
     if missing:
         raise LivsegError(
