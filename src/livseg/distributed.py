@@ -117,13 +117,23 @@ def init_distributed(
     )
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group if :func:`init_distributed` created it."""
+def shutdown_distributed(sync: bool = False) -> None:
+    """Leave the process group if :func:`init_distributed` created it.
+
+    Args:
+        sync: first wait for every rank (a barrier). A rank that tears its connections down while
+            another still uses them can make that one abort at exit (gloo: "terminate called
+            without an active exception", about one run in ten of the two-process training test,
+            so torchrun reported a failed job). Only after success: a rank that failed would
+            leave the others waiting in the barrier.
+    """
     global _STARTED_HERE
     if _STARTED_HERE:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if sync:
+                dist.barrier()
             dist.destroy_process_group()
     _STARTED_HERE = False
 

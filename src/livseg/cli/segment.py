@@ -227,6 +227,7 @@ def _register_segment(p: argparse.ArgumentParser):
         from livseg.infer.run import segment_cohort
 
         bars = _StageProgress(args.quiet)
+        done = False
         try:
             result = segment_cohort(
                 args.inputs,
@@ -244,9 +245,10 @@ def _register_segment(p: argparse.ArgumentParser):
                 progress=bars,
                 resume=args.resume,
             )
+            done = True
         finally:
             bars.close()
-            shutdown_distributed()
+            shutdown_distributed(sync=done)
         return _print_cohort(result)
 
     return handler

@@ -119,6 +119,7 @@ def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
         _training_logging()
         config = load_config(args.config, args.overrides)
         bar = _TrainBar(_progress_enabled(args))
+        done = False
         try:
             result = train(
                 config,
@@ -132,9 +133,10 @@ def _register_train(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace]
                 progress=bar,
                 cache_progress=progress,
             )
+            done = True
         finally:
             bar.close()
-            shutdown_distributed()
+            shutdown_distributed(sync=done)
         log.info("trained model: %s", result.checkpoint)
         return EXIT_OK
 
@@ -213,6 +215,7 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
         _training_logging()
         configs = load_stage_configs(args.configs, args.overrides)
         bar = _TrainBar(_progress_enabled(args))
+        done = False
         try:
             result = cross_validate(
                 configs,
@@ -227,9 +230,10 @@ def _register_cv(p: argparse.ArgumentParser) -> Callable[[argparse.Namespace], i
                 cache_progress=progress,
                 only_folds=args.only_folds,
             )
+            done = True
         finally:
             bar.close()
-            shutdown_distributed()
+            shutdown_distributed(sync=done)
         if result is not None:
             log.info("cross-validation summary: %s", result.summary_file)
         return EXIT_OK
