@@ -168,14 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--no-batch", action="store_true", help="skip the batch line")
     p.add_argument("--batch-size", type=int, help="livseg segment --batch-size (default its own)")
-    p.add_argument(
-        "--fold",
-        dest="folds",
-        type=int,
-        action="append",
-        metavar="K",
-        help="today's livseg segment --fold K (repeatable; the previous release runs all folds)",
-    )
+    today = "today's livseg segment --fold K (repeatable; the previous release runs all folds)"
+    p.add_argument("--fold", metavar="K", help=today, type=int, action="append", dest="folds")
     p.add_argument(
         "--warm",
         type=int,
