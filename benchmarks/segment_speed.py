@@ -149,8 +149,13 @@ def warm_line(inp: Path, k: int, opts: list[str], env: dict[str, str]) -> str:
     )
 
 
+def _width(stage: str) -> int:
+    """Column width of a stage: its name and a space, at least 9."""
+    return max(9, len(stage) + 1)
+
+
 def line(label: str, d: dict, base: dict | None) -> str:
-    stages = "".join(f"{d.get(s, 0.0):>9.2f}" for s in ("start", *STAGES))
+    stages = "".join(f"{d.get(s, 0.0):>{_width(s)}.2f}" for s in ("start", *STAGES))
     ratio = f"{base['wall'] / d['wall']:>8.2f}x" if base else " " * 9
     return f"  {label:<9}{d['wall']:>7.2f}{d['rss']:>7.2f}{stages}{ratio}"
 
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     warm = segment(ROOT / "src", inputs[:1], today_opts, env)  # fills the ONNX export cache
     print(f"(untimed warm-up of today's first call: {warm['wall']:.1f} s, exports included)")
-    head = "".join(f"{s:>9}" for s in ("start", *STAGES))
+    head = "".join(f"{s:>{_width(s)}}" for s in ("start", *STAGES))
     print(f"  {'':<9}{'wall s':>7}{'RSS GB':>7}{head}{'prev/now':>9}")
     for inp in inputs:
         print(f"{inp.name}")
