@@ -89,9 +89,14 @@ def case_name(path: Path) -> str:
     return name
 
 
+def with_src(env: dict[str, str], src: Path) -> dict[str, str]:
+    """``env`` with ``src`` first on PYTHONPATH (what was there is kept: carried packages)."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))}
+
+
 def segment(src: Path, inputs: list[Path], opts: list[str], env: dict[str, str]) -> dict:
     """One ``livseg segment`` call of the checkout whose ``src`` folder is given."""
-    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))}
+    env = with_src(env, src)
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "livseg.cli", "segment", *map(str, inputs), "-o", out, *opts]
         wall, rss, _ = run(cmd, env)
@@ -107,8 +112,7 @@ def segment(src: Path, inputs: list[Path], opts: list[str], env: dict[str, str])
 def floor(inp: Path, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-c", FLOOR, str(inp), str(Path(out) / "seg.nii.gz")]
-        path = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-        wall, rss, _ = run(cmd, {**env, "PYTHONPATH": path})
+        wall, rss, _ = run(cmd, with_src(env, ROOT / "src"))
     return {"wall": wall, "rss": rss}
 
 

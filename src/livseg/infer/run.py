@@ -385,7 +385,11 @@ def segment_cohort(
     if cascade is None and plan.todo:
         cascade = _agree(lambda: (options or SegmentOptions()).load(model, device))
     result = CohortResult(rank=info.rank, world_size=info.world_size)
-    rows = _segment_shard(plan, outdir, cascade, first, series_uid, progress, result, info)
+    rows: dict[int, dict[str, Any]] = {}
+    if plan.todo:
+        assert cascade is not None
+        shard = _Shard(plan, outdir, cascade, series_uid, progress, result, info, rows)
+        shard.run(first)
     for i in plan.done:
         log.info("%s: outputs exist in %s; skipped", plan.names[i], outdir)
         result.skipped.append(plan.names[i])
@@ -397,25 +401,6 @@ def segment_cohort(
         result.table = plan.table
         log.info("cohort table: %s (%d cases)", plan.table, len(all_rows))
     return result
-
-
-def _segment_shard(
-    plan: _Plan,
-    outdir: Path,
-    cascade: Cascade | None,
-    first: CtInput | None,
-    series_uid: str | None,
-    progress: CaseProgress | None,
-    result: CohortResult,
-    info: DistInfo,
-) -> dict[int, dict[str, Any]]:
-    """Segment the plan's cases to do; their rows by input index (:class:`_Shard`)."""
-    if not plan.todo:
-        return {}
-    assert cascade is not None
-    shard = _Shard(plan, outdir, cascade, series_uid, progress, result, info)
-    shard.run(first)
-    return shard.rows
 
 
 @dataclass
@@ -447,15 +432,15 @@ class _Shard:
                 this, ahead = ahead, self._read(reader, todo[k + 1]) if k + 1 < len(todo) else None
                 try:
                     ct = first if this is None else this.result()  # its errors are this case's
-                    case = self._segment(i, ct)
+                    case, error = self._segment(i, ct), None
                 except LivsegError as exc:
-                    self._finish(writing)
-                    writing = None
-                    self._failed(i, exc)
+                    case, error = None, exc
+                self._finish(writing)  # the previous case's outputs, written meanwhile
+                writing = None
+                if case is None:
+                    self._failed(i, error)
                     continue
-                self._finish(writing)
-                save = self.plan.save
-                writing = (i, case, writer.submit(save_case, case, self.outdir, save))
+                writing = (i, case, writer.submit(save_case, case, self.outdir, self.plan.save))
             self._finish(writing)
 
     def _read(self, pool: ThreadPoolExecutor, i: int) -> Future:
