@@ -115,6 +115,8 @@ class SlicePredictor:
         tta: average with the left-right mirrored prediction.
         name: name used in log messages (e.g. the checkpoint folder).
         bf16: run the networks under bfloat16 autocast (``--backend bf16``).
+        device_prep: pre-process the slices and resize the probabilities back on the networks'
+            device, in torch (:mod:`livseg.preprocess.device`); None = on a GPU only.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class SlicePredictor:
         tta: bool = False,
         name: str = "model",
         bf16: bool = False,
+        device_prep: bool | None = None,
     ) -> None:
         from livseg.infer.backend import numpy_networks
 
@@ -147,6 +150,11 @@ class SlicePredictor:
         self.tta = bool(tta)
         self.name = name
         self.bf16 = bool(bf16)
+        if device_prep is None:  # on a GPU: the host's numpy work was most of a case's time
+            device_prep = not self.numpy and self.device.type != "cpu"
+        if device_prep and self.numpy:
+            raise LivsegError(f"{name}: pre-processing on the device needs torch networks")
+        self.device_prep = bool(device_prep)
         size = int(settings.size)
         mult = max(size_multiple(m) for m in self.models)
         if size % mult:
@@ -220,11 +228,20 @@ class SlicePredictor:
             return
         import torch
 
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            for prob in self._member_tensors(t):
+                yield prob.cpu().numpy()
+
+    def _member_tensors(self, t: Any) -> Iterator[Any]:
+        """Each member's float32 probability (b, size, size) as a tensor on the device, for the
+        network input ``t`` (b, C, size, size) there (torch networks; in inference mode)."""
+        import torch
+
         from livseg.infer.backend import autocast
         from livseg.models import foreground_probability
 
-        with torch.inference_mode(), autocast(self.device, self.bf16):
-            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        with autocast(self.device, self.bf16):
             if t.dim() == 4:  # faster convolutions (oneDNN); the results are the same
                 t = t.contiguous(memory_format=torch.channels_last)
             for model in self.models:
@@ -232,7 +249,32 @@ class SlicePredictor:
                 if self.tta:
                     flipped = foreground_probability(model(torch.flip(t, dims=[-1]))).float()
                     prob = 0.5 * (prob + torch.flip(flipped, dims=[-1]))
-                yield (prob[:, 0] if prob.dim() == 4 else prob).cpu().numpy()
+                yield prob[:, 0] if prob.dim() == 4 else prob
+
+    def _predict_on_device(
+        self, hu: np.ndarray, ks: np.ndarray, stats: VolumeStats, box: Box
+    ) -> np.ndarray:
+        """:meth:`network_input`, the members' mean and its resizing to ``box``, with all but
+        the gathering on the device: (b, y1-y0, x1-x0) float32 in [0, 1]."""
+        import torch
+
+        from livseg.preprocess import device as dev
+
+        whole = needs_whole_slices(self.settings)
+        block = self._gather(hu, ks, stats, None if whole else box)
+        y0, y1, x0, x1 = box if whole else (0, block.shape[1], 0, block.shape[2])
+        size = int(self.settings.size)
+        with torch.inference_mode():
+            t = torch.from_numpy(block).to(self.device)
+            x = dev.prepare_slices(
+                t, self.settings, stats.value_range, (y0, y1, x0, x1), stats.liver_median
+            ).reshape(len(ks), -1, size, size)
+            total = None
+            for prob in self._member_tensors(x):
+                total = prob if total is None else total + prob
+            prob = (total / np.float32(len(self.models)))[:, None]
+            prob = dev.resize(prob, (y1 - y0, x1 - x0)).clamp_(0.0, 1.0)
+            return prob[:, 0].cpu().numpy()
 
     def predict(
         self,
@@ -260,8 +302,11 @@ class SlicePredictor:
         total = int(ks_all.size)
         for start in range(0, total, self.batch_size):
             ks = ks_all[start : start + self.batch_size]
-            prob = self._forward(self.network_input(hu, ks, stats, box))  # (b, h', w')
-            prob = resize_slices(prob, (y1 - y0, x1 - x0), "image")
-            yield ks, np.clip(prob, 0.0, 1.0)
+            if self.device_prep:
+                yield ks, self._predict_on_device(hu, ks, stats, box)
+            else:
+                prob = self._forward(self.network_input(hu, ks, stats, box))  # (b, h', w')
+                prob = resize_slices(prob, (y1 - y0, x1 - x0), "image")
+                yield ks, np.clip(prob, 0.0, 1.0)
             if progress is not None:
                 progress(min(start + self.batch_size, total), total)

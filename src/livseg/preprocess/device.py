@@ -1,0 +1,106 @@
+"""The slice pipeline of :func:`livseg.preprocess.pipeline.prepare_slices` in torch, on the
+networks' device.
+
+On a GPU the networks take a small part of a case's time; the numpy pre-processing around them
+(histogram equalisation, resizing to the working size and the probabilities back to the box) took
+most of the host's. These functions run the same arithmetic on the device, so that only the
+gathered HU slices go there and only the box-sized probabilities come back:
+
+* the intensity pipelines: HU window clipping, min-max over the *volume's* range, and the
+  per-slice histogram equalisation (the same bins, cumulative counts and float64 look-up table as
+  :func:`livseg.preprocess.intensity.histogram_equalize`: bit for bit);
+* resizing: torch's bilinear ``interpolate``, anti-aliased when down-sampling, whose weights the
+  numpy :func:`livseg.preprocess.resample.resize_slices` reproduces (the two agree to float32
+  rounding of the sums, about 1e-7).
+
+Imported only where torch already is (the torch back-end's predictor); the numpy pipeline stays
+the reference, and the one the training slice cache uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from livseg.preprocess.intensity import _check_window
+from livseg.preprocess.pipeline import Box, PreprocessSettings, liver_relative
+
+
+def window_unit(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """``(clip(hu, lo, hi) - lo) / (hi - lo)``: the CR-U-Net's scaling without equalisation."""
+    lo, hi = _check_window(window)
+    return (hu.clamp(lo, hi) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+
+
+def window_minmax(
+    hu: torch.Tensor, window: tuple[float, float], volume_range: tuple[float, float]
+) -> torch.Tensor:
+    """Clip to ``window``, then min-max over the clipped *volume* range (all zeros when the
+    clipped range is empty), as :func:`livseg.preprocess.intensity.window_minmax`."""
+    lo, hi = _check_window(window)
+    cmin, cmax = (float(np.clip(v, lo, hi)) for v in volume_range)
+    if cmax <= cmin:
+        return torch.zeros_like(hu)
+    return (hu.clamp(lo, hi) - np.float32(cmin)) * np.float32(1.0 / (cmax - cmin))
+
+
+def histogram_equalize(
+    slices: torch.Tensor, window: tuple[float, float], bins: int, box: Box | None = None
+) -> torch.Tensor:
+    """Per-slice histogram equalisation of (Z, H, W) HU, only the in-plane ``box`` returned.
+
+    The same computation as :func:`livseg.preprocess.intensity.histogram_equalize`, step for step
+    (bin index in float32, one ``bincount`` over all slices, int64 cumulative counts, the look-up
+    table in float64), hence the same values.
+    """
+    lo, hi = _check_window(window)
+    z, h, w = slices.shape
+    y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
+    if z == 0 or h * w == 0:
+        return slices.new_zeros((z, y1 - y0, x1 - x0))
+    idx = ((slices.clamp(lo, hi) - np.float32(lo)) * np.float32(bins / (hi - lo))).long()
+    idx.clamp_(max=bins - 1)
+    offsets = torch.arange(z, device=slices.device, dtype=torch.int64) * bins
+    flat = (idx.reshape(z, -1) + offsets[:, None]).reshape(-1)
+    hist = torch.bincount(flat, minlength=z * bins).reshape(z, bins)
+    cdf = torch.cumsum(hist, dim=1)
+    first = torch.argmax((hist > 0).to(torch.uint8), dim=1)  # the first occupied bin
+    cdf_min = cdf.gather(1, first[:, None]).double()
+    denom = h * w - cdf_min
+    ok = denom > 0
+    lut = torch.where(ok, (cdf - cdf_min) / torch.where(ok, denom, 1.0), 0.0).float()
+    lut.clamp_(0.0, 1.0)
+    crop = idx[:, y0:y1, x0:x1].reshape(z, -1)
+    return lut.gather(1, crop).reshape(z, y1 - y0, x1 - x0)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, H, W) float32 -> (N, C, size), bilinear, anti-aliased when down-sampling along
+    either axis (the rule of :func:`livseg.preprocess.resample.resize_slices`)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.clone()
+    antialias = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def prepare_slices(
+    hu: torch.Tensor,
+    s: PreprocessSettings,
+    volume_range: tuple[float, float],
+    box: Box,
+    liver_median: float | None = None,
+) -> torch.Tensor:
+    """:func:`livseg.preprocess.pipeline.prepare_slices` on a tensor: (n, H, W) HU without NaN
+    -> (n, C, size, size) float32 in [0, 1], C = ``s.base_channels``."""
+    s = liver_relative(s, liver_median)
+    y0, y1, x0, x1 = box
+    if s.pipeline == "crunet" and s.equalize:
+        chan = histogram_equalize(hu, s.windows[0], int(s.hist_bins), box)[:, None]
+    elif s.pipeline == "crunet":
+        chan = window_unit(hu[:, y0:y1, x0:x1], s.windows[0])[:, None]
+    else:  # densefcn_liver (one window) and tumour (one channel per window)
+        part = hu[:, y0:y1, x0:x1]
+        chan = torch.stack([window_minmax(part, win, volume_range) for win in s.windows], dim=1)
+    size = int(s.size)
+    return resize(chan, (size, size)).clamp_(0.0, 1.0)

@@ -1,0 +1,123 @@
+"""Pre-processing on the networks' device (``livseg.preprocess.device``): the numpy pipeline's
+values, in torch, and the predictor path that uses it (on a GPU by default; here on the CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from livseg.errors import LivsegError
+from livseg.infer.cascade import Cascade
+from livseg.infer.predictor import SlicePredictor, volume_stats
+from livseg.preprocess import device as dev
+from livseg.preprocess.intensity import histogram_equalize
+from livseg.preprocess.pipeline import PreprocessSettings, prepare_slices
+from livseg.preprocess.resample import resize_slices
+
+ULP1 = 1.2e-7  # one float32 rounding step just below 1.0 is 6e-8; sums may differ by two
+
+
+def _ct(shape=(6, 97, 83), seed=0) -> np.ndarray:
+    """Random HU over and beyond every window, a constant slice and an all-air slice."""
+    hu = np.random.default_rng(seed).normal(50.0, 300.0, shape).astype(np.float32)
+    hu[2] = 40.0
+    hu[4] = -1000.0
+    return hu
+
+
+@pytest.mark.parametrize("box", [None, (5, 60, 7, 70), (0, 1, 0, 83)])
+def test_histogram_equalisation_is_the_numpy_one_bit_for_bit(box):
+    hu = _ct()
+    want = histogram_equalize(hu, (-200.0, 250.0), 1024, box)
+    got = dev.histogram_equalize(torch.from_numpy(hu), (-200.0, 250.0), 1024, box).numpy()
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert not got[2].any() and not got[4].any()  # constant slices carry no contrast
+
+
+@pytest.mark.parametrize(
+    ("settings", "liver_median"),
+    [
+        (PreprocessSettings("crunet", size=64), None),
+        (PreprocessSettings("crunet", size=128, equalize=False), None),
+        (PreprocessSettings("densefcn_liver", size=32), None),
+        (PreprocessSettings("tumour", size=64), None),
+        (PreprocessSettings("tumour", size=96, liver_hu=100.0), 83.3),
+    ],
+)
+def test_prepared_slices_equal_the_numpy_pipeline(settings, liver_median):
+    """Every pipeline, cropped and resized down (crunet 64, the others) and up (crunet 128,
+    tumour 96 from an 87 x 78 box), to float32 rounding of the resize sums."""
+    hu = _ct()
+    vrange = (float(hu.min()), float(hu.max()))
+    box = (3, 90, 2, 80)
+    want = prepare_slices(hu, settings, vrange, box, liver_median)
+    got = dev.prepare_slices(torch.from_numpy(hu), settings, vrange, box, liver_median).numpy()
+    assert got.shape == want.shape == (6, settings.base_channels, settings.size, settings.size)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2 * ULP1)
+    assert got.min() >= 0.0 and got.max() <= 1.0
+
+
+def test_window_minmax_of_an_empty_clipped_range_is_zero():
+    """A volume entirely above the window clips to one value: no contrast, all zeros."""
+    hu = torch.full((2, 4, 4), 900.0)
+    assert not dev.window_minmax(hu, (0.0, 100.0), (800.0, 1000.0)).any()
+    np.testing.assert_array_equal(  # (clip(-50, 0, 100) - 0) / (100 - 0) by hand: 0; 50 -> 0.5
+        dev.window_minmax(torch.tensor([-50.0, 50.0]), (0.0, 100.0), (-300.0, 400.0)).numpy(),
+        [0.0, 0.5],
+    )
+
+
+@pytest.mark.parametrize("size", [(40, 40), (17, 29), (64, 20), (50, 31)])
+def test_resize_is_resize_slices(size):
+    x = np.random.default_rng(1).random((3, 2, 50, 31), dtype=np.float32)
+    got = dev.resize(torch.from_numpy(x), size).numpy()
+    np.testing.assert_allclose(got, resize_slices(x, size, "image"), rtol=0, atol=2 * ULP1)
+    if size == (50, 31):  # unchanged size: a copy, equal
+        np.testing.assert_array_equal(got, x)
+
+
+@pytest.fixture(scope="module")
+def fold0() -> Cascade:
+    """The shipped fold-0 networks (a CR-U-Net at 160 px, two R-U-Nets at 192 px) in torch."""
+    return Cascade.load(device="cpu", backend="torch", folds=[0], batch_size=4)
+
+
+@pytest.mark.parametrize("stage", ["liver", "tumour"])
+@pytest.mark.parametrize("tta", [False, True])
+def test_predictor_on_device_gives_the_host_path_probabilities(fold0, stage, tta):
+    """The shipped networks on a CT-like volume: the device path (run here on the CPU) gives
+    the host path's probabilities to 1e-5 and the same masks; the liver box is cropped from full
+    slices (equalisation), the tumour's gathered as a box."""
+    rng = np.random.default_rng(2)
+    hu = np.full((9, 120, 110), -1000.0, np.float32)
+    hu[:, 10:110, 8:100] = rng.normal(-80.0, 10.0, (9, 100, 92))  # fat
+    hu[:, 25:90, 15:70] = rng.normal(110.0, 8.0, (9, 65, 55))  # a liver-like block
+    yy, xx = np.mgrid[:120, :110]
+    disc = (yy - 55) ** 2 + (xx - 42) ** 2 < 12**2
+    hu[2:7, disc] = rng.normal(35.0, 8.0, (5, int(disc.sum())))  # a darker lesion
+    stats = dataclasses.replace(volume_stats(hu), liver_median=110.0)
+    src = getattr(fold0, stage)
+    pred = SlicePredictor(src.models, src.settings, batch_size=4, tta=tta, device_prep=False)
+    assert not src.device_prep  # the default on the CPU: numpy
+    box = (20, 100, 10, 80)
+    want = np.concatenate([p for _, p in pred.predict(hu, range(1, 8), stats, box)])
+    pred.device_prep = True
+    got = np.concatenate([p for _, p in pred.predict(hu, range(1, 8), stats, box)])
+    assert got.shape == want.shape == (7, 80, 70)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert 0.0 <= got.min() and got.max() <= 1.0
+    assert ((got > 0.5) == (want > 0.5)).all()
+    assert want.max() - want.min() > 0.2  # the networks respond: real probabilities compared
+    if stage == "liver":
+        assert 0.3 < (want > 0.5).mean() < 0.9
+
+
+def test_pre_processing_on_the_device_needs_torch_networks():
+    onnx = Cascade.load(device="cpu", backend="onnx", folds=[0]).tumour
+    assert not onnx.device_prep
+    with pytest.raises(LivsegError, match="needs torch networks"):
+        SlicePredictor(onnx.models, onnx.settings, device_prep=True)
