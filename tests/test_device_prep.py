@@ -121,3 +121,19 @@ def test_pre_processing_on_the_device_needs_torch_networks():
     assert not onnx.device_prep
     with pytest.raises(LivsegError, match="needs torch networks"):
         SlicePredictor(onnx.models, onnx.settings, device_prep=True)
+
+
+def test_cascade_on_device_gives_the_same_labels_on_real_ct(fold0, lits_dir):
+    """A real CT through the fold-0 cascade (torch), with the slices' pre-processing, the
+    probabilities' resizing and the liver's erosion and dilation on the device (here the CPU)
+    and without: the same labels, voxel for voxel."""
+    from livseg.io import read_volume
+
+    volume = read_volume(lits_dir / "volume-3.nii.gz")
+    labels = {}
+    for on in (False, True):
+        fold0.liver.device_prep = fold0.tumour.device_prep = on
+        labels[on] = np.asarray(fold0.segment(volume).labels.array)
+    fold0.liver.device_prep = fold0.tumour.device_prep = False
+    assert (labels[False] == 1).sum() > 100_000 and (labels[False] == 2).any()
+    np.testing.assert_array_equal(labels[True], labels[False])

@@ -437,12 +437,13 @@ def test_default_batch_size_is_8_on_the_cpu_and_64_on_a_gpu():
     assert Cascade.load(device="cpu", backend="torch", batch_size=5).liver.batch_size == 5
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])  # numpy, and torch as on a GPU
 @pytest.mark.parametrize("spacing", [(1.6, 0.743, 0.743), (5.0, 0.74, 0.74), (0.5, 2.0, 0.6)])
 @pytest.mark.parametrize("radius_mm", [1.0, 3.0, 7.0])
-def test_fast_morphology_equals_scipys(spacing, radius_mm):
+def test_fast_morphology_equals_scipys(spacing, radius_mm, device):
     """The run decomposition gives scipy's erosion and dilation voxel for voxel, at the borders
     too (outside is background), also with an element larger than the array (7 mm at 0.5 mm
-    slices reaches 14 slices beyond a 12-slice mask)."""
+    slices reaches 14 slices beyond a 12-slice mask); in numpy and in torch."""
     from scipy import ndimage
 
     from livseg.infer.postprocess import binary_dilate, binary_erode, structuring_element
@@ -451,11 +452,14 @@ def test_fast_morphology_equals_scipys(spacing, radius_mm):
     rng = np.random.default_rng(3)
     for p in (0.3, 0.8, 0.97):
         m = rng.random((12, 40, 37)) < p
-        assert np.array_equal(binary_erode(m, se), ndimage.binary_erosion(m, structure=se))
-        assert np.array_equal(binary_dilate(m, se), ndimage.binary_dilation(m, structure=se))
+        eroded, dilated = binary_erode(m, se, device), binary_dilate(m, se, device)
+        assert eroded.dtype == dilated.dtype == bool
+        assert np.array_equal(eroded, ndimage.binary_erosion(m, structure=se))
+        assert np.array_equal(dilated, ndimage.binary_dilation(m, structure=se))
 
 
-def test_fast_morphology_by_hand():
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_fast_morphology_by_hand(device):
     """A 3 x 3 x 3 cube eroded by the 6-neighbour cross leaves its centre; one voxel dilated by
     the cross is the cross; an element whose rows are not centred runs is refused."""
     from livseg.infer.postprocess import binary_dilate, binary_erode
@@ -464,15 +468,16 @@ def test_fast_morphology_by_hand():
     cross[1, 1, :] = cross[1, :, 1] = cross[:, 1, 1] = True
     cube = np.zeros((5, 5, 5), bool)
     cube[1:4, 1:4, 1:4] = True
-    eroded = binary_erode(cube, cross)
+    eroded = binary_erode(cube, cross, device)
     assert np.argwhere(eroded).tolist() == [[2, 2, 2]]
     point = np.zeros((5, 5, 5), bool)
     point[2, 2, 2] = True
-    assert np.array_equal(binary_dilate(point, cross)[1:4, 1:4, 1:4], cross)
-    assert binary_dilate(point, cross).sum() == 7
+    assert np.array_equal(binary_dilate(point, cross, device)[1:4, 1:4, 1:4], cross)
+    assert binary_dilate(point, cross, device).sum() == 7
     # at the border, outside counts as background: a full array loses its faces
-    assert np.argwhere(binary_erode(np.ones((3, 3, 3), bool), cross)).tolist() == [[1, 1, 1]]
+    full = np.ones((3, 3, 3), bool)
+    assert np.argwhere(binary_erode(full, cross, device)).tolist() == [[1, 1, 1]]
     lopsided = np.zeros((1, 1, 3), bool)
     lopsided[0, 0, 1:] = True
     with pytest.raises(ValueError, match="centred run"):
-        binary_erode(cube, lopsided)
+        binary_erode(cube, lopsided, device)

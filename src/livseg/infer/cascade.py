@@ -501,7 +501,8 @@ class Cascade:
         with timed(timings, "liver"):  # 2. liver stage (inside the region)
             mask, gate, summary = self._liver_stage(hu, stats, region, progress)
         with timed(timings, "postprocess"):  # 3. post-processing
-            liver = postprocess_liver(mask, spacing, self.liver_radius_mm)
+            on = self.liver.device if self.liver.device_prep else None  # a GPU's, by default
+            liver = postprocess_liver(mask, spacing, self.liver_radius_mm, on)
             del mask
         liver_found = bool(liver.any())
         with timed(timings, "tumour"):  # 4.-5. tumour stage in the tumour region's box
