@@ -80,6 +80,29 @@ def test_resize_is_resize_slices(size):
         np.testing.assert_array_equal(got, x)
 
 
+@pytest.mark.parametrize(
+    ("spacing", "layout"),
+    [
+        ((1.0, 0.8, 0.8), "contiguous"),
+        ((5.0, 0.7, 0.9), "flipped"),
+        ((2.0, 6.0, 3.0), "contiguous"),
+    ],
+)
+def test_coarse_image_is_the_numpy_one_bit_for_bit(spacing, layout):
+    """Down-sampled in-plane and along z (area means), up-sampled along z (5 mm slices) and
+    in-plane (6 mm pixels), from a flipped and transposed view; NaN counts as air, +-inf as
+    the window's ends."""
+    from livseg.preprocess.coarse import coarse_image
+
+    hu = np.random.default_rng(4).normal(0.0, 400.0, (70, 90, 110)).astype(np.float32)
+    hu[3, 4, 5], hu[5, 6, 7], hu[6, 1, 1] = np.nan, np.inf, -np.inf
+    if layout == "flipped":
+        hu = hu[::-1].transpose(0, 2, 1)
+    want = coarse_image(hu, spacing, 4.0, (-250.0, 350.0))
+    got = dev.coarse_image(hu, spacing, 4.0, (-250.0, 350.0), "cpu").numpy()
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.fixture(scope="module")
 def fold0() -> Cascade:
     """The shipped fold-0 networks (a CR-U-Net at 160 px, two R-U-Nets at 192 px) in torch."""
@@ -124,16 +147,20 @@ def test_pre_processing_on_the_device_needs_torch_networks():
 
 
 def test_cascade_on_device_gives_the_same_labels_on_real_ct(fold0, lits_dir):
-    """A real CT through the fold-0 cascade (torch), with the slices' pre-processing, the
-    probabilities' resizing and the liver's erosion and dilation on the device (here the CPU)
-    and without: the same labels, voxel for voxel."""
+    """A real CT through the fold-0 cascade (torch), with the coarse image, the slices'
+    pre-processing, the probabilities' resizing and the liver's erosion and dilation on the
+    device (here the CPU) and without: the same labels, voxel for voxel."""
     from livseg.io import read_volume
 
     volume = read_volume(lits_dir / "volume-3.nii.gz")
+    stages = (fold0.coarse, fold0.liver, fold0.tumour)
+    assert not any(stage.device_prep for stage in stages)  # the default on the CPU
     labels = {}
     for on in (False, True):
-        fold0.liver.device_prep = fold0.tumour.device_prep = on
+        for stage in stages:
+            stage.device_prep = on
         labels[on] = np.asarray(fold0.segment(volume).labels.array)
-    fold0.liver.device_prep = fold0.tumour.device_prep = False
+    for stage in stages:
+        stage.device_prep = False
     assert (labels[False] == 1).sum() > 100_000 and (labels[False] == 2).any()
     np.testing.assert_array_equal(labels[True], labels[False])

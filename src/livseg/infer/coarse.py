@@ -20,16 +20,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from livseg.infer.backend import numpy_networks
 from livseg.preprocess.coarse import (
     COARSE_WINDOW,
     coarse_box_to_input,
     coarse_image,
     coarse_spacing,
     pad_to,
+    padded_shape,
     upsample_to_input,
 )
 
@@ -100,6 +103,7 @@ class CoarseStage:
         margin_mm: float = DEFAULT_MARGIN_MM,
         device: str = "cpu",
         bf16: bool = False,
+        device_prep: bool | None = None,
     ) -> None:
         if not models:
             raise ValueError("a coarse stage needs at least one model")
@@ -112,6 +116,12 @@ class CoarseStage:
         self.bf16 = bool(bf16)
         for m in self.models:
             m.eval()
+        torch_nets = not numpy_networks(self.models, self.bf16)
+        if device_prep is None:  # on a GPU: resample the CT there, as the slice stages do
+            device_prep = torch_nets and getattr(device, "type", str(device)) != "cpu"
+        if device_prep and not torch_nets:
+            raise ValueError("the coarse image on the device needs torch networks")
+        self.device_prep = bool(device_prep)
 
     def probability(
         self, hu: np.ndarray, spacing: tuple[float, float, float]
@@ -125,6 +135,8 @@ class CoarseStage:
         Returns:
             ((D, H, W) float32 probability, coarse spacing in mm).
         """
+        if self.device_prep:
+            return self._probability_on_device(hu, spacing)
         image = coarse_image(hu, spacing, self.spacing_mm, self.window)
         # instance norm needs more than one voxel at the bottom level: at least 2 x multiple
         padded, crop = pad_to(image, self.multiple, minimum=2 * self.multiple)
@@ -137,7 +149,7 @@ class CoarseStage:
     def _member_probabilities(self, padded: np.ndarray) -> Iterator[np.ndarray]:
         """Each member's (D, H, W) float32 probability of the padded coarse image, in numpy
         (ONNX Runtime: torch is not imported)."""
-        from livseg.infer.backend import foreground_probability_np, numpy_networks
+        from livseg.infer.backend import foreground_probability_np
 
         if numpy_networks(self.models, self.bf16):
             x = np.ascontiguousarray(padded[None, None], dtype=np.float32)
@@ -146,14 +158,45 @@ class CoarseStage:
             return
         import torch
 
+        with torch.inference_mode():
+            for prob in self._member_tensors(torch.from_numpy(padded).to(self.device)):
+                yield prob.cpu().numpy()
+
+    def _member_tensors(self, padded: Any) -> Iterator[Any]:
+        """Each member's (D, H, W) float32 probability of the padded coarse image, a tensor on
+        the device (torch networks; in inference mode)."""
+        import torch
+
         from livseg.infer.backend import autocast, memory_format
 
-        x = torch.from_numpy(padded)[None, None].to(self.device)
+        x = padded[None, None]
         if self.bf16:
             x = x.contiguous(memory_format=memory_format(5))
-        with torch.inference_mode(), autocast(self.device, self.bf16):
+        with autocast(self.device, self.bf16):
             for model in self.models:
-                yield torch.sigmoid(model(x)[:, 0])[0].float().cpu().numpy()
+                yield torch.sigmoid(model(x)[:, 0])[0].float()
+
+    def _probability_on_device(
+        self, hu: np.ndarray, spacing: tuple[float, float, float]
+    ) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """:meth:`probability` with the coarse image made, padded and averaged on the device
+        (the same values); only the CT's slices go there and the coarse probability returns."""
+        import torch
+        from torch.nn import functional as F
+
+        from livseg.preprocess.device import coarse_image as coarse_image_on
+
+        with torch.inference_mode():
+            image = coarse_image_on(hu, spacing, self.spacing_mm, self.window, self.device)
+            shape = tuple(image.shape)
+            target = padded_shape(shape, self.multiple, 2 * self.multiple)
+            pad = [p for t, n in zip(target[::-1], shape[::-1], strict=True) for p in (0, t - n)]
+            padded = F.pad(image, pad)
+            total = torch.zeros(shape, dtype=torch.float32, device=image.device)
+            for prob in self._member_tensors(padded):
+                total += prob[: shape[0], : shape[1], : shape[2]]
+            total /= len(self.models)
+            return total.cpu().numpy(), coarse_spacing(hu.shape, shape, spacing)
 
     def region(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> CoarseRegion:
         """Where the fine stage should run (see the module docstring)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,25 +61,32 @@ def coarse_spacing(
     return tuple(float(s) * n / m for s, n, m in zip(spacing, shape, out_shape, strict=True))
 
 
-def _resample(
-    array: np.ndarray, out_shape: tuple[int, int, int], to_float: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
+def resample_grid(
+    array: np.ndarray,
+    out_shape: tuple[int, int, int],
+    to_float: Callable[[np.ndarray], Any],
+    apply: Callable[[Any, tuple[np.ndarray, np.ndarray], int], Any] = apply_weights,
+    empty: Callable[[tuple[int, int, int]], Any] = lambda shape: np.empty(shape, np.float32),
+) -> Any:
     """Resample (Z, Y, X) to ``out_shape``: in-plane first, chunk by chunk, then along z. An axis
     that shrinks is averaged over each output's input range (torch's ``area`` mode, adaptive
-    average pooling), one that grows is interpolated linearly (``align_corners=False``)."""
+    average pooling), one that grows is interpolated linearly (``align_corners=False``).
+
+    ``to_float`` turns a chunk of slices into float32 (numpy, or a torch tensor on a device with
+    ``apply`` and ``empty`` from :mod:`livseg.preprocess.device`)."""
     d, h, w = out_shape
     z = array.shape[0]
-    planes = np.empty((z, h, w), dtype=np.float32)
+    planes = empty((z, h, w))
     for start in range(0, z, _CHUNK):
         block = to_float(np.asarray(array[start : start + _CHUNK]))
         area = block.shape[1] >= h and block.shape[2] >= w
-        block = apply_weights(block, _axis_weights(block.shape[2], w, area), axis=2)
-        planes[start : start + block.shape[0]] = apply_weights(
-            block, _axis_weights(block.shape[1], h, area), axis=1
+        block = apply(block, _axis_weights(block.shape[2], w, area), 2)
+        planes[start : start + block.shape[0]] = apply(
+            block, _axis_weights(block.shape[1], h, area), 1
         )
     if d == z:
         return planes
-    return apply_weights(planes, _axis_weights(z, d, z >= d), axis=0)
+    return apply(planes, _axis_weights(z, d, z >= d), 0)
 
 
 def _axis_weights(n: int, m: int, area: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +130,7 @@ def coarse_image(
         float32 (D, H, W) in [0, 1].
     """
     out_shape = coarse_shape(hu.shape, spacing, target_mm)
-    return _resample(hu, out_shape, lambda a: window_unit(a, window))
+    return resample_grid(hu, out_shape, lambda a: window_unit(a, window))
 
 
 def coarse_labels(
@@ -140,8 +148,8 @@ def coarse_labels(
         uint8 (D, H, W) labels 0/1/2.
     """
     out_shape = coarse_shape(label.shape, spacing, target_mm)
-    liver = _resample(label, out_shape, lambda a: (a >= 1).astype(np.float32)) >= 0.5
-    tumour = _resample(label, out_shape, lambda a: (a == 2).astype(np.float32)) >= 0.5
+    liver = resample_grid(label, out_shape, lambda a: (a >= 1).astype(np.float32)) >= 0.5
+    tumour = resample_grid(label, out_shape, lambda a: (a == 2).astype(np.float32)) >= 0.5
     out = liver.astype(np.uint8)
     out[tumour & liver] = 2
     return out
@@ -179,6 +187,11 @@ def coarse_box_to_input(
     return tuple(result)
 
 
+def padded_shape(shape: tuple[int, ...], multiple: int, minimum: int = 0) -> tuple[int, ...]:
+    """Each size rounded up to a multiple of ``multiple``, and at least ``minimum``."""
+    return tuple(max(int(np.ceil(n / multiple) * multiple), minimum) for n in shape)
+
+
 def pad_to(
     array: np.ndarray, multiple: int, value: float = 0.0, minimum: int = 0
 ) -> tuple[np.ndarray, tuple]:
@@ -189,7 +202,7 @@ def pad_to(
         (padded array, slices that cut the original back out).
     """
     shape = array.shape[-3:]
-    target = [max(int(np.ceil(n / multiple) * multiple), minimum) for n in shape]
+    target = padded_shape(shape, multiple, minimum)
     pad = [(0, 0)] * (array.ndim - 3) + [(0, t - n) for t, n in zip(target, shape, strict=True)]
     crop = tuple(slice(0, n) for n in shape)
     return np.pad(array, pad, constant_values=value), crop

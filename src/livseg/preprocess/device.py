@@ -11,7 +11,10 @@ gathered HU slices go there and only the box-sized probabilities come back:
   :func:`livseg.preprocess.intensity.histogram_equalize`: bit for bit);
 * resizing: torch's bilinear ``interpolate``, anti-aliased when down-sampling, whose weights the
   numpy :func:`livseg.preprocess.resample.resize_slices` reproduces (the two agree to float32
-  rounding of the sums, about 1e-7).
+  rounding of the sums, about 1e-7);
+* the coarse stage's image (:func:`coarse_image`): the window and the resampling of
+  :func:`livseg.preprocess.coarse.coarse_image`, with the same weights, products and sums in the
+  same order, hence the same values.
 
 Imported only where torch already is (the torch back-end's predictor); the numpy pipeline stays
 the reference, and the one the training slice cache uses.
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from livseg.preprocess import coarse as _coarse
 from livseg.preprocess.intensity import _check_window
 from livseg.preprocess.pipeline import Box, PreprocessSettings, liver_relative
 
@@ -104,3 +108,49 @@ def prepare_slices(
         chan = torch.stack([window_minmax(part, win, volume_range) for win in s.windows], dim=1)
     size = int(s.size)
     return resize(chan, (size, size)).clamp_(0.0, 1.0)
+
+
+def apply_weights(
+    x: torch.Tensor, weights: tuple[np.ndarray, np.ndarray], axis: int
+) -> torch.Tensor:
+    """:func:`livseg.preprocess.resample.apply_weights` on a tensor: output ``i`` along
+    ``axis`` is the sum over k of ``w[i, k] * x[first[i] + k]``, multiplied and added in the
+    same float32 steps."""
+    first, w = weights
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    first_t = torch.tensor(first, device=x.device)
+    w_t = torch.tensor(w, device=x.device)
+    out_shape = x.shape[:axis] + (first.size,) + x.shape[axis + 1 :]
+    acc = x.new_zeros(out_shape)
+    for k in range(w.shape[1]):
+        idx = (first_t + k).clamp_(max=x.shape[axis] - 1)
+        acc += x.index_select(axis, idx) * w_t[:, k].reshape(shape)
+    return acc
+
+
+def coarse_image(
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    target_mm: float,
+    window: tuple[float, float],
+    device,
+) -> torch.Tensor:
+    """:func:`livseg.preprocess.coarse.coarse_image` computed on ``device``: (D, H, W) float32
+    in [0, 1]. The CT goes there 32 slices at a time (a view of any layout is fine)."""
+    lo, hi = np.float32(window[0]), np.float32(window[1])
+    scale = np.float32(1.0) / (hi - lo)  # numpy's float32 steps
+
+    def to_float(chunk: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(device)
+        t = torch.fmin(torch.fmax(t, t.new_tensor(lo)), t.new_tensor(hi))  # NaN -> lo, inf -> hi
+        return (t - lo) * scale
+
+    out_shape = _coarse.coarse_shape(hu.shape, spacing, target_mm)
+    return _coarse.resample_grid(
+        hu,
+        out_shape,
+        to_float,
+        apply_weights,
+        lambda shape: torch.empty(shape, dtype=torch.float32, device=device),
+    )
