@@ -332,3 +332,36 @@ def test_real_round_trip_keeps_affine(shared_data, tmp_path):
     np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     out2 = write_volume(vol, tmp_path / "v2.nii.gz")  # without reference: float32-exact too
     np.testing.assert_allclose(nib.load(str(out2)).affine, a.affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_gzipped_nifti_is_decompressed_by_isal_with_zlibs_values(tmp_path, monkeypatch, dtype):
+    """A .nii.gz is decompressed by ISA-L (the isal package, a dependency): the same voxels,
+    scaling and geometry as nibabel's own gzip path gives; a cut gzip stream is one InputError."""
+    from isal import igzip
+
+    rng = np.random.default_rng(5)
+    data = (rng.normal(0, 500, (37, 29, 11))).astype(dtype)
+    img = nib.Nifti1Image(data, _affine(np.diag([0.7, 0.8, 2.5]), [10.0, -20.0, 30.0]))
+    if dtype == np.int16:
+        img.header.set_slope_inter(0.5, -1024.0)  # scaled on reading, as the file says
+    path = tmp_path / "ct.nii.gz"
+    nib.save(img, path)
+    opened = []
+    real_open = igzip.open
+    monkeypatch.setattr(igzip, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    got = read_volume(path, kind="image")
+    assert opened == [path]
+    monkeypatch.setitem(__import__("sys").modules, "isal", None)  # nibabel's gzip instead
+    want = read_volume(path, kind="image")
+    np.testing.assert_array_equal(got.array, want.array)
+    scaled = data * 0.5 - 1024.0 if dtype == np.int16 else data  # by hand
+    np.testing.assert_array_equal(got.array, scaled.transpose(2, 1, 0))
+    assert got.spacing == want.spacing and got.origin == want.origin
+    np.testing.assert_array_equal(got.direction, want.direction)
+    monkeypatch.undo()
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"cut\.nii\.gz: cannot read the NIfTI voxel data"):
+        read_volume(cut, kind="image")
