@@ -103,6 +103,20 @@ def test_coarse_image_is_the_numpy_one_bit_for_bit(spacing, layout):
     np.testing.assert_array_equal(got, want)
 
 
+def test_gate_upsampling_on_the_device_is_the_numpy_one():
+    """A coarse map interpolated back onto a box of the input voxels and thresholded: the same
+    mask as numpy's (values nearer 0.5 than float32 rounding excepted: none here)."""
+    from livseg.preprocess.coarse import upsample_to_input
+
+    coarse = np.random.default_rng(6).random((9, 14, 12), dtype=np.float32)
+    shape, box = (40, 120, 100), (slice(3, 37), slice(10, 111), slice(0, 100))
+    want = upsample_to_input(coarse, shape, box)
+    got = dev.upsample_to_input(coarse, shape, box, "cpu", above=0.5)
+    assert got.dtype == bool and got.shape == want.shape == (34, 101, 100)
+    assert 0.2 < got.mean() < 0.8
+    assert (got == (want > 0.5)).all()
+
+
 @pytest.fixture(scope="module")
 def fold0() -> Cascade:
     """The shipped fold-0 networks (a CR-U-Net at 160 px, two R-U-Nets at 192 px) in torch."""
@@ -147,7 +161,7 @@ def test_pre_processing_on_the_device_needs_torch_networks():
 
 
 def test_cascade_on_device_gives_the_same_labels_on_real_ct(fold0, lits_dir):
-    """A real CT through the fold-0 cascade (torch), with the coarse image, the slices'
+    """A real CT through the fold-0 cascade (torch), with the coarse image and gate, the slices'
     pre-processing, the probabilities' resizing and the liver's erosion and dilation on the
     device (here the CPU) and without: the same labels, voxel for voxel."""
     from livseg.io import read_volume

@@ -572,7 +572,8 @@ class Cascade:
         slices, box, keep = self._liver_window(hu.shape, region)
         in_box = None
         if keep is not None and self.gate_mm is not None:
-            in_box = CoarseStage.gate(region, hu.shape, self.gate_mm)
+            on = self.coarse.device if self.coarse.device_prep else None  # a GPU's, by default
+            in_box = CoarseStage.gate(region, hu.shape, self.gate_mm, on)
             slices = keep[0].start + np.flatnonzero(in_box.any(axis=(1, 2)))
         y0, y1, x0, x1 = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
         for ks, prob in self.liver.predict(hu, slices, stats, box, cb):

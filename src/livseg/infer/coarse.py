@@ -210,7 +210,7 @@ class CoarseStage:
 
     @staticmethod
     def gate(
-        region: CoarseRegion, shape: tuple[int, int, int], widen_mm: float = 0.0
+        region: CoarseRegion, shape: tuple[int, int, int], widen_mm: float = 0.0, device=None
     ) -> np.ndarray:
         """The coarse liver on the input voxels of ``region.box`` (see the module docstring).
 
@@ -218,6 +218,8 @@ class CoarseStage:
             region: A region with a box (from :meth:`region`).
             shape: The canonical input's (Z, Y, X).
             widen_mm: Dilate the coarse mask by about this much (whole coarse voxels) first.
+            device: a torch device to interpolate on (a GPU's; the same weights, sums rounded
+                in another order), or None for numpy.
 
         Returns:
             bool array of the box's shape.
@@ -229,4 +231,8 @@ class CoarseStage:
         prob = np.maximum(region.probability, mask.astype(np.float32))
         if steps:
             prob = np.where(mask, prob, 0.0).astype(np.float32)
+        if device is not None:
+            from livseg.preprocess.device import upsample_to_input as upsample_on
+
+            return upsample_on(prob, shape, region.box, device, above=0.5)
         return upsample_to_input(prob, shape, region.box) > 0.5

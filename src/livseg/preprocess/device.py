@@ -14,7 +14,8 @@ gathered HU slices go there and only the box-sized probabilities come back:
   rounding of the sums, about 1e-7);
 * the coarse stage's image (:func:`coarse_image`): the window and the resampling of
   :func:`livseg.preprocess.coarse.coarse_image`, with the same weights, products and sums in the
-  same order, hence the same values.
+  same order, hence the same values; and the coarse gate's interpolation back to the input
+  voxels (:func:`upsample_to_input`: the same weights, the sums' rounding may differ).
 
 Imported only where torch already is (the torch back-end's predictor); the numpy pipeline stays
 the reference, and the one the training slice cache uses.
@@ -154,3 +155,21 @@ def coarse_image(
         apply_weights,
         lambda shape: torch.empty(shape, dtype=torch.float32, device=device),
     )
+
+
+def upsample_to_input(
+    coarse: np.ndarray,
+    shape: tuple[int, int, int],
+    box: tuple[slice, slice, slice],
+    device,
+    above: float,
+) -> np.ndarray:
+    """``livseg.preprocess.coarse.upsample_to_input(coarse, shape, box) > above`` computed on
+    ``device`` (one small matrix per axis, as there): a bool array of the box's shape."""
+    with torch.inference_mode():
+        out = torch.from_numpy(np.ascontiguousarray(coarse, dtype=np.float32)).to(device)
+        for axis in (0, 1, 2):
+            sl, n, m = box[axis], shape[axis], coarse.shape[axis]
+            w = torch.from_numpy(_coarse._linear_weights(n, m, sl.start, sl.stop)).to(device)
+            out = torch.movedim(torch.tensordot(out, w, dims=([axis], [1])), -1, axis)
+        return (out > above).cpu().numpy()
