@@ -14,6 +14,10 @@ voxels are replaced by :data:`livseg.preprocess.intensity.AIR_HU` before the pip
 
 Optional test-time augmentation (``tta=True``) averages the probabilities of the slice and of its
 left-right mirror.
+
+On a GPU (``device_prep``) only the gathering of the HU slices stays on the host: the intensity
+pipeline, the resizing both ways and the members' mean run on the device, in torch
+(:mod:`livseg.preprocess.device`, the same values to float32 rounding).
 """
 
 from __future__ import annotations
@@ -89,6 +93,15 @@ def volume_stats(array: np.ndarray, chunk: int = 32) -> VolumeStats:
     if not np.isfinite(lo):
         lo = hi = AIR_HU
     return VolumeStats(lo, hi, bad)
+
+
+def _mean(probs: Iterator[Any], n: int) -> Any:
+    """The mean of ``n`` members' float32 probabilities (numpy arrays or tensors), summed in
+    member order."""
+    total = None
+    for prob in probs:
+        total = prob if total is None else total + prob
+    return total / np.float32(n)
 
 
 def size_multiple(model: Any) -> int:
@@ -208,10 +221,7 @@ class SlicePredictor:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """(b, C, size, size) network input -> (b, size, size) mean foreground probability of
         the members (each the mean with its mirrored prediction under ``tta``)."""
-        total = None
-        for prob in self._member_probabilities(x):
-            total = prob if total is None else total + prob
-        return total / np.float32(len(self.models))
+        return _mean(self._member_probabilities(x), len(self.models))
 
     def _member_probabilities(self, x: np.ndarray) -> Iterator[np.ndarray]:
         """Each member's float32 probability, in numpy (ONNX Runtime: torch is not imported)."""
@@ -269,10 +279,7 @@ class SlicePredictor:
             x = dev.prepare_slices(
                 t, self.settings, stats.value_range, (y0, y1, x0, x1), stats.liver_median
             ).reshape(len(ks), -1, size, size)
-            total = None
-            for prob in self._member_tensors(x):
-                total = prob if total is None else total + prob
-            prob = (total / np.float32(len(self.models)))[:, None]
+            prob = _mean(self._member_tensors(x), len(self.models))[:, None]
             prob = dev.resize(prob, (y1 - y0, x1 - x0)).clamp_(0.0, 1.0)
             return prob[:, 0].cpu().numpy()
 
