@@ -102,8 +102,8 @@ def _morphology(mask: np.ndarray, se: np.ndarray, erode: bool) -> np.ndarray:
 
 
 def _morphology_torch(mask: np.ndarray, se: np.ndarray, erode: bool, device) -> np.ndarray:
-    """:func:`_morphology` on a torch device (a GPU: the host's numpy filters were a tenth of a
-    case's host time there): the same 1-D filters along x (max-pooling; the minimum as the
+    """:func:`_morphology` on a torch device (a GPU, where the host's numpy filters took 0.22 s
+    of a case's 3.5 s): the same 1-D filters along x (max-pooling; the minimum as the
     complement's maximum, the outside counting as background) and shifted AND/OR of the rows,
     hence the same voxels."""
     import torch

@@ -32,7 +32,7 @@ from livseg.preprocess.intensity import _check_window
 from livseg.preprocess.pipeline import Box, PreprocessSettings, liver_relative
 
 
-def window_unit(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+def window_scale(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     """``(clip(hu, lo, hi) - lo) / (hi - lo)``: the CR-U-Net's scaling without equalisation."""
     lo, hi = _check_window(window)
     return (hu.clamp(lo, hi) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
@@ -103,7 +103,7 @@ def prepare_slices(
     if s.pipeline == "crunet" and s.equalize:
         chan = histogram_equalize(hu, s.windows[0], int(s.hist_bins), box)[:, None]
     elif s.pipeline == "crunet":
-        chan = window_unit(hu[:, y0:y1, x0:x1], s.windows[0])[:, None]
+        chan = window_scale(hu[:, y0:y1, x0:x1], s.windows[0])[:, None]
     else:  # densefcn_liver (one window) and tumour (one channel per window)
         part = hu[:, y0:y1, x0:x1]
         chan = torch.stack([window_minmax(part, win, volume_range) for win in s.windows], dim=1)
