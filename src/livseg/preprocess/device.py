@@ -1,5 +1,5 @@
-"""The slice pipeline of :func:`livseg.preprocess.pipeline.prepare_slices` in torch, on the
-networks' device.
+"""livseg's pre-processing in torch, on the networks' device: the slice pipeline of
+:func:`livseg.preprocess.pipeline.prepare_slices` and the coarse stage's resampling.
 
 On a GPU the networks take a small part of a case's time; the numpy pre-processing around them
 (histogram equalisation, resizing to the working size and the probabilities back to the box) took
@@ -17,8 +17,8 @@ gathered HU slices go there and only the box-sized probabilities come back:
   same order, hence the same values; and the coarse gate's interpolation back to the input
   voxels (:func:`upsample_to_input`: the same weights, the sums' rounding may differ).
 
-Imported only where torch already is (the torch back-end's predictor); the numpy pipeline stays
-the reference, and the one the training slice cache uses.
+Imported only where torch already is (the torch back-end's slice predictor and coarse stage);
+the numpy pipeline stays the reference, and the one the training caches use.
 """
 
 from __future__ import annotations
