@@ -162,8 +162,8 @@ def test_pre_processing_on_the_device_needs_torch_networks():
 
 def test_cascade_on_device_gives_the_same_labels_on_real_ct(fold0, lits_dir):
     """A real CT through the fold-0 cascade (torch), with the coarse image and gate, the slices'
-    pre-processing, the probabilities' resizing and the liver's erosion and dilation on the
-    device (here the CPU) and without: the same labels, voxel for voxel."""
+    pre-processing, the probabilities' resizing, the liver's erosion and dilation and the tumour
+    closing on the device (here the CPU) and without: the same labels, voxel for voxel."""
     from livseg.io import read_volume
 
     volume = read_volume(lits_dir / "volume-3.nii.gz")

@@ -7,6 +7,7 @@ cascade's behaviour predictable; tiny randomly initialised real networks saved t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -184,9 +185,11 @@ def test_largest_component_and_merge():
     assert merge_labels(liver, tum).tolist() == [[[2, 2], [0, 0]]]
 
 
-def test_tumour_closing_fills_a_missed_slice_inside_the_liver_only():
+@pytest.mark.parametrize("device", [None, "cpu"])  # scipy, and torch as on a GPU
+def test_tumour_closing_fills_a_missed_slice_inside_the_liver_only(device):
     """Tumour on slices 1-2 and 4-5, missed on slice 3 (5 mm slices): a 5 mm box reaches one
     slice each way, so slice 3 is filled (25 voxels) where it is liver or gate, not elsewhere."""
+    close = functools.partial(close_lesions, device=device)
 
     def case():
         labels = np.ones((7, 20, 20), np.uint8)
@@ -194,35 +197,51 @@ def test_tumour_closing_fills_a_missed_slice_inside_the_liver_only():
         return labels
 
     labels = case()
-    assert close_lesions(labels, (5.0, 1.0, 1.0), 5.0) == 25
+    assert close(labels, (5.0, 1.0, 1.0), 5.0) == 25
     want = case()
     want[3, 5:10, 5:10] = 2
     np.testing.assert_array_equal(labels, want)
     thick = case()  # 5.5 mm slices: the box is flat, a square has nothing to close in-plane
-    assert close_lesions(thick, (5.5, 1.0, 1.0), 5.0) == 0
+    assert close(thick, (5.5, 1.0, 1.0), 5.0) == 0
     np.testing.assert_array_equal(thick, case())
-    assert close_lesions(case(), (5.0, 1.0, 1.0), 0.0) == 0
+    assert close(case(), (5.0, 1.0, 1.0), 0.0) == 0
     outside = case()
     outside[3, 7, 7] = 0  # background inside the gap: never tumour ...
-    assert close_lesions(outside, (5.0, 1.0, 1.0), 5.0) == 24 and outside[3, 7, 7] == 0
+    assert close(outside, (5.0, 1.0, 1.0), 5.0) == 24 and outside[3, 7, 7] == 0
     gate = case()
     gate[3, 7, 7] = 0
     grown = np.zeros(gate.shape, bool)
     grown[3, 7, 7] = True  # ... unless it is in the gate
-    assert close_lesions(gate, (5.0, 1.0, 1.0), 5.0, grown) == 25 and gate[3, 7, 7] == 2
+    assert close(gate, (5.0, 1.0, 1.0), 5.0, grown) == 25 and gate[3, 7, 7] == 2
 
 
-def test_tumour_closing_joins_pieces_in_plane_and_at_the_edge():
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_tumour_closing_joins_pieces_in_plane_and_at_the_edge(device):
+    close = functools.partial(close_lesions, device=device)
     labels = np.ones((3, 20, 24), np.uint8)
     labels[1, 12:17, 8:12] = labels[1, 12:17, 14:18] = 2  # a 2-pixel gap (columns 12-13)
     labels[0, 0:3, 0:3] = labels[2, 0:3, 0:3] = 2  # at the volume's corner, slice 1 missed
     before = labels.copy()
-    assert close_lesions(labels.copy(), (1.0, 1.0, 1.0), 0.9) == 0  # under a voxel: no box
-    assert close_lesions(labels, (1.0, 1.0, 1.0), 2.0) == 10 + 9  # a 5 x 5 x 5 box
+    assert close(labels.copy(), (1.0, 1.0, 1.0), 0.9) == 0  # under a voxel: no box
+    assert close(labels, (1.0, 1.0, 1.0), 2.0) == 10 + 9  # a 5 x 5 x 5 box
     assert (labels[1, 12:17, 12:14] == 2).all() and (labels[1, 0:3, 0:3] == 2).all()
     changed = labels != before
     assert changed.sum() == 19 and (before[~changed] == labels[~changed]).all()
     assert (labels[before == 2] == 2).all()  # closing never removes tumour
+
+
+@pytest.mark.parametrize("spacing", [(5.0, 0.74, 0.74), (1.6, 0.8, 0.8), (0.8, 2.5, 1.0)])
+def test_tumour_closing_on_the_device_equals_scipys(spacing):
+    """Random lesions in a liver with gate voxels: the torch closing adds the same voxels."""
+    rng = np.random.default_rng(7)
+    labels = np.where(rng.random((14, 40, 36)) < 0.9, 1, 0).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.08] = 2
+    grown = rng.random(labels.shape) < 0.05
+    want, got = labels.copy(), labels.copy()
+    added = close_lesions(want, spacing, 5.0, grown)
+    assert added > 50
+    assert close_lesions(got, spacing, 5.0, grown, device="cpu") == added
+    np.testing.assert_array_equal(got, want)
 
 
 def test_livseg_cascade_closes_tumours_and_the_papers_do_not(tiny_checkpoints):

@@ -601,7 +601,8 @@ class Cascade:
         """Close the tumour label inside the liver (and ``grown``), in place."""
         if self.tumour_closing_mm <= 0:
             return
-        added = close_lesions(labels, spacing, self.tumour_closing_mm, grown)
+        on = self.tumour.device if self.tumour.device_prep else None  # a GPU's, by default
+        added = close_lesions(labels, spacing, self.tumour_closing_mm, grown, on)
         log.debug(
             "%s: tumour closing (%g mm) added %d voxel(s)", src, self.tumour_closing_mm, added
         )

@@ -297,6 +297,7 @@ def close_lesions(
     spacing: tuple[float, float, float],
     half_mm: float = TUMOUR_CLOSING_MM,
     grown: np.ndarray | None = None,
+    device=None,
 ) -> int:
     """Morphological closing of the tumour label by a box, in place, inside the liver label (and
     ``grown``) only.
@@ -313,6 +314,7 @@ def close_lesions(
         half_mm: half-size of the box (mm); 0 closes nothing.
         grown: (Z, Y, X) bool, where tumour may be added outside the liver label (the gate), or
             None.
+        device: a torch device to filter on (the same voxels), or None for scipy.
 
     Returns:
         The number of voxels that became tumour.
@@ -325,8 +327,11 @@ def close_lesions(
         return 0
     tumour = np.pad(labels[box] == 2, [(h, h) for h in half]).view(np.uint8)
     size = [2 * h + 1 for h in half]
-    dilated = ndimage.maximum_filter(tumour, size, mode="constant", cval=0)
-    closed = ndimage.minimum_filter(dilated, size, mode="constant", cval=0)
+    if device is not None:
+        closed = _close_box_torch(tumour, half, device)
+    else:
+        dilated = ndimage.maximum_filter(tumour, size, mode="constant", cval=0)
+        closed = ndimage.minimum_filter(dilated, size, mode="constant", cval=0)
     inner = tuple(slice(h, h + (b.stop - b.start)) for h, b in zip(half, box, strict=True))
     sub = labels[box]
     allowed = sub == 1
@@ -335,6 +340,21 @@ def close_lesions(
     added = closed[inner].astype(bool) & allowed
     sub[added] = 2
     return int(np.count_nonzero(added))
+
+
+def _close_box_torch(mask: np.ndarray, half: list[int], device) -> np.ndarray:
+    """scipy's ``minimum_filter(maximum_filter(mask, size), size)`` with the outside 0 (``size =
+    2 * half + 1`` per axis) of a 3-D 0/1 uint8 mask, by max-pooling on a torch device."""
+    import torch
+    from torch.nn import functional as F
+
+    pad = [h for h in reversed(half) for _ in (0, 1)]  # F.pad wants the last axis first
+    size = [2 * h + 1 for h in half]
+    with torch.inference_mode():
+        t = torch.from_numpy(mask).to(device).float()[None, None]
+        dilated = F.max_pool3d(F.pad(t, pad), size, stride=1)
+        closed = 1 - F.max_pool3d(F.pad(1 - dilated, pad, value=1.0), size, stride=1)
+        return closed[0, 0].to(torch.uint8).cpu().numpy()
 
 
 GATE_LESION_MIN_INSIDE = 0.5
