@@ -24,7 +24,7 @@ from livseg.infer.postprocess import (
     merge_labels,
     structuring_element,
 )
-from livseg.infer.predictor import SlicePredictor, volume_stats
+from livseg.infer.predictor import SlicePredictor, VolumeStats, volume_stats
 from livseg.infer.pretrained import MissingWeightsError, available_models, locate
 from livseg.preprocess.orientation import canonical_view
 from livseg.preprocess.pipeline import PreprocessSettings
@@ -362,9 +362,14 @@ def test_non_ct_intensities_refused(lo, hi):
 
 def test_volume_stats_chunks_and_nan():
     arr = np.arange(5 * 3 * 3, dtype=np.float32).reshape(5, 3, 3)
+    assert volume_stats(arr) == VolumeStats(0.0, 44.0, 0)  # all finite: the short path
+    assert volume_stats(arr.astype(np.int16)) == VolumeStats(0.0, 44.0, 0)
     arr[2, 1, 1] = np.inf
     s = volume_stats(arr, chunk=2)
     assert (s.hu_min, s.hu_max, s.n_nan) == (0.0, 44.0, 1)
+    arr[0, 0, 0], arr[4, 2, 2] = np.nan, -np.inf
+    assert volume_stats(arr, chunk=2) == VolumeStats(1.0, 43.0, 3)
+    assert volume_stats(np.full((2, 2, 2), np.nan, np.float32)) == VolumeStats(-1024.0, -1024.0, 8)
 
 
 # --- real (tiny, random) checkpoints -----------------------------------------------------------

@@ -79,6 +79,10 @@ def volume_stats(array: np.ndarray, chunk: int = 32) -> VolumeStats:
     Returns:
         :class:`VolumeStats`; min = max = AIR_HU when no voxel is finite.
     """
+    if array.size and np.issubdtype(array.dtype, np.floating):
+        lo, hi = float(array.min()), float(array.max())  # NaN or +-inf would show here
+        if np.isfinite(lo) and np.isfinite(hi):  # every voxel finite: two passes, no copies
+            return VolumeStats(lo, hi, 0)
     lo, hi, bad = np.inf, -np.inf, 0
     for start in range(0, array.shape[0], chunk):
         block = np.asarray(array[start : start + chunk], dtype=np.float32)
