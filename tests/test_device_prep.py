@@ -178,3 +178,61 @@ def test_cascade_on_device_gives_the_same_labels_on_real_ct(fold0, lits_dir):
         stage.device_prep = False
     assert (labels[False] == 1).sum() > 100_000 and (labels[False] == 2).any()
     np.testing.assert_array_equal(labels[True], labels[False])
+
+
+# --- on a GPU (``python3 -m pytest -m gpu``; skipped without CUDA) ------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_device_steps_on_cuda_equal_numpys():
+    """The steps as they run on a GPU: equalisation, coarse image and morphology bit for bit,
+    the prepared slices and the gate to float32 rounding."""
+    from livseg.infer.postprocess import binary_dilate, binary_erode, structuring_element
+    from livseg.preprocess.coarse import coarse_image, upsample_to_input
+
+    hu = _ct()
+    t = torch.from_numpy(hu).cuda()
+    want = histogram_equalize(hu, (-200.0, 250.0), 1024, (5, 60, 7, 70))
+    got = dev.histogram_equalize(t, (-200.0, 250.0), 1024, (5, 60, 7, 70)).cpu().numpy()
+    np.testing.assert_array_equal(got, want)
+    s, vrange = PreprocessSettings("tumour", size=64), (float(hu.min()), float(hu.max()))
+    want = prepare_slices(hu, s, vrange, (3, 90, 2, 80))
+    got = dev.prepare_slices(t, s, vrange, (3, 90, 2, 80)).cpu().numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(
+        dev.coarse_image(hu, (1.0, 0.8, 0.8), 4.0, (-250.0, 350.0), "cuda").cpu().numpy(),
+        coarse_image(hu, (1.0, 0.8, 0.8), 4.0, (-250.0, 350.0)),
+    )
+    coarse = np.random.default_rng(6).random((9, 14, 12), dtype=np.float32)
+    box = (slice(3, 37), slice(10, 111), slice(0, 100))
+    got = dev.upsample_to_input(coarse, (40, 120, 100), box, "cuda", above=0.5)
+    want = upsample_to_input(coarse, (40, 120, 100), box)
+    assert (got == (want > 0.5))[np.abs(want - 0.5) > 1e-5].all()
+    mask = np.random.default_rng(3).random((12, 40, 37)) < 0.8
+    se = structuring_element((1.6, 0.743, 0.743), 3.0)
+    np.testing.assert_array_equal(binary_erode(mask, se, "cuda"), binary_erode(mask, se))
+    np.testing.assert_array_equal(binary_dilate(mask, se, "cuda"), binary_dilate(mask, se))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cascade_on_cuda_with_and_without_device_steps(lits_dir):
+    """volume-3 through the fold-0 cascade on the GPU: the device steps change no more than
+    float32 rounding can (liver and tumour Dice >= 0.9999 against the host steps, same GPU)."""
+    from livseg.io import read_volume
+
+    cascade = Cascade.load(device="cuda", folds=[0])
+    stages = (cascade.coarse, cascade.liver, cascade.tumour)
+    assert all(stage.device_prep for stage in stages)  # the default on a GPU
+    volume = read_volume(lits_dir / "volume-3.nii.gz")
+    labels = {}
+    for on in (True, False):
+        for stage in stages:
+            stage.device_prep = on
+        labels[on] = np.asarray(cascade.segment(volume).labels.array)
+    for k in (1, 2):
+        a, b = labels[True] >= k, labels[False] >= k
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.9999
