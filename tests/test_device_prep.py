@@ -220,14 +220,14 @@ def test_device_steps_on_cuda_equal_numpys():
 @pytest.mark.gpu
 @needs_cuda
 def test_cascade_on_cuda_with_and_without_device_steps(lits_dir):
-    """volume-3 through the fold-0 cascade on the GPU: the device steps change no more than
+    """volume-0 through the fold-0 cascade on the GPU: the device steps change no more than
     float32 rounding can (liver and tumour Dice >= 0.9999 against the host steps, same GPU)."""
     from livseg.io import read_volume
 
     cascade = Cascade.load(device="cuda", folds=[0])
     stages = (cascade.coarse, cascade.liver, cascade.tumour)
     assert all(stage.device_prep for stage in stages)  # the default on a GPU
-    volume = read_volume(lits_dir / "volume-3.nii.gz")
+    volume = read_volume(lits_dir / "volume-0.nii.gz")
     labels = {}
     for on in (True, False):
         for stage in stages:
