@@ -261,3 +261,33 @@ def test_cpu_is_known_without_torch(monkeypatch):
     assert not no_cuda_here("auto")  # an NVIDIA device file: maybe CUDA
     monkeypatch.setattr(Path, "glob", lambda self, pattern: iter([]))
     assert no_cuda_here("auto")
+
+
+def test_concurrent_exports_in_one_process(ckpts, cache):
+    """Two threads loading ONNX networks with a cold cache (two Segmenters, say): torch's ONNX
+    export keeps global state, so exports run one at a time; both threads get working networks
+    and each checkpoint is exported once."""
+    import threading
+
+    kinds = ["tumour", "runet_tumour", "crunet", "densefcn_liver"]
+    start, results, errors = threading.Barrier(len(kinds)), {}, []
+
+    def load(kind: str) -> None:
+        model, spec = load_model(ckpts[kind])
+        size = int(spec.preprocess.size)
+        shape = (1, int(spec.preprocess.channels), size, size)
+        start.wait()
+        try:
+            (results[kind],) = backend.prepare([model], [ckpts[kind]], shape, "onnx")
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(f"{kind}: {exc!r}")
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in kinds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(results) == sorted(kinds)
+    assert len(list(cache.glob("*.onnx"))) == len(kinds)
+    assert not list(cache.glob(".*.tmp"))

@@ -55,6 +55,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -174,6 +175,20 @@ def _onnx_source(
     path = cache_dir() / f"{_cache_key(checkpoint, shape)}.onnx"
     if path.is_file():
         return str(path)
+    with _EXPORTING:  # torch's ONNX export keeps global state: one at a time in a process
+        if path.is_file():  # another thread exported it meanwhile
+            return str(path)
+        return _export_to_cache(checkpoint, path, load, shape, example)
+
+
+def _export_to_cache(
+    checkpoint: Path,
+    path: Path,
+    load: Callable[[], Any],
+    shape: Shape,
+    example: tuple[int, ...] | None,
+) -> bytes | str:
+    """Export ``load()`` and write it to ``path`` atomically (bytes when it cannot be written)."""
     data = _export(load(), shape, example)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -190,17 +205,21 @@ def _onnx_source(
 
 
 _ARENA: list[bool] = []
+_ARENA_LOCK = threading.Lock()
+_EXPORTING = threading.Lock()
 
 
 def _shared_arena(ort: Any) -> None:
-    """Register one CPU arena allocator with ONNX Runtime's environment (once)."""
-    if _ARENA:
-        return
-    info = ort.OrtMemoryInfo(
-        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-    )
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-    _ARENA.append(True)
+    """Register one CPU arena allocator with ONNX Runtime's environment (once, also when
+    several threads load networks)."""
+    with _ARENA_LOCK:
+        if _ARENA:
+            return
+        info = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+        _ARENA.append(True)
 
 
 class OnnxNetwork:
