@@ -10,62 +10,81 @@ Modules: :mod:`~livseg.metrics.overlap` (Dice, Jaccard, VOE, RVD),
 :mod:`~livseg.metrics.compare` (two predictions of the same cases: paired differences).
 """
 
-from __future__ import annotations
+from livseg.metrics.bootstrap import Interval, mean_interval, paired_difference_interval
+from livseg.metrics.compare import Comparison, compare_folders, compare_results, write_comparison
+from livseg.metrics.evaluate import (
+    CasePair,
+    evaluate_folders,
+    format_table,
+    pair_files,
+    write_results,
+)
+from livseg.metrics.lesions import (
+    LESION_RULES,
+    DetectionCounts,
+    LesionMatching,
+    LesionPair,
+    label_lesions,
+    match_lesions,
+)
+from livseg.metrics.lits import (
+    DEFAULT_PENALTY,
+    DEFINITIONS_VERSION,
+    INTERVAL_KEYS,
+    SUMMARY_KEYS,
+    CaseResult,
+    EvaluationResult,
+    SegmentationScores,
+    evaluate_case,
+    evaluate_cases,
+    segmentation_scores,
+    summarize,
+)
+from livseg.metrics.overlap import OverlapCounts, dice, jaccard, rvd, voe
+from livseg.metrics.surface import (
+    EmptyMaskError,
+    SurfaceDistances,
+    boundary,
+    surface_distances,
+)
 
-import importlib
-from typing import Any
-
-# name -> submodule: imported on first use, so that e.g. `livseg segment`, which needs only
-# the lesion labelling, does not import the surface distances, evaluation and comparison.
-_LAZY = {
-    "boundary": "surface",
-    "CasePair": "evaluate",
-    "CaseResult": "lits",
-    "compare_folders": "compare",
-    "compare_results": "compare",
-    "Comparison": "compare",
-    "DEFAULT_PENALTY": "lits",
-    "DEFINITIONS_VERSION": "lits",
-    "DetectionCounts": "lesions",
-    "dice": "overlap",
-    "EmptyMaskError": "surface",
-    "evaluate_case": "lits",
-    "evaluate_cases": "lits",
-    "evaluate_folders": "evaluate",
-    "EvaluationResult": "lits",
-    "format_table": "evaluate",
-    "Interval": "bootstrap",
-    "INTERVAL_KEYS": "lits",
-    "jaccard": "overlap",
-    "label_lesions": "lesions",
-    "LESION_RULES": "lesions",
-    "LesionMatching": "lesions",
-    "LesionPair": "lesions",
-    "match_lesions": "lesions",
-    "mean_interval": "bootstrap",
-    "OverlapCounts": "overlap",
-    "pair_files": "evaluate",
-    "paired_difference_interval": "bootstrap",
-    "rvd": "overlap",
-    "segmentation_scores": "lits",
-    "SegmentationScores": "lits",
-    "summarize": "lits",
-    "SUMMARY_KEYS": "lits",
-    "surface_distances": "surface",
-    "SurfaceDistances": "surface",
-    "voe": "overlap",
-    "write_comparison": "compare",
-    "write_results": "evaluate",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"livseg.metrics.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'livseg.metrics' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__all__ = [
+    "DEFAULT_PENALTY",
+    "DEFINITIONS_VERSION",
+    "INTERVAL_KEYS",
+    "LESION_RULES",
+    "SUMMARY_KEYS",
+    "CaseResult",
+    "CasePair",
+    "Comparison",
+    "DetectionCounts",
+    "EmptyMaskError",
+    "EvaluationResult",
+    "Interval",
+    "LesionMatching",
+    "LesionPair",
+    "OverlapCounts",
+    "SegmentationScores",
+    "SurfaceDistances",
+    "boundary",
+    "compare_folders",
+    "compare_results",
+    "dice",
+    "evaluate_case",
+    "evaluate_cases",
+    "evaluate_folders",
+    "format_table",
+    "jaccard",
+    "label_lesions",
+    "match_lesions",
+    "mean_interval",
+    "pair_files",
+    "paired_difference_interval",
+    "rvd",
+    "segmentation_scores",
+    "summarize",
+    "surface_distances",
+    "voe",
+    "write_comparison",
+    "write_results",
+]
