@@ -78,7 +78,7 @@ def one_case(cascade, ct, outdir: Path, overlay: bool) -> tuple[float, dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     from livseg.infer.case import SegmentOptions, read_ct

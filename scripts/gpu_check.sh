@@ -31,9 +31,9 @@ prepare)
     find .gpu/site -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
     papers="src/livseg/weights/crunet_liver src/livseg/weights/densefcn_liver src/livseg/weights/densefcn_tumour"
     tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-    out=$(du -cb $papers | tail -1 | cut -f1)
+    moved=$(du -cb $papers | tail -1 | cut -f1)
     gpu=$(du -sb .gpu | cut -f1)
-    echo "travels: $(((tracked + gpu) >> 20)) MiB, $(((tracked + gpu - out) >> 20)) MiB with the papers' models moved out (limit 64)"
+    echo "travels: $(((tracked + gpu) >> 20)) MiB, $(((tracked + gpu - moved) >> 20)) MiB with the papers' models moved out (limit 64)"
     ;;
 run)
     out=${2:?usage: scripts/gpu_check.sh run OUTDIR}
@@ -55,7 +55,7 @@ with lzma.open(sys.argv[1]) as src, gzip.open(sys.argv[2], "wb", compresslevel=1
         2>&1 | tee "$out/profile-cuda.log"
     ;;
 *)
-    sed -n 2,15p "$0"
+    sed -n '2,/^set -euo/p' "$0" | sed '$d'
     exit 2
     ;;
 esac
