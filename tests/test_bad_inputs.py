@@ -199,6 +199,17 @@ def _second_input_nan(tmp):
     return [str(good), str(nan)], ["nan.nii.gz", "no finite voxel"]
 
 
+def _two_bad_inputs(tmp):
+    """The checks read inputs in parallel; the error is the first bad input's in input order,
+    though the third (a few bytes of garbage) fails long before the second (a larger CT, all
+    NaN) is read."""
+    good = _ct(tmp, "good.nii.gz")
+    nan = _ct(tmp, "nan.nii.gz", np.full((40, 200, 200), np.nan, np.float32))
+    bad = tmp / "in" / "bad.nii.gz"
+    bad.write_bytes(b"garbage")
+    return [str(good), str(nan), str(bad)], ["nan.nii.gz", "no finite voxel"]
+
+
 def _ref_shape_mismatch(tmp):
     ref = _labels(tmp, "ref.nii.gz", shape=(5, 40, 48))
     return [str(_ct(tmp)), "--ref", str(ref)], ["ref.nii.gz", "do not match the input geometry"]
@@ -261,6 +272,7 @@ SEGMENT_CASES: dict[str, Callable] = {
         _dicom_missing_slices,
         _second_input_bad,
         _second_input_nan,
+        _two_bad_inputs,
         _ref_shape_mismatch,
         _ref_spacing_mismatch,
         _ref_not_labels,
@@ -295,6 +307,7 @@ def test_segment_refuses_bad_input_before_inference(case, tmp_path, ckpts, capsy
     line = _one_error_line(capsys.readouterr().err, "segment")
     for w in words:
         assert w in line, (w, line)
+    assert case != "two_bad_inputs" or "bad.nii.gz" not in line, line
     _nothing_written(out)
 
 

@@ -269,3 +269,44 @@ def test_a_write_failure_in_a_batch_stops_at_that_case(
     assert len(lines) == 1 and "ct1_report.html" in lines[0], err
     suffixes = ("_seg.nii.gz", "_measurements.json", "_lesions.csv", "_overlay.png", "_report.html")
     assert sorted(p.name for p in out.iterdir()) == sorted(f"ct0{s}" for s in suffixes)
+
+
+def test_check_threads_follow_inputs_cpus_and_local_ranks(monkeypatch):
+    from livseg.infer.run import MAX_CHECK_THREADS, check_threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert MAX_CHECK_THREADS == 8
+    assert [check_threads(n) for n in (1, 3, 8, 20)] == [1, 3, 8, 8]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes on this node share 16
+    assert check_threads(20) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")  # more processes than CPUs: still one
+    assert check_threads(20) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert check_threads(5) == 2
+
+
+def test_the_checks_read_the_inputs_at_once(tmp_path, cohort, ckpts, monkeypatch):
+    """Before the first inference the inputs are read and checked in parallel: here the reads of
+    the three checks meet at a barrier, which a one-by-one reading would never pass."""
+    import threading
+
+    import livseg.infer.run as run
+
+    cts, _ = cohort
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    barrier, read_ct, met = threading.Barrier(3, timeout=30), run.read_ct, []
+
+    def meeting_read(path, *args):
+        if threading.current_thread().name.startswith("livseg-check"):
+            met.append(barrier.wait())  # BrokenBarrierError when the reads come one by one
+        return read_ct(path, *args)
+
+    monkeypatch.setattr(run, "read_ct", meeting_read)
+    out = tmp_path / "out"
+    argv = ["segment", *map(str, cts[:3]), "-o", str(out), "--no-overlay", *model_args(ckpts)]
+    assert main(argv) == 0
+    assert sorted(met) == [0, 1, 2]
+    assert all((out / f"ct{k}_seg.nii.gz").exists() for k in range(3))
