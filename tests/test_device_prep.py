@@ -188,9 +188,14 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.gpu
 @needs_cuda
 def test_device_steps_on_cuda_equal_numpys():
-    """The steps as they run on a GPU: equalisation, coarse image and morphology bit for bit,
-    the prepared slices and the gate to float32 rounding."""
-    from livseg.infer.postprocess import binary_dilate, binary_erode, structuring_element
+    """The steps as they run on a GPU: equalisation, coarse image, morphology and the largest
+    component bit for bit, the prepared slices and the gate to float32 rounding."""
+    from livseg.infer.postprocess import (
+        binary_dilate,
+        binary_erode,
+        largest_component,
+        structuring_element,
+    )
     from livseg.preprocess.coarse import coarse_image, upsample_to_input
 
     hu = _ct()
@@ -215,6 +220,8 @@ def test_device_steps_on_cuda_equal_numpys():
     se = structuring_element((1.6, 0.743, 0.743), 3.0)
     np.testing.assert_array_equal(binary_erode(mask, se, "cuda"), binary_erode(mask, se))
     np.testing.assert_array_equal(binary_dilate(mask, se, "cuda"), binary_dilate(mask, se))
+    blobs = np.random.default_rng(4).random((20, 60, 50)) < 0.4  # many components, some tied
+    np.testing.assert_array_equal(largest_component(blobs, device="cuda"), largest_component(blobs))
 
 
 @pytest.mark.gpu

@@ -174,11 +174,17 @@ def test_postprocess_keeps_largest_and_restores_border():
     assert postprocess_liver(np.zeros((3, 4, 4)), (1, 1, 1)).sum() == 0
 
 
-def test_largest_component_and_merge():
+@pytest.mark.parametrize("device", [None, "cpu"])  # scipy, and torch as on a GPU
+def test_largest_component_and_merge(device):
     m = np.zeros((3, 5, 5), bool)
     m[0, 0, 0] = True
     m[2, 1:4, 1:4] = True
-    assert largest_component(m).sum() == 9
+    assert largest_component(m, device=device).sum() == 9
+    # 6-connected: diagonal neighbours are apart; of two equal components the first is kept
+    d = np.zeros((2, 4, 4), bool)
+    d[1, 2, 2] = d[1, 3, 3] = d[0, 3, 1] = True
+    assert np.argwhere(largest_component(d, device=device)).tolist() == [[0, 3, 1]]
+    assert not largest_component(np.zeros((2, 3, 3), bool), device=device).any()
     liver = np.zeros((1, 2, 2), bool)
     liver[0, 0] = True
     tum = np.ones((1, 2, 2), bool)
@@ -480,6 +486,34 @@ def test_fast_morphology_equals_scipys(spacing, radius_mm, device):
         assert eroded.dtype == dilated.dtype == bool
         assert np.array_equal(eroded, ndimage.binary_erosion(m, structure=se))
         assert np.array_equal(dilated, ndimage.binary_dilation(m, structure=se))
+
+
+@pytest.mark.parametrize("shape", [(12, 40, 37), (1, 30, 30), (20, 1, 9)])
+def test_largest_component_on_the_device_equals_scipys(shape):
+    """Random masks of many components (sizes tie often at low density): the torch labelling
+    keeps the voxels scipy keeps, including which of equal components."""
+    rng = np.random.default_rng(sum(shape))
+    for p in (0.1, 0.3, 0.5, 0.7):
+        for _ in range(5):
+            m = rng.random(shape) < p
+            np.testing.assert_array_equal(largest_component(m, device="cpu"), largest_component(m))
+
+
+def test_largest_component_of_a_winding_mask_falls_back_to_scipy(monkeypatch, caplog):
+    """A mask that needs more rounds than allowed (a serpentine, its far end reached one step
+    per round at least) is left to scipy, with the same result."""
+    import livseg.infer.postprocess as pp
+
+    snake = np.zeros((1, 21, 21), bool)
+    snake[0, :19:2, :] = True  # rows 0-18 joined alternately at the right and the left end
+    snake[0, 1:19:4, -1] = snake[0, 3:19:4, 0] = True
+    snake[0, 20, :3] = True  # and a second piece of 3 voxels, apart
+    monkeypatch.setattr(pp, "MAX_LABEL_ROUNDS", 4)
+    with caplog.at_level("DEBUG", logger="livseg.infer.postprocess"):
+        got = largest_component(snake, device="cpu")
+    assert "did not settle" in caplog.text
+    np.testing.assert_array_equal(got, largest_component(snake))
+    assert got.sum() == snake.sum() - 3
 
 
 @pytest.mark.parametrize("device", [None, "cpu"])

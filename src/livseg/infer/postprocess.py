@@ -140,15 +140,18 @@ def binary_dilate(mask: np.ndarray, se: np.ndarray, device=None) -> np.ndarray:
     return _morphology(mask, se, erode=False)
 
 
-def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
+def largest_component(mask: np.ndarray, connectivity: int = 1, device=None) -> np.ndarray:
     """Keep the largest connected component of a 3-D binary mask.
 
     Args:
         mask: (Z, Y, X) boolean/uint8 mask.
         connectivity: 1 = 6-neighbourhood, 2 = 18, 3 = 26.
+        device: a torch device to label on (:func:`_largest_component_torch`, 6-neighbourhood
+            only: the same voxels), or None for scipy.
 
     Returns:
-        Boolean mask of the same shape; all False when ``mask`` is empty.
+        Boolean mask of the same shape; all False when ``mask`` is empty. Between components of
+        equal size the first in raster order is kept.
     """
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros(mask.shape, dtype=bool)
@@ -156,6 +159,11 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
         return out
     box = bounding_box(mask)
     sub = mask[box]
+    if device is not None and connectivity == 1:
+        kept = _largest_component_torch(sub, device)
+        if kept is not None:
+            out[box] = kept
+            return out
     lab, n = ndimage.label(
         sub, structure=ndimage.generate_binary_structure(mask.ndim, connectivity)
     )
@@ -165,6 +173,53 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     sizes[0] = 0
     out[box] = lab == int(np.argmax(sizes))
     return out
+
+
+MAX_LABEL_ROUNDS = 256
+"""Rounds of :func:`_largest_component_torch` before it leaves a mask to scipy (a liver takes
+a handful; only long winding shapes need more)."""
+
+
+def _min_neighbours(labels, fg, big: int):
+    """Each foreground voxel's smallest label among itself and its 6 neighbours (background
+    voxels hold ``big``)."""
+    import torch
+
+    out = labels.clone()
+    for axis in range(3):
+        n = labels.shape[axis]
+        lo, hi = labels.narrow(axis, 0, n - 1), labels.narrow(axis, 1, n - 1)
+        out.narrow(axis, 1, n - 1).copy_(torch.minimum(out.narrow(axis, 1, n - 1), lo))
+        out.narrow(axis, 0, n - 1).copy_(torch.minimum(out.narrow(axis, 0, n - 1), hi))
+    return torch.where(fg, out, big)
+
+
+def _largest_component_torch(mask: np.ndarray, device) -> np.ndarray | None:
+    """The largest 6-connected component of a 3-D mask, labelled on a torch device: every
+    foreground voxel starts with its own flat index, then takes the smallest label of its
+    neighbours and follows its label's label (pointer jumping) until nothing changes; each
+    component ends labelled with its first voxel in raster order, so the components come in
+    scipy's order and ties are broken alike. None when it has not settled after
+    :data:`MAX_LABEL_ROUNDS` rounds (the caller falls back to scipy)."""
+    import torch
+
+    with torch.inference_mode():
+        fg = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).to(device)
+        big = fg.numel()
+        dtype = torch.int32 if big < 2**31 - 1 else torch.int64
+        index = torch.arange(big, dtype=dtype, device=fg.device).reshape(fg.shape)
+        labels = torch.where(fg, index, big)
+        for _ in range(MAX_LABEL_ROUNDS):
+            new = _min_neighbours(labels, fg, big)
+            flat = new.reshape(-1)
+            jumped = flat[flat.clamp(max=big - 1).long()]  # a label's own label (background: big)
+            new = torch.where(fg, torch.minimum(new, jumped.reshape(fg.shape)), big)
+            if torch.equal(new, labels):
+                ids, sizes = torch.unique(labels[fg], return_counts=True)  # ascending ids
+                return (labels == ids[torch.argmax(sizes)]).cpu().numpy()
+            labels = new
+        log.debug("connected components did not settle in %d rounds: scipy", MAX_LABEL_ROUNDS)
+        return None
 
 
 def postprocess_liver(
@@ -184,7 +239,8 @@ def postprocess_liver(
         mask: (Z, Y, X) binary liver mask in canonical orientation.
         spacing: (sz, sy, sx) mm.
         radius_mm: radius of the structuring element in mm (``<= 0`` skips erosion/dilation).
-        device: a torch device to erode and dilate on (the same voxels), or None for numpy.
+        device: a torch device to erode, label and dilate on (the same voxels), or None for
+            numpy and scipy.
 
     Returns:
         uint8 (Z, Y, X) mask in {0, 1}; all zero when the input is empty or nothing survives the
@@ -211,7 +267,7 @@ def postprocess_liver(
         )
         out[box] = largest_component(sub)
         return out
-    kept = largest_component(eroded)
+    kept = largest_component(eroded, device=device)
     out[box] = binary_dilate(kept, se, device)
     return out
 
