@@ -271,11 +271,13 @@ def test_a_write_failure_in_a_batch_stops_at_that_case(
     assert sorted(p.name for p in out.iterdir()) == sorted(f"ct0{s}" for s in suffixes)
 
 
-def test_check_threads_follow_inputs_cpus_and_local_ranks(monkeypatch):
+def test_check_threads_follow_inputs_cpus_memory_and_local_ranks(monkeypatch):
+    import livseg.infer.run as run
     from livseg.infer.run import MAX_CHECK_THREADS, check_threads
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(run, "available_memory", lambda: 64 << 30)
     assert MAX_CHECK_THREADS == 8
     assert [check_threads(n) for n in (1, 3, 8, 20)] == [1, 3, 8, 8]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes on this node share 16
@@ -285,6 +287,26 @@ def test_check_threads_follow_inputs_cpus_and_local_ranks(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert check_threads(5) == 2
+    # 2 GB per thread: 16 CPUs with 7 GB free read 3 at once, with 1 GB free one
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(run, "available_memory", lambda: 7 << 30)
+    assert check_threads(20) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes share the 7 GB
+    assert check_threads(20) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(run, "available_memory", lambda: 1 << 30)
+    assert check_threads(20) == 1
+    monkeypatch.setattr(run, "available_memory", lambda: None)  # unknown: CPUs alone
+    assert check_threads(20) == 8
+
+
+def test_available_memory_is_plausible():
+    from livseg.infer.run import available_memory
+
+    memory = available_memory()
+    if memory is None:
+        pytest.skip("this system does not report its available memory")
+    assert 16 << 20 < memory < 64 << 40  # more than 16 MB, less than 64 TB
 
 
 def test_the_checks_read_the_inputs_at_once(tmp_path, cohort, ckpts, monkeypatch):
@@ -297,6 +319,7 @@ def test_the_checks_read_the_inputs_at_once(tmp_path, cohort, ckpts, monkeypatch
     cts, _ = cohort
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(run, "available_memory", lambda: 64 << 30)
     barrier, read_ct, met = threading.Barrier(3, timeout=30), run.read_ct, []
 
     def meeting_read(path, *args):
