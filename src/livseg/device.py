@@ -106,6 +106,13 @@ def amp_enabled(device, requested: bool = True) -> bool:
     return bool(requested) and getattr(device, "type", str(device)) == "cuda"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX, as oneDNN sees it)."""
     import torch

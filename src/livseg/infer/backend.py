@@ -61,7 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from livseg.device import native_bf16
+from livseg.device import native_bf16, usable_cpus
 from livseg.errors import LivsegError
 
 log = logging.getLogger("livseg.infer.backend")
@@ -288,7 +288,7 @@ def cpu_threads() -> int:
         return int(sys.modules["torch"].get_num_threads())
     with contextlib.suppress(ValueError):
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cpus()
 
 
 def onnx_networks(

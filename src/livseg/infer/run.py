@@ -215,10 +215,11 @@ def check_threads(n_inputs: int) -> int:
     """Threads for the checks: one per input, at most :data:`MAX_CHECK_THREADS`, the CPUs this
     process may use (shared with the other processes of this node under torchrun) and
     :data:`CHECK_MEMORY_PER_THREAD` per thread of the available memory (shared likewise)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from livseg.device import usable_cpus
+
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
     processes = max(1, int(local) if local.isdigit() else 1)
-    n = min(MAX_CHECK_THREADS, n_inputs, (cpus or 1) // processes)
+    n = min(MAX_CHECK_THREADS, n_inputs, usable_cpus() // processes)
     memory = available_memory()
     if memory is not None:
         n = min(n, memory // processes // CHECK_MEMORY_PER_THREAD)
