@@ -174,6 +174,19 @@ def test_postprocess_keeps_largest_and_restores_border():
     assert postprocess_liver(np.zeros((3, 4, 4)), (1, 1, 1)).sum() == 0
 
 
+def test_overlap_of_a_slice_box_and_the_work_box():
+    """By hand: a box partly outside the work box, one inside it, one beside it."""
+    from livseg.infer.cascade import _overlap
+
+    work = (slice(2, 9), slice(10, 50), slice(20, 60))
+    into, part = _overlap((5, 30, 40, 80), work)  # y 5-30 meets 10-50; x 40-80 meets 20-60
+    assert into == (slice(0, 20), slice(20, 40)) and part == (slice(5, 25), slice(0, 20))
+    into, part = _overlap((12, 20, 30, 35), work)
+    assert into == (slice(2, 10), slice(10, 15)) and part == (slice(0, 8), slice(0, 5))
+    into, part = _overlap((0, 8, 30, 35), work)  # wholly above: empty
+    assert into[0].stop - into[0].start == 0 and part[0].stop - part[0].start == 0
+
+
 @pytest.mark.parametrize("device", [None, "cpu"])  # scipy, and torch as on a GPU
 def test_largest_component_and_merge(device):
     m = np.zeros((3, 5, 5), bool)

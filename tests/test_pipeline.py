@@ -241,6 +241,24 @@ def test_inplane_bbox_on_bounding_box():
         inplane_bbox(np.zeros(4, bool))
 
 
+def test_inplane_bbox_of_a_window_is_the_whole_masks():
+    """The box of a mask given as a window of the slices (its origin and the slices' shape) is
+    the box of the whole mask: margins clipped and squares grown and shifted against the slices'
+    edges, not the window's (the cascade's tumour crop in its work box)."""
+    rng = np.random.default_rng(12)
+    for _ in range(200):
+        full = np.zeros((3, 40, 30), bool)
+        y, x = int(rng.integers(0, 36)), int(rng.integers(0, 26))
+        full[1, y : y + int(rng.integers(1, 5)), x : x + int(rng.integers(1, 5))] = True
+        box = bounding_box(full)
+        y0, x0 = int(rng.integers(0, box[1].start + 1)), int(rng.integers(0, box[2].start + 1))
+        y1, x1 = int(rng.integers(box[1].stop, 41)), int(rng.integers(box[2].stop, 31))
+        window = full[:, y0:y1, x0:x1]
+        margin, square = int(rng.integers(0, 12)), bool(rng.integers(0, 2))
+        got = inplane_bbox(window, margin, square, (y0, x0), (40, 30))
+        assert got == inplane_bbox(full, margin, square), (y0, y1, x0, x1, margin, square)
+
+
 def test_case_path_type(phantom_cases):
     """The fixture's RAS twin really is stored flipped (so the test above covers reorientation)."""
     ras = read_volume(phantom_cases["ras"].image, kind="image")

@@ -58,6 +58,7 @@ from livseg.infer.postprocess import (
     drop_gate_lesions,
     postprocess_liver,
     remove_small_lesions,
+    structuring_element,
 )
 from livseg.infer.predictor import SlicePredictor, VolumeStats, volume_stats
 from livseg.infer.pretrained import (
@@ -239,6 +240,20 @@ CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 64
 """Slices per forward pass on a GPU: a whole liver in one or two passes of each network, since
 there the launch of each layer, not its arithmetic, takes the time (measured on an H200)."""
+
+
+def _overlap(
+    box: tuple[int, int, int, int], work: tuple[slice, slice, slice]
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Where an in-plane box of the slices (y0, y1, x0, x1) and the box ``work`` meet: as
+    (y, x) slices of ``work``'s arrays and of arrays over the in-plane box."""
+    y0, y1, x0, x1 = box
+    into, part = [], []
+    for lo, hi, w in ((y0, y1, work[1]), (x0, x1, work[2])):
+        a, b = max(lo, w.start), max(min(hi, w.stop), max(lo, w.start))
+        into.append(slice(a - w.start, b - w.start))
+        part.append(slice(a - lo, b - lo))
+    return (into[0], into[1]), (part[0], part[1])
 
 
 def default_batch_size(device: Any) -> int:
@@ -498,8 +513,9 @@ class Cascade:
         if self.coarse is not None:
             with timed(timings, "coarse"):  # 1b. where is the liver?
                 region = self._coarse_region(hu, spacing, src, warnings)
+        work = self._work_box(hu.shape, region, spacing)
         with timed(timings, "liver"):  # 2. liver stage (inside the region)
-            mask, gate, summary = self._liver_stage(hu, stats, region, progress)
+            mask, gate, summary = self._liver_stage(hu, stats, region, work, progress)
         with timed(timings, "postprocess"):  # 3. post-processing
             on = self.liver.device if self.liver.device_prep else None  # a GPU's, by default
             liver = postprocess_liver(mask, spacing, self.liver_radius_mm, on)
@@ -508,8 +524,14 @@ class Cascade:
         with timed(timings, "tumour"):  # 4.-5. tumour stage in the tumour region's box
             grown = gate & (liver == 0) if gate is not None and self.tumour_in_gate else None
             del gate
-            labels_c = self._tumour_stage(hu, liver, grown, stats, spacing, progress, src, warnings)
+            labels_w = self._tumour_stage(
+                hu, work, liver, grown, stats, spacing, progress, src, warnings
+            )
         with timed(timings, "reorient"):
+            labels_c = labels_w
+            if labels_w.shape != hu.shape:
+                labels_c = np.zeros(hu.shape, dtype=np.uint8)
+                labels_c[work] = labels_w
             labels = Volume(
                 reo.undo(labels_c), volume.spacing, volume.origin, volume.direction, "label"
             )
@@ -540,6 +562,28 @@ class Cascade:
             warnings.append(msg)
         return region
 
+    def _work_box(
+        self,
+        shape: tuple[int, int, int],
+        region: CoarseRegion | None,
+        spacing: tuple[float, float, float],
+    ) -> tuple[slice, slice, slice]:
+        """Where the labels can be non-zero: the coarse region's box (the liver stage's labels
+        outside it are dropped, the gate lies in it) grown by the reach of the liver's dilation,
+        and padded as its post-processing pads; the whole volume without a region. The liver and
+        tumour stages' masks are this box's, not the whole CT's."""
+        if region is None or region.box is None:
+            return tuple(slice(0, n) for n in shape)
+        pad = (0, 0, 0)
+        if self.liver_radius_mm > 0:
+            pad = tuple(
+                n // 2 + 1 for n in structuring_element(spacing, self.liver_radius_mm).shape
+            )
+        return tuple(
+            slice(max(b.start - p, 0), min(b.stop + p, n))
+            for b, p, n in zip(region.box, pad, shape, strict=True)
+        )
+
     def _liver_window(
         self, shape: tuple[int, int, int], region: CoarseRegion | None
     ) -> tuple[range, tuple[int, int, int, int] | None, tuple[slice, ...] | None]:
@@ -559,14 +603,15 @@ class Cascade:
         hu: np.ndarray,
         stats: VolumeStats,
         region: CoarseRegion | None,
+        work: tuple[slice, slice, slice],
         progress: StageProgress | None,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
         """Liver model on the region's slices (every slice without a coarse stage; with a gate,
         only the region's slices the gate reaches, since the rest would be dropped): uint8 mask
-        (probability > 0.5, nothing outside the region), the gate as a bool mask of the whole
-        volume (None without a coarse stage, without a region or with ``gate_mm`` None) and the
-        probability summary of the slices the model ran on."""
-        mask = np.zeros(hu.shape, dtype=np.uint8)
+        of the box ``work`` (:meth:`_work_box`; probability > 0.5, nothing outside the region),
+        the gate as a bool mask of that box (None without a coarse stage, without a region or
+        with ``gate_mm`` None) and the probability summary of the slices the model ran on."""
+        mask = np.zeros(tuple(w.stop - w.start for w in work), dtype=np.uint8)
         summary = _LiverSummary()
         cb = _stage_callback(progress, "liver")
         slices, box, keep = self._liver_window(hu.shape, region)
@@ -575,19 +620,23 @@ class Cascade:
             on = self.coarse.device if self.coarse.device_prep else None  # a GPU's, by default
             in_box = CoarseStage.gate(region, hu.shape, self.gate_mm, on)
             slices = keep[0].start + np.flatnonzero(in_box.any(axis=(1, 2)))
-        y0, y1, x0, x1 = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
+        box = box if box is not None else (0, hu.shape[1], 0, hu.shape[2])
+        into, part = _overlap(box, work)
         for ks, prob in self.liver.predict(hu, slices, stats, box, cb):
             fg = prob > 0.5
-            mask[ks, y0:y1, x0:x1] = fg
+            mask[(ks - work[0].start, *into)] = fg[(slice(None), *part)]
             summary.add(prob, fg)
         gate = None
         if keep is not None:
-            inside = np.zeros(hu.shape, dtype=bool)
-            inside[keep] = True
+            kept = tuple(
+                slice(k.start - w.start, k.stop - w.start) for k, w in zip(keep, work, strict=True)
+            )
+            inside = np.zeros(mask.shape, dtype=bool)
+            inside[kept] = True
             mask[~inside] = 0  # what the liver model labels outside the region is dropped
             if in_box is not None:
-                inside[keep] = in_box
-                mask[keep] &= in_box
+                inside[kept] = in_box
+                mask[kept] &= in_box
                 gate = inside
         return mask, gate, summary.as_dict()
 
@@ -610,6 +659,7 @@ class Cascade:
     def _tumour_stage(
         self,
         hu: np.ndarray,
+        work: tuple[slice, slice, slice],
         liver: np.ndarray,
         grown: np.ndarray | None,
         stats: VolumeStats,
@@ -618,10 +668,10 @@ class Cascade:
         src: str,
         warnings: list[str],
     ) -> np.ndarray:
-        """0/1/2 labels: the tumour model on the slices of the tumour region (the liver, plus
-        ``grown``: the gate outside the liver, or None) inside the region's box, its tumour kept
-        inside the region (the liver alone without a tumour model; all background without
-        liver)."""
+        """0/1/2 labels of the box ``work`` (``liver`` and ``grown`` are that box's): the tumour
+        model on the slices of the tumour region (the liver, plus ``grown``: the gate outside
+        the liver, or None) inside the region's in-plane box, its tumour kept inside the region
+        (the liver alone without a tumour model; all background without liver)."""
         if not liver.any():
             msg = f"{src}: no liver found; the labels are all background (liver_found = false)"
             log.warning(msg)
@@ -630,21 +680,23 @@ class Cascade:
         if self.tumour is None:
             return liver
         region = liver if grown is None else np.logical_or(liver, grown)
-        box = crop_box(region, self.tumour.settings)
-        y0, y1, x0, x1 = box
-        ks = np.flatnonzero(region.any(axis=(1, 2)))
+        origin = (work[1].start, work[2].start)
+        box = crop_box(region, self.tumour.settings, origin, hu.shape[1:])
+        ks = work[0].start + np.flatnonzero(region.any(axis=(1, 2)))
         del region
         if self.tumour.settings.liver_hu is not None:  # windows follow the fine liver's HU
-            stats = dataclasses.replace(stats, liver_median=liver_median_hu(hu, liver))
+            stats = dataclasses.replace(stats, liver_median=liver_median_hu(hu[work], liver))
             log.debug("%s: liver median %.1f HU", src, stats.liver_median)
         labels = liver  # uint8 0/1, turned into 0/1/2 in place
+        into, part = _overlap(box, work)  # the tumour may only be where the liver or gate is
         cb = _stage_callback(progress, "tumour")
         for kb, prob in self.tumour.predict(hu, ks, stats, box, cb):
-            sub = labels[kb, y0:y1, x0:x1]
+            at = (kb - work[0].start, *into)
+            sub = labels[at]
             allowed = sub >= 1
             if grown is not None:
-                allowed |= grown[kb, y0:y1, x0:x1]
-            labels[kb, y0:y1, x0:x1] = np.where(allowed & (prob > 0.5), np.uint8(2), sub)
+                allowed |= grown[at]
+            labels[at] = np.where(allowed & (prob[(slice(None), *part)] > 0.5), np.uint8(2), sub)
         self._close_lesions(labels, grown, spacing, src)
         if grown is not None and self.gate_min_inside > 0:
             dropped = drop_gate_lesions(labels, grown, self.gate_min_inside)

@@ -47,6 +47,8 @@ def inplane_bbox(
     mask: np.ndarray,
     margin: int = 0,
     square: bool = False,
+    origin: tuple[int, int] = (0, 0),
+    image_shape: tuple[int, int] | None = None,
 ) -> tuple[int, int, int, int] | None:
     """In-plane bounding box of a mask over all slices, with a margin.
 
@@ -56,6 +58,9 @@ def inplane_bbox(
         square: Grow the shorter side (centred, shifted to stay inside the image) so that the
             box is square when the image allows; resizing a square box to a square working
             size keeps the aspect ratio.
+        origin: (y, x) of ``mask``'s first pixel in the image, when the mask is a window of a
+            larger image; the box is then in the image's pixels.
+        image_shape: (H, W) of that image (default: the mask's own).
 
     Returns:
         (y0, y1, x0, x1) with exclusive ends, in pixels; None when the mask is empty.
@@ -68,12 +73,15 @@ def inplane_bbox(
         raise ValueError(f"mask must be (Z, H, W) or (H, W), got shape {mask.shape}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    box = bounding_box(mask, (0,) * (mask.ndim - 2) + (margin, margin))
+    box = bounding_box(mask)
     if box is None:
         return None
-    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in box[-2:])
+    h, w = image_shape if image_shape is not None else mask.shape[-2:]
+    (y0, y1), (x0, x1) = ((s.start + o, s.stop + o) for s, o in zip(box[-2:], origin, strict=True))
+    y0, y1 = max(y0 - margin, 0), min(y1 + margin, h)
+    x0, x1 = max(x0 - margin, 0), min(x1 + margin, w)
     if square:
-        return square_box((y0, y1, x0, x1), mask.shape[-2:])
+        return square_box((y0, y1, x0, x1), (h, w))
     return y0, y1, x0, x1
 
 

@@ -301,7 +301,7 @@ def liver_median_hu(hu: np.ndarray, liver: np.ndarray, max_voxels: int = 2_000_0
     idx = np.flatnonzero(liver)
     if idx.size > max_voxels:
         idx = idx[:: -(-idx.size // max_voxels)]
-    values = np.asarray(hu).reshape(-1)[idx].astype(np.float32)
+    values = np.asarray(hu)[np.unravel_index(idx, liver.shape)].astype(np.float32)  # views too
     values = values[np.isfinite(values)]
     return float(np.median(values)) if values.size else float("nan")
 
@@ -358,18 +358,27 @@ def context_indices(slices: np.ndarray, context: int, depth: int) -> np.ndarray:
     return np.clip(ks[:, None] + offsets[None, :], 0, depth - 1)
 
 
-def crop_box(liver: np.ndarray, s: PreprocessSettings) -> Box | None:
+def crop_box(
+    liver: np.ndarray,
+    s: PreprocessSettings,
+    origin: tuple[int, int] = (0, 0),
+    image_shape: tuple[int, int] | None = None,
+) -> Box | None:
     """The in-plane crop a model was trained with, for one volume.
 
     Args:
         liver: (Z, H, W) liver mask (non-zero = liver) in canonical layout.
         s: the pre-processing settings.
+        origin: (y, x) of ``liver``'s first pixel in the slices, when it is a window of them.
+        image_shape: (H, W) of the slices (default: ``liver``'s own).
 
     Returns:
-        (y0, y1, x0, x1), exclusive ends: the liver's in-plane box over all slices + ``s.crop_margin``,
-        squared (:func:`livseg.preprocess.bbox.inplane_bbox`) when ``s.crop_to_liver``; the
-        whole slice otherwise. None when ``s.crop_to_liver`` and ``liver`` is empty.
+        (y0, y1, x0, x1), exclusive ends, in the slices' pixels: the liver's in-plane box over all
+        slices + ``s.crop_margin``, squared (:func:`livseg.preprocess.bbox.inplane_bbox`) when
+        ``s.crop_to_liver``; the whole slice otherwise. None when ``s.crop_to_liver`` and
+        ``liver`` is empty.
     """
+    h, w = image_shape if image_shape is not None else liver.shape[1:]
     if s.crop_to_liver:
-        return inplane_bbox(liver, int(s.crop_margin), square=True)
-    return 0, liver.shape[1], 0, liver.shape[2]
+        return inplane_bbox(liver, int(s.crop_margin), True, origin, (h, w))
+    return 0, h, 0, w
