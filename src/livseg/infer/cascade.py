@@ -6,8 +6,10 @@
    only (in the region's in-plane box for a liver model trained on liver crops), and what it
    labels outside the region is dropped: heart, kidney and bowel far from the liver go. With the
    gate (the coarse liver on the input grid, ``gate_mm``) only what lies in it is kept, so the
-   liver stage runs only on the slices the gate reaches. Without
-   a coarse stage the cascade is exactly the papers' (every slice, whole field of view).
+   liver stage runs only on the slices the gate reaches. Every mask from here on is an array of
+   the region's box grown by the liver dilation's reach (``Cascade._work_box``), where all the
+   labels lie, not of the whole CT (the crops are still placed against the slices' edges).
+   Without a coarse stage the cascade is exactly the papers' (every slice, whole field of view).
 2. Liver stage (CR-U-Net or liver DenseFCN) on every axial slice, batched; the binary mask
    (probability > 0.5) is kept as uint8, never a float volume. Every stage may be a fold
    ensemble (mean probability of its members).
@@ -250,7 +252,8 @@ def _overlap(
     y0, y1, x0, x1 = box
     into, part = [], []
     for lo, hi, w in ((y0, y1, work[1]), (x0, x1, work[2])):
-        a, b = max(lo, w.start), max(min(hi, w.stop), max(lo, w.start))
+        a = max(lo, w.start)
+        b = max(min(hi, w.stop), a)  # an empty overlap ends where it starts
         into.append(slice(a - w.start, b - w.start))
         part.append(slice(a - lo, b - lo))
     return (into[0], into[1]), (part[0], part[1])
