@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from livseg.device import usable_cpus
 from livseg.errors import InputError, LivsegError
 from livseg.infer.cascade import Cascade
 from livseg.infer.case import (
@@ -215,8 +216,6 @@ def check_threads(n_inputs: int) -> int:
     """Threads for the checks: one per input, at most :data:`MAX_CHECK_THREADS`, the CPUs this
     process may use (shared with the other processes of this node under torchrun) and
     :data:`CHECK_MEMORY_PER_THREAD` per thread of the available memory (shared likewise)."""
-    from livseg.device import usable_cpus
-
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
     processes = max(1, int(local) if local.isdigit() else 1)
     n = min(MAX_CHECK_THREADS, n_inputs, usable_cpus() // processes)
